@@ -1,0 +1,22 @@
+//! Holdfast's functional core: the sale state machine.
+//!
+//! No I/O, no clock, no async runtime. Callers pass `now` in and persist the events that come
+//! out; replaying those events rebuilds the same state.
+
+mod person;
+mod rejection;
+mod sale;
+mod spec;
+mod time;
+
+pub use person::{IdentityKey, Shopper, normalise_address, normalise_phone};
+pub use rejection::Rejection;
+pub use sale::{
+    Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Reply, Sale,
+    SaleSnapshot, SaleStatus,
+};
+pub use spec::{
+    Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HOLD_TTL_MILLIS_MAX, PER_CUSTOMER_LIMIT_MAX,
+    QueueMode, STOCK_MAX, SaleSpec, SpecError, is_valid_sale_id,
+};
+pub use time::{Day, Timestamp};

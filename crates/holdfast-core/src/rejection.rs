@@ -1,0 +1,48 @@
+use thiserror::Error;
+
+use crate::time::Timestamp;
+
+/// Why the core refused a command. Refusals change nothing in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("the sale has not opened yet; it opens at {opens_at:?}")]
+    NotOpenYet { opens_at: Timestamp },
+    #[error("the sale is closed")]
+    Closed,
+    #[error("sold out: {available} unit(s) left for this channel")]
+    SoldOut { available: u32 },
+    #[error("limit of {limit} per person reached: {used} already held or bought by this person")]
+    LimitExceeded { limit: u32, used: u32 },
+    #[error("quantity must be between 1 and {max}")]
+    InvalidQuantity { max: u32 },
+    #[error("no such hold for this customer")]
+    HoldNotFound,
+    #[error("the hold expired before it was confirmed; its units went back on sale")]
+    HoldExpired,
+    #[error("the hold was released")]
+    HoldReleased,
+    #[error("the hold is already confirmed as an order and cannot be released")]
+    HoldConfirmed,
+    #[error("the {channel} share was already released to the common pool")]
+    ShareAlreadyReleased { channel: &'static str },
+    #[error("holder has only {allotted} unit(s) allotted")]
+    AllotmentExceeded { allotted: u32 },
+}
+
+impl Rejection {
+    /// The stable machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotOpenYet { .. } | Rejection::Closed => "not_open",
+            Rejection::SoldOut { .. } => "sold_out",
+            Rejection::LimitExceeded { .. } => "limit_exceeded",
+            Rejection::InvalidQuantity { .. } => "invalid_quantity",
+            Rejection::HoldNotFound => "hold_not_found",
+            Rejection::HoldExpired => "hold_expired",
+            Rejection::HoldReleased => "hold_released",
+            Rejection::HoldConfirmed => "hold_confirmed",
+            Rejection::ShareAlreadyReleased { .. } => "share_already_released",
+            Rejection::AllotmentExceeded { .. } => "allotment_exceeded",
+        }
+    }
+}

@@ -1,0 +1,825 @@
+//! The sale state machine.
+//!
+//! Every unit of a sale is, at every instant, in exactly one place:
+//!
+//! ```text
+//! total = pool + allotted + held + sold        pool = common + Σ channel shares
+//! ```
+//!
+//! `Sale::handle` takes a command and the caller's `now`, first expires the holds that are due,
+//! then *decides* (validates, producing events or a rejection) and *applies* the events.
+//! Replay after a restart calls `Sale::apply` with the logged events only, so decisions are never
+//! re-made from a different clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::person::{IdentityKey, Shopper};
+use crate::rejection::Rejection;
+use crate::spec::{Channel, STOCK_MAX, SaleSpec};
+use crate::time::{Day, Timestamp};
+
+/// A hold's number within its sale, assigned in order from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HoldId(pub u64);
+
+/// An order's number within its sale, assigned in order from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderId(pub u64);
+
+/// Who holds an allotment: a server node or a POS terminal.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HolderId(pub String);
+
+/// Units reserved for one shopper until `expires_at` or confirmation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: HoldId,
+    pub shopper: Shopper,
+    pub quantity: u32,
+    pub channel: Channel,
+    /// How many of `quantity` came out of the channel's share; the rest came from common.
+    pub from_share: u32,
+    pub placed_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// The delivery day booked for this hold, when the sale has a delivery plan.
+    pub deliver_by: Option<Day>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub hold: HoldId,
+    pub shopper: Shopper,
+    pub quantity: u32,
+    pub channel: Channel,
+    pub amount: u64,
+    pub payment_ref: String,
+    pub created_at: Timestamp,
+    pub deliver_by: Option<Day>,
+    pub rehearsal: bool,
+}
+
+/// What became of a hold that is no longer active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldEnd {
+    Confirmed(OrderId),
+    Released,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    PlaceHold {
+        shopper: Shopper,
+        quantity: u32,
+        channel: Channel,
+    },
+    /// Payment was already authorised by the caller; `payment_ref` names that authorisation.
+    ConfirmHold {
+        hold: HoldId,
+        customer_id: String,
+        payment_ref: String,
+    },
+    ReleaseHold {
+        hold: HoldId,
+        customer_id: String,
+    },
+    Restock {
+        quantity: u32,
+    },
+    Close,
+    /// Hands a channel's unsold share to the common pool.
+    ReleaseChannelShare {
+        channel: Channel,
+    },
+    ClaimAllotment {
+        holder: HolderId,
+        channel: Channel,
+        quantity: u32,
+    },
+    ReturnAllotment {
+        holder: HolderId,
+        quantity: u32,
+    },
+    /// A holder sold units out of its allotment (e.g. a terminal while offline).
+    RecordAllottedSale {
+        holder: HolderId,
+        quantity: u32,
+    },
+    /// Does nothing but bring the sale up to `now`: expires due holds.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    HoldPlaced(Hold),
+    HoldConfirmed(Order),
+    HoldReleased {
+        hold: HoldId,
+    },
+    HoldExpired {
+        hold: HoldId,
+    },
+    Restocked {
+        quantity: u32,
+    },
+    Closed {
+        at: Timestamp,
+    },
+    ChannelShareReleased {
+        channel: Channel,
+        quantity: u32,
+    },
+    AllotmentGranted {
+        holder: HolderId,
+        channel: Channel,
+        quantity: u32,
+    },
+    AllotmentReturned {
+        holder: HolderId,
+        quantity: u32,
+    },
+    AllottedSold {
+        holder: HolderId,
+        quantity: u32,
+    },
+}
+
+/// The answer to an accepted command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Held(Hold),
+    Confirmed(Order),
+    Released,
+    Restocked,
+    Closed,
+    ShareReleased { quantity: u32 },
+    Granted { quantity: u32 },
+    Returned,
+    AllottedSaleRecorded,
+    Ticked,
+}
+
+/// Everything one `handle` call did: the events to log (expiries first), and the answer.
+#[derive(Debug)]
+pub struct Handled {
+    pub events: Vec<Event>,
+    pub outcome: Result<Reply, Rejection>,
+}
+
+/// Where a sale stands at a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    Scheduled,
+    Open,
+    SoldOut,
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sale {
+    spec: SaleSpec,
+    total: u32,
+    common: u32,
+    shares: [u32; 4],
+    share_released: [bool; 4],
+    allotments: BTreeMap<HolderId, u32>,
+    allotted: u32,
+    held: u32,
+    sold: u32,
+    closed_at: Option<Timestamp>,
+    active: BTreeMap<HoldId, Hold>,
+    expiry_queue: BTreeSet<(Timestamp, HoldId)>,
+    /// Holds no longer active, with their owner's customer id, so a stranger learns nothing.
+    ended: BTreeMap<HoldId, (String, HoldEnd)>,
+    usage: HashMap<IdentityKey, u32>,
+    orders: Vec<Order>,
+    deliveries_booked: BTreeMap<Day, u32>,
+    last_hold: u64,
+}
+
+impl Sale {
+    /// A new sale with all its stock in the pool. The spec must already be valid.
+    pub fn new(spec: SaleSpec) -> Sale {
+        assert_eq!(spec.validate(), Ok(()), "Sale::new needs a validated spec");
+        let shares = spec.channel_shares;
+        let common = spec.stock - shares.iter().sum::<u32>();
+        let sale = Sale {
+            total: spec.stock,
+            common,
+            shares,
+            share_released: [false; 4],
+            allotments: BTreeMap::new(),
+            allotted: 0,
+            held: 0,
+            sold: 0,
+            closed_at: None,
+            active: BTreeMap::new(),
+            expiry_queue: BTreeSet::new(),
+            ended: BTreeMap::new(),
+            usage: HashMap::new(),
+            orders: Vec::new(),
+            deliveries_booked: BTreeMap::new(),
+            last_hold: 0,
+            spec,
+        };
+        sale.assert_balanced();
+        sale
+    }
+
+    pub fn spec(&self) -> &SaleSpec {
+        &self.spec
+    }
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+    /// Units in the pool: common plus every channel's remaining share.
+    pub fn available(&self) -> u32 {
+        self.common + self.shares.iter().sum::<u32>()
+    }
+    pub fn held(&self) -> u32 {
+        self.held
+    }
+    pub fn sold(&self) -> u32 {
+        self.sold
+    }
+    pub fn allotted(&self) -> u32 {
+        self.allotted
+    }
+    pub fn allotment(&self, holder: &HolderId) -> u32 {
+        self.allotments.get(holder).copied().unwrap_or(0)
+    }
+    pub fn share_left(&self, channel: Channel) -> u32 {
+        self.shares[channel.index()]
+    }
+    /// Units a hold on `channel` could take right now: its own share plus common.
+    pub fn available_to(&self, channel: Channel) -> u32 {
+        self.common + self.shares[channel.index()]
+    }
+    pub fn orders(&self) -> &[Order] {
+        &self.orders
+    }
+    pub fn order(&self, id: OrderId) -> Option<&Order> {
+        let index = usize::try_from(id.0.checked_sub(1)?).ok()?;
+        self.orders.get(index)
+    }
+    pub fn active_hold(&self, id: HoldId) -> Option<&Hold> {
+        self.active.get(&id)
+    }
+    pub fn hold_end(&self, id: HoldId) -> Option<HoldEnd> {
+        self.ended.get(&id).map(|(_, end)| *end)
+    }
+    /// Units this identity key has held or bought in this sale.
+    pub fn usage(&self, key: &IdentityKey) -> u32 {
+        self.usage.get(key).copied().unwrap_or(0)
+    }
+    pub fn closed_at(&self) -> Option<Timestamp> {
+        self.closed_at
+    }
+
+    pub fn status(&self, now: Timestamp) -> SaleStatus {
+        if self.is_closed(now) {
+            SaleStatus::Closed
+        } else if now < self.spec.opens_at {
+            SaleStatus::Scheduled
+        } else if self.available() == 0 {
+            SaleStatus::SoldOut
+        } else {
+            SaleStatus::Open
+        }
+    }
+
+    fn is_closed(&self, now: Timestamp) -> bool {
+        self.closed_at.is_some() || self.spec.closes_at.is_some_and(|at| now >= at)
+    }
+
+    /// The delivery day a hold placed at `now` would be given, if the sale has a plan.
+    pub fn delivery_quote(&self, now: Timestamp) -> Option<Day> {
+        let plan = self.spec.delivery?;
+        let mut day = plan.first_day.max(now.day());
+        while self.deliveries_booked.get(&day).copied().unwrap_or(0) >= plan.capacity_per_day {
+            day = day.next();
+        }
+        Some(day)
+    }
+
+    /// Expires due holds, then decides and applies `command`.
+    pub fn handle(&mut self, command: &Command, now: Timestamp) -> Handled {
+        let mut events = self.expire_due(now);
+        let outcome = self.decide(command, now).map(|(decided, reply)| {
+            for event in &decided {
+                self.apply(event);
+            }
+            events.extend(decided);
+            reply
+        });
+        self.assert_balanced();
+        debug_assert_eq!(self.check_deep(), Ok(()));
+        Handled { events, outcome }
+    }
+
+    fn expire_due(&mut self, now: Timestamp) -> Vec<Event> {
+        let due: Vec<HoldId> = self
+            .expiry_queue
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .map(|&(_, id)| id)
+            .collect();
+        due.into_iter()
+            .map(|hold| {
+                let event = Event::HoldExpired { hold };
+                self.apply(&event);
+                event
+            })
+            .collect()
+    }
+
+    fn decide(&self, command: &Command, now: Timestamp) -> Result<(Vec<Event>, Reply), Rejection> {
+        match command {
+            Command::PlaceHold {
+                shopper,
+                quantity,
+                channel,
+            } => self.decide_hold(shopper, *quantity, *channel, now),
+            Command::ConfirmHold {
+                hold,
+                customer_id,
+                payment_ref,
+            } => self.decide_confirm(*hold, customer_id, payment_ref, now),
+            Command::ReleaseHold { hold, customer_id } => self.decide_release(*hold, customer_id),
+            Command::Restock { quantity } => {
+                let room = STOCK_MAX - self.total;
+                if *quantity == 0 || *quantity > room {
+                    return Err(Rejection::InvalidQuantity { max: room });
+                }
+                let event = Event::Restocked {
+                    quantity: *quantity,
+                };
+                Ok((vec![event], Reply::Restocked))
+            }
+            Command::Close => {
+                if self.closed_at.is_some() {
+                    return Ok((vec![], Reply::Closed));
+                }
+                Ok((vec![Event::Closed { at: now }], Reply::Closed))
+            }
+            Command::ReleaseChannelShare { channel } => {
+                if self.share_released[channel.index()] {
+                    return Err(Rejection::ShareAlreadyReleased {
+                        channel: channel.name(),
+                    });
+                }
+                let quantity = self.shares[channel.index()];
+                let event = Event::ChannelShareReleased {
+                    channel: *channel,
+                    quantity,
+                };
+                Ok((vec![event], Reply::ShareReleased { quantity }))
+            }
+            Command::ClaimAllotment {
+                holder,
+                channel,
+                quantity,
+            } => {
+                if self.is_closed(now) {
+                    return Err(Rejection::Closed);
+                }
+                if *quantity == 0 || *quantity > STOCK_MAX {
+                    return Err(Rejection::InvalidQuantity { max: STOCK_MAX });
+                }
+                let granted = (*quantity).min(self.available_to(*channel));
+                if granted == 0 {
+                    return Ok((vec![], Reply::Granted { quantity: 0 }));
+                }
+                let event = Event::AllotmentGranted {
+                    holder: holder.clone(),
+                    channel: *channel,
+                    quantity: granted,
+                };
+                Ok((vec![event], Reply::Granted { quantity: granted }))
+            }
+            Command::ReturnAllotment { holder, quantity } => {
+                self.check_allotment(holder, *quantity)?;
+                let event = Event::AllotmentReturned {
+                    holder: holder.clone(),
+                    quantity: *quantity,
+                };
+                Ok((vec![event], Reply::Returned))
+            }
+            Command::RecordAllottedSale { holder, quantity } => {
+                self.check_allotment(holder, *quantity)?;
+                let event = Event::AllottedSold {
+                    holder: holder.clone(),
+                    quantity: *quantity,
+                };
+                Ok((vec![event], Reply::AllottedSaleRecorded))
+            }
+            Command::Tick => Ok((vec![], Reply::Ticked)),
+        }
+    }
+
+    fn decide_hold(
+        &self,
+        shopper: &Shopper,
+        quantity: u32,
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<(Vec<Event>, Reply), Rejection> {
+        if self.is_closed(now) {
+            return Err(Rejection::Closed);
+        }
+        if now < self.spec.opens_at {
+            return Err(Rejection::NotOpenYet {
+                opens_at: self.spec.opens_at,
+            });
+        }
+        if quantity == 0 {
+            return Err(Rejection::InvalidQuantity {
+                max: self.spec.per_customer_limit,
+            });
+        }
+        let limit = self.spec.per_customer_limit;
+        let used = shopper
+            .keys()
+            .iter()
+            .map(|k| self.usage(k))
+            .max()
+            .unwrap_or(0);
+        if u64::from(used) + u64::from(quantity) > u64::from(limit) {
+            return Err(Rejection::LimitExceeded { limit, used });
+        }
+        let available = self.available_to(channel);
+        if quantity > available {
+            return Err(Rejection::SoldOut { available });
+        }
+        let hold = Hold {
+            id: HoldId(self.last_hold + 1),
+            shopper: shopper.clone(),
+            quantity,
+            channel,
+            from_share: quantity.min(self.shares[channel.index()]),
+            placed_at: now,
+            expires_at: now.plus_millis(self.spec.hold_ttl_millis),
+            deliver_by: self.delivery_quote(now),
+        };
+        Ok((vec![Event::HoldPlaced(hold.clone())], Reply::Held(hold)))
+    }
+
+    fn decide_confirm(
+        &self,
+        id: HoldId,
+        customer_id: &str,
+        payment_ref: &str,
+        now: Timestamp,
+    ) -> Result<(Vec<Event>, Reply), Rejection> {
+        if let Some(hold) = self.active.get(&id) {
+            if hold.shopper.customer_id() != customer_id {
+                return Err(Rejection::HoldNotFound);
+            }
+            let order = Order {
+                id: OrderId(self.orders.len() as u64 + 1),
+                hold: id,
+                shopper: hold.shopper.clone(),
+                quantity: hold.quantity,
+                channel: hold.channel,
+                amount: self.spec.price * u64::from(hold.quantity),
+                payment_ref: payment_ref.to_owned(),
+                created_at: now,
+                deliver_by: hold.deliver_by,
+                rehearsal: self.spec.rehearsal,
+            };
+            return Ok((
+                vec![Event::HoldConfirmed(order.clone())],
+                Reply::Confirmed(order),
+            ));
+        }
+        match self.ended_for(id, customer_id) {
+            Some(HoldEnd::Confirmed(order_id)) => {
+                let order = self.order(order_id).expect("ended hold names a real order");
+                Ok((vec![], Reply::Confirmed(order.clone())))
+            }
+            Some(HoldEnd::Expired) => Err(Rejection::HoldExpired),
+            Some(HoldEnd::Released) => Err(Rejection::HoldReleased),
+            None => Err(Rejection::HoldNotFound),
+        }
+    }
+
+    fn decide_release(
+        &self,
+        id: HoldId,
+        customer_id: &str,
+    ) -> Result<(Vec<Event>, Reply), Rejection> {
+        if let Some(hold) = self.active.get(&id) {
+            if hold.shopper.customer_id() != customer_id {
+                return Err(Rejection::HoldNotFound);
+            }
+            return Ok((vec![Event::HoldReleased { hold: id }], Reply::Released));
+        }
+        match self.ended_for(id, customer_id) {
+            // Releasing what is already back in the pool changes nothing and is not an error.
+            Some(HoldEnd::Released | HoldEnd::Expired) => Ok((vec![], Reply::Released)),
+            Some(HoldEnd::Confirmed(_)) => Err(Rejection::HoldConfirmed),
+            None => Err(Rejection::HoldNotFound),
+        }
+    }
+
+    /// How `customer_id`'s hold `id` ended; `None` also when the hold is someone else's.
+    fn ended_for(&self, id: HoldId, customer_id: &str) -> Option<HoldEnd> {
+        match self.ended.get(&id) {
+            Some((owner, end)) if owner == customer_id => Some(*end),
+            _ => None,
+        }
+    }
+
+    fn check_allotment(&self, holder: &HolderId, quantity: u32) -> Result<(), Rejection> {
+        let allotted = self.allotment(holder);
+        if quantity == 0 {
+            return Err(Rejection::InvalidQuantity { max: allotted });
+        }
+        if quantity > allotted {
+            return Err(Rejection::AllotmentExceeded { allotted });
+        }
+        Ok(())
+    }
+
+    /// Applies one event. Events were validated when decided, so an impossible event means the
+    /// log or the code is wrong: stop rather than continue with a wrong ledger.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::HoldPlaced(hold) => self.apply_hold_placed(hold),
+            Event::HoldConfirmed(order) => {
+                let hold = self.end_hold(order.hold, HoldEnd::Confirmed(order.id));
+                assert_eq!(
+                    order.id.0,
+                    self.orders.len() as u64 + 1,
+                    "orders are numbered in order"
+                );
+                assert_eq!(order.quantity, hold.quantity);
+                self.held -= hold.quantity;
+                self.sold += hold.quantity;
+                self.orders.push(order.clone());
+            }
+            Event::HoldReleased { hold } => self.return_hold(*hold, HoldEnd::Released),
+            Event::HoldExpired { hold } => self.return_hold(*hold, HoldEnd::Expired),
+            Event::Restocked { quantity } => {
+                self.total += quantity;
+                self.common += quantity;
+            }
+            Event::Closed { at } => self.closed_at = Some(*at),
+            Event::ChannelShareReleased { channel, quantity } => {
+                let index = channel.index();
+                assert_eq!(self.shares[index], *quantity);
+                self.shares[index] = 0;
+                self.share_released[index] = true;
+                self.common += quantity;
+            }
+            Event::AllotmentGranted {
+                holder,
+                channel,
+                quantity,
+            } => {
+                let from_share = (*quantity).min(self.shares[channel.index()]);
+                self.shares[channel.index()] -= from_share;
+                self.common -= quantity - from_share;
+                self.allotted += quantity;
+                *self.allotments.entry(holder.clone()).or_default() += quantity;
+            }
+            Event::AllotmentReturned { holder, quantity } => {
+                self.take_from_allotment(holder, *quantity);
+                self.common += quantity;
+            }
+            Event::AllottedSold { holder, quantity } => {
+                self.take_from_allotment(holder, *quantity);
+                self.sold += quantity;
+            }
+        }
+    }
+
+    fn apply_hold_placed(&mut self, hold: &Hold) {
+        assert_eq!(hold.id.0, self.last_hold + 1, "holds are numbered in order");
+        let share = &mut self.shares[hold.channel.index()];
+        *share -= hold.from_share;
+        self.common -= hold.quantity - hold.from_share;
+        self.held += hold.quantity;
+        self.last_hold = hold.id.0;
+        self.book(hold, 1);
+        self.expiry_queue.insert((hold.expires_at, hold.id));
+        self.active.insert(hold.id, hold.clone());
+    }
+
+    /// Puts a released or expired hold's units back where they came from, and frees its
+    /// delivery slot and its count against the person's limit.
+    fn return_hold(&mut self, id: HoldId, end: HoldEnd) {
+        let hold = self.end_hold(id, end);
+        let index = hold.channel.index();
+        if self.share_released[index] {
+            self.common += hold.quantity;
+        } else {
+            self.shares[index] += hold.from_share;
+            self.common += hold.quantity - hold.from_share;
+        }
+        self.held -= hold.quantity;
+        self.book(&hold, -1);
+    }
+
+    fn end_hold(&mut self, id: HoldId, end: HoldEnd) -> Hold {
+        let hold = self.active.remove(&id).expect("event names an active hold");
+        assert!(self.expiry_queue.remove(&(hold.expires_at, id)));
+        self.ended
+            .insert(id, (hold.shopper.customer_id().to_owned(), end));
+        hold
+    }
+
+    /// Counts (`+1`) or uncounts (`-1`) a hold against the person's limit and the delivery
+    /// calendar. A confirmed hold stays counted: orders count against the limit too.
+    fn book(&mut self, hold: &Hold, direction: i8) {
+        for key in hold.shopper.keys() {
+            let used = self.usage.entry(key.clone()).or_default();
+            if direction > 0 {
+                *used += hold.quantity;
+            } else {
+                *used -= hold.quantity;
+            }
+        }
+        if let Some(day) = hold.deliver_by {
+            let booked = self.deliveries_booked.entry(day).or_default();
+            if direction > 0 {
+                *booked += 1;
+            } else {
+                *booked -= 1;
+            }
+        }
+    }
+
+    fn take_from_allotment(&mut self, holder: &HolderId, quantity: u32) {
+        let allotment = self
+            .allotments
+            .get_mut(holder)
+            .expect("event names a holder");
+        *allotment -= quantity;
+        if *allotment == 0 {
+            self.allotments.remove(holder);
+        }
+        self.allotted -= quantity;
+    }
+
+    /// The escrow equation. Cheap, so it is asserted after every command.
+    fn assert_balanced(&self) {
+        let accounted = u64::from(self.available())
+            + u64::from(self.allotted)
+            + u64::from(self.held)
+            + u64::from(self.sold);
+        assert_eq!(
+            u64::from(self.total),
+            accounted,
+            "escrow broken: total != pool + allotted + held + sold"
+        );
+    }
+
+    /// Recomputes every derived counter from the records and compares. O(holds + orders):
+    /// run after every step in tests and debug builds.
+    pub fn check_deep(&self) -> Result<(), String> {
+        let held: u32 = self.active.values().map(|h| h.quantity).sum();
+        let sold_orders: u32 = self.orders.iter().map(|o| o.quantity).sum();
+        let allotted: u32 = self.allotments.values().sum();
+        if held != self.held {
+            return Err(format!("held {} but active holds sum to {held}", self.held));
+        }
+        if allotted != self.allotted {
+            return Err(format!(
+                "allotted {} but allotments sum to {allotted}",
+                self.allotted
+            ));
+        }
+        if sold_orders > self.sold {
+            return Err(format!(
+                "orders sum to {sold_orders} but sold is {}",
+                self.sold
+            ));
+        }
+        let mut usage: HashMap<&IdentityKey, u32> = HashMap::new();
+        let holds = self.active.values().map(|h| (&h.shopper, h.quantity));
+        let bought = self.orders.iter().map(|o| (&o.shopper, o.quantity));
+        for (shopper, quantity) in holds.chain(bought) {
+            for key in shopper.keys() {
+                *usage.entry(key).or_default() += quantity;
+            }
+        }
+        for (key, used) in &usage {
+            if *used > self.spec.per_customer_limit {
+                return Err(format!("{key:?} has {used}, over the limit"));
+            }
+            if self.usage(key) != *used {
+                return Err(format!(
+                    "usage of {key:?} is {} but records say {used}",
+                    self.usage(key)
+                ));
+            }
+        }
+        if self.usage.values().filter(|&&u| u > 0).count()
+            != usage.values().filter(|&&u| u > 0).count()
+        {
+            return Err("usage counts a key no record carries".into());
+        }
+        self.assert_balanced();
+        Ok(())
+    }
+
+    /// The sale's records, from which `restore` rebuilds every derived counter.
+    pub fn snapshot(&self) -> SaleSnapshot {
+        SaleSnapshot {
+            spec: self.spec.clone(),
+            total: self.total,
+            common: self.common,
+            shares: self.shares,
+            share_released: self.share_released,
+            allotments: self.allotments.clone().into_iter().collect(),
+            sold: self.sold,
+            closed_at: self.closed_at,
+            active: self.active.values().cloned().collect(),
+            ended: self
+                .ended
+                .iter()
+                .map(|(id, (owner, end))| (*id, owner.clone(), *end))
+                .collect(),
+            orders: self.orders.clone(),
+            last_hold: self.last_hold,
+        }
+    }
+
+    /// Rebuilds a sale from a snapshot, recomputing derived state, and checks it deeply: a
+    /// snapshot that does not add up is refused rather than trusted.
+    pub fn restore(snapshot: SaleSnapshot) -> Result<Sale, String> {
+        snapshot.spec.validate().map_err(|e| e.to_string())?;
+        let mut sale = Sale {
+            spec: snapshot.spec,
+            total: snapshot.total,
+            common: snapshot.common,
+            shares: snapshot.shares,
+            share_released: snapshot.share_released,
+            allotted: snapshot.allotments.iter().map(|(_, q)| q).sum(),
+            allotments: snapshot.allotments.into_iter().collect(),
+            held: snapshot.active.iter().map(|h| h.quantity).sum(),
+            sold: snapshot.sold,
+            closed_at: snapshot.closed_at,
+            active: BTreeMap::new(),
+            expiry_queue: BTreeSet::new(),
+            ended: snapshot
+                .ended
+                .into_iter()
+                .map(|(id, owner, end)| (id, (owner, end)))
+                .collect(),
+            usage: HashMap::new(),
+            orders: Vec::new(),
+            deliveries_booked: BTreeMap::new(),
+            last_hold: snapshot.last_hold,
+        };
+        for hold in snapshot.active {
+            sale.book(&hold, 1);
+            sale.expiry_queue.insert((hold.expires_at, hold.id));
+            sale.active.insert(hold.id, hold);
+        }
+        for order in snapshot.orders {
+            sale.count_order(&order);
+            sale.orders.push(order);
+        }
+        let accounted = u64::from(sale.available())
+            + u64::from(sale.allotted)
+            + u64::from(sale.held)
+            + u64::from(sale.sold);
+        if accounted != u64::from(sale.total) {
+            return Err("snapshot does not balance".into());
+        }
+        sale.check_deep()?;
+        Ok(sale)
+    }
+
+    fn count_order(&mut self, order: &Order) {
+        for key in order.shopper.keys() {
+            *self.usage.entry(key.clone()).or_default() += order.quantity;
+        }
+        if let Some(day) = order.deliver_by {
+            *self.deliveries_booked.entry(day).or_default() += 1;
+        }
+    }
+}
+
+/// A sale's records without derived indexes, for fast start-up on a long log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleSnapshot {
+    spec: SaleSpec,
+    total: u32,
+    common: u32,
+    shares: [u32; 4],
+    share_released: [bool; 4],
+    allotments: Vec<(HolderId, u32)>,
+    sold: u32,
+    closed_at: Option<Timestamp>,
+    active: Vec<Hold>,
+    ended: Vec<(HoldId, String, HoldEnd)>,
+    orders: Vec<Order>,
+    last_hold: u64,
+}

@@ -1,0 +1,176 @@
+//! What an operator asks for when creating a sale, validated once at construction.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::time::{Day, Timestamp};
+
+/// Bounds on operator input, so arithmetic on quantities can never overflow.
+pub const STOCK_MAX: u32 = 100_000_000;
+pub const PER_CUSTOMER_LIMIT_MAX: u32 = 1_000_000;
+pub const HOLD_TTL_MILLIS_MAX: u64 = 24 * 3_600_000;
+pub const HOLD_TTL_MILLIS_DEFAULT: u64 = 10 * 60_000;
+
+/// The channels a sale is offered on. Each may be given a reserved share of the stock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Web,
+    App,
+    Phone,
+    Store,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Web, Channel::App, Channel::Phone, Channel::Store];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Web => "web",
+            Channel::App => "app",
+            Channel::Phone => "phone",
+            Channel::Store => "store",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// How shoppers are admitted. Only `None` is served by the ledger alone; the waiting room
+/// (fifo, lottery) sits in front of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    None,
+    Fifo,
+    Lottery,
+}
+
+/// Fulfilment capacity: at most `capacity_per_day` orders leave the warehouse each day,
+/// starting on `first_day`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryPlan {
+    pub capacity_per_day: u32,
+    pub first_day: Day,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleSpec {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    /// Price in minor units of the currency.
+    pub price: u64,
+    pub stock: u32,
+    pub per_customer_limit: u32,
+    pub opens_at: Timestamp,
+    pub closes_at: Option<Timestamp>,
+    pub hold_ttl_millis: u64,
+    pub queue: QueueMode,
+    pub rehearsal: bool,
+    /// Units reserved for each channel, indexed by `Channel::index`; the rest is common.
+    pub channel_shares: [u32; 4],
+    pub price_ceiling: Option<u64>,
+    pub delivery: Option<DeliveryPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SpecError {
+    #[error("sale id must be 1-64 characters of letters, digits, '-' or '_'")]
+    InvalidId,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("price {price} exceeds the price ceiling {ceiling}")]
+    PriceAboveCeiling { price: u64, ceiling: u64 },
+    #[error("stock must be between 0 and {STOCK_MAX}")]
+    StockOutOfRange,
+    #[error("per_customer_limit must be between 1 and {PER_CUSTOMER_LIMIT_MAX}")]
+    LimitOutOfRange,
+    #[error("closes_at must be after opens_at")]
+    ClosesBeforeOpening,
+    #[error("hold_ttl_s must be between 1 second and 24 hours")]
+    HoldTtlOutOfRange,
+    #[error("channel shares add up to {shares}, more than the stock of {stock}")]
+    SharesExceedStock { shares: u64, stock: u32 },
+    #[error("delivery capacity_per_day must be at least 1")]
+    DeliveryCapacityZero,
+}
+
+impl SpecError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SpecError::InvalidId => "invalid_sale_id",
+            SpecError::Empty(_) => "invalid_sale",
+            SpecError::PriceAboveCeiling { .. } => "price_above_ceiling",
+            SpecError::StockOutOfRange => "invalid_stock",
+            SpecError::LimitOutOfRange => "invalid_limit",
+            SpecError::ClosesBeforeOpening => "invalid_window",
+            SpecError::HoldTtlOutOfRange => "invalid_hold_ttl",
+            SpecError::SharesExceedStock { .. } => "invalid_channel_shares",
+            SpecError::DeliveryCapacityZero => "invalid_delivery",
+        }
+    }
+}
+
+pub fn is_valid_sale_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl SaleSpec {
+    /// Checks every rule a sale must satisfy before it may exist.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_valid_sale_id(&self.id) {
+            return Err(SpecError::InvalidId);
+        }
+        if self.sku.trim().is_empty() {
+            return Err(SpecError::Empty("sku"));
+        }
+        if self.name.trim().is_empty() {
+            return Err(SpecError::Empty("name"));
+        }
+        if let Some(ceiling) = self.price_ceiling
+            && self.price > ceiling
+        {
+            return Err(SpecError::PriceAboveCeiling {
+                price: self.price,
+                ceiling,
+            });
+        }
+        if self.stock > STOCK_MAX {
+            return Err(SpecError::StockOutOfRange);
+        }
+        if !(1..=PER_CUSTOMER_LIMIT_MAX).contains(&self.per_customer_limit) {
+            return Err(SpecError::LimitOutOfRange);
+        }
+        if let Some(closes_at) = self.closes_at
+            && closes_at <= self.opens_at
+        {
+            return Err(SpecError::ClosesBeforeOpening);
+        }
+        if !(1_000..=HOLD_TTL_MILLIS_MAX).contains(&self.hold_ttl_millis) {
+            return Err(SpecError::HoldTtlOutOfRange);
+        }
+        let shares: u64 = self.channel_shares.iter().map(|&s| u64::from(s)).sum();
+        if shares > u64::from(self.stock) {
+            return Err(SpecError::SharesExceedStock {
+                shares,
+                stock: self.stock,
+            });
+        }
+        if let Some(plan) = self.delivery
+            && plan.capacity_per_day == 0
+        {
+            return Err(SpecError::DeliveryCapacityZero);
+        }
+        Ok(())
+    }
+}
