@@ -1,0 +1,88 @@
+use thiserror::Error;
+
+/// One log record: an opaque payload on a named stream (one stream per sale).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub stream: String,
+    pub payload: Vec<u8>,
+}
+
+/// A stream's state as of the last record of the batch it travels in. Start-up loads it and
+/// replays only the stream's later records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stream: String,
+    pub payload: Vec<u8>,
+}
+
+/// What one caller wants made durable at once: records, snapshots and keyed values (such as
+/// idempotency answers), all in the same atomic write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub snapshots: Vec<Snapshot>,
+    pub values: Vec<(String, Vec<u8>)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.snapshots.is_empty() && self.values.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub stream: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub stream: String,
+    /// The last log sequence number this snapshot covers for its stream.
+    pub through: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Everything start-up needs, read back and checksum-verified.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub snapshots: Vec<StoredSnapshot>,
+    pub values: Vec<(String, Vec<u8>)>,
+    /// Records after the oldest snapshot, in log order. Records a stream's own snapshot
+    /// already covers are included; the caller skips them by comparing `seq` to `through`.
+    pub records: Vec<StoredRecord>,
+}
+
+#[derive(Clone, Debug, Error)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("checksum mismatch in {what} {key}: the store is corrupt")]
+    Corrupt { what: &'static str, key: String },
+    #[error("the log stopped after an earlier write failure; restart to recover")]
+    Stopped,
+}
+
+/// A durable, ordered log. `commit` returns only once every batch given is durable; a batch is
+/// never partly durable.
+pub trait LogBackend: Send + 'static {
+    /// Appends the batches in order, atomically and durably, with as few syncs as the backend
+    /// allows. Returns, per batch, the sequence number of its last record (or the log's last
+    /// sequence number when the batch has no records).
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<u64>, StoreError>;
+
+    /// Reads back everything needed to rebuild state, verifying checksums.
+    fn recover(&mut self) -> Result<Recovery, StoreError>;
+}
+
+/// The checksum stored beside every payload, covering its key as well so a payload cannot be
+/// silently moved to another key.
+pub fn checksum(key: &str, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(payload);
+    hasher.finalize()
+}

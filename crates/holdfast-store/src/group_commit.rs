@@ -1,0 +1,113 @@
+//! Group commit: one writer thread, one sync for every batch that queued up while the previous
+//! sync ran. Under load the batches grow by themselves; idle, a lone batch is synced at once.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{Batch, LogBackend, StoreError};
+
+#[derive(Clone, Copy, Debug)]
+pub struct GroupCommitConfig {
+    /// Batches waiting for the writer; senders wait when it is full (back-pressure).
+    pub queue_batches_max: usize,
+    /// Batches made durable by one commit.
+    pub commit_batches_max: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            queue_batches_max: 8192,
+            commit_batches_max: 1024,
+        }
+    }
+}
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// A cloneable handle for appending to the log from async code.
+#[derive(Clone)]
+pub struct LogHandle {
+    sender: mpsc::Sender<Job>,
+}
+
+impl LogHandle {
+    /// Batches sent but not yet picked up by the writer.
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// Appends `batch` and waits until it is durable. Returns the sequence number of the batch's
+    /// last record.
+    pub async fn append(&self, batch: Batch) -> Result<u64, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.sender
+            .send(Job { batch, done })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+pub struct GroupCommit;
+
+impl GroupCommit {
+    /// Starts the writer thread. It ends when every handle is dropped.
+    pub fn spawn<B: LogBackend>(backend: B, config: GroupCommitConfig) -> LogHandle {
+        assert!(config.queue_batches_max > 0 && config.commit_batches_max > 0);
+        let (sender, receiver) = mpsc::channel(config.queue_batches_max);
+        std::thread::Builder::new()
+            .name("holdfast-log".into())
+            .spawn(move || write_loop(backend, receiver, config.commit_batches_max))
+            .expect("spawn the log writer thread");
+        LogHandle { sender }
+    }
+}
+
+fn write_loop<B: LogBackend>(mut backend: B, mut receiver: mpsc::Receiver<Job>, max: usize) {
+    // After a failed sync the state of the file is unknown: refuse everything after it
+    // rather than acknowledge writes on top of a hole.
+    let mut stopped = false;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if stopped {
+            for job in jobs {
+                let _ = job.done.send(Err(StoreError::Stopped));
+            }
+            continue;
+        }
+        let batches: Vec<Batch> = jobs
+            .iter_mut()
+            .map(|j| std::mem::take(&mut j.batch))
+            .collect();
+        let started = Instant::now();
+        let result = backend.commit(&batches);
+        metrics::histogram!("holdfast_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("holdfast_log_batches_per_commit").record(jobs.len() as f64);
+        match result {
+            Ok(ends) => {
+                assert_eq!(ends.len(), jobs.len(), "one end per batch");
+                for (job, end) in jobs.into_iter().zip(ends) {
+                    let _ = job.done.send(Ok(end));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "log commit failed; refusing further writes");
+                stopped = true;
+                for job in jobs {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
