@@ -179,6 +179,22 @@ pub enum SaleStatus {
     Closed,
 }
 
+impl SaleStatus {
+    /// The status of a sale from its spec and a few counters, for readers that hold a copy of
+    /// those rather than the sale itself.
+    pub fn of(spec: &SaleSpec, closed: bool, available: u32, now: Timestamp) -> SaleStatus {
+        if closed || spec.closes_at.is_some_and(|at| now >= at) {
+            SaleStatus::Closed
+        } else if now < spec.opens_at {
+            SaleStatus::Scheduled
+        } else if available == 0 {
+            SaleStatus::SoldOut
+        } else {
+            SaleStatus::Open
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Sale {
     spec: SaleSpec,
@@ -269,9 +285,6 @@ impl Sale {
     pub fn active_hold(&self, id: HoldId) -> Option<&Hold> {
         self.active.get(&id)
     }
-    pub fn hold_end(&self, id: HoldId) -> Option<HoldEnd> {
-        self.ended.get(&id).map(|(_, end)| *end)
-    }
     /// Units this identity key has held or bought in this sale.
     pub fn usage(&self, key: &IdentityKey) -> u32 {
         self.usage.get(key).copied().unwrap_or(0)
@@ -281,15 +294,7 @@ impl Sale {
     }
 
     pub fn status(&self, now: Timestamp) -> SaleStatus {
-        if self.is_closed(now) {
-            SaleStatus::Closed
-        } else if now < self.spec.opens_at {
-            SaleStatus::Scheduled
-        } else if self.available() == 0 {
-            SaleStatus::SoldOut
-        } else {
-            SaleStatus::Open
-        }
+        SaleStatus::of(&self.spec, self.closed_at.is_some(), self.available(), now)
     }
 
     fn is_closed(&self, now: Timestamp) -> bool {
@@ -496,7 +501,7 @@ impl Sale {
                 Reply::Confirmed(order),
             ));
         }
-        match self.ended_for(id, customer_id) {
+        match self.hold_end_for(id, customer_id) {
             Some(HoldEnd::Confirmed(order_id)) => {
                 let order = self.order(order_id).expect("ended hold names a real order");
                 Ok((vec![], Reply::Confirmed(order.clone())))
@@ -518,7 +523,7 @@ impl Sale {
             }
             return Ok((vec![Event::HoldReleased { hold: id }], Reply::Released));
         }
-        match self.ended_for(id, customer_id) {
+        match self.hold_end_for(id, customer_id) {
             // Releasing what is already back in the pool changes nothing and is not an error.
             Some(HoldEnd::Released | HoldEnd::Expired) => Ok((vec![], Reply::Released)),
             Some(HoldEnd::Confirmed(_)) => Err(Rejection::HoldConfirmed),
@@ -527,7 +532,7 @@ impl Sale {
     }
 
     /// How `customer_id`'s hold `id` ended; `None` also when the hold is someone else's.
-    fn ended_for(&self, id: HoldId, customer_id: &str) -> Option<HoldEnd> {
+    pub fn hold_end_for(&self, id: HoldId, customer_id: &str) -> Option<HoldEnd> {
         match self.ended.get(&id) {
             Some((owner, end)) if owner == customer_id => Some(*end),
             _ => None,

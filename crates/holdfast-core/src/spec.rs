@@ -88,6 +88,8 @@ pub enum SpecError {
     Empty(&'static str),
     #[error("price {price} exceeds the price ceiling {ceiling}")]
     PriceAboveCeiling { price: u64, ceiling: u64 },
+    #[error("price times per_customer_limit does not fit in an amount")]
+    PriceOutOfRange,
     #[error("stock must be between 0 and {STOCK_MAX}")]
     StockOutOfRange,
     #[error("per_customer_limit must be between 1 and {PER_CUSTOMER_LIMIT_MAX}")]
@@ -108,6 +110,7 @@ impl SpecError {
             SpecError::InvalidId => "invalid_sale_id",
             SpecError::Empty(_) => "invalid_sale",
             SpecError::PriceAboveCeiling { .. } => "price_above_ceiling",
+            SpecError::PriceOutOfRange => "invalid_price",
             SpecError::StockOutOfRange => "invalid_stock",
             SpecError::LimitOutOfRange => "invalid_limit",
             SpecError::ClosesBeforeOpening => "invalid_window",
@@ -144,6 +147,13 @@ impl SaleSpec {
                 price: self.price,
                 ceiling,
             });
+        }
+        if self
+            .price
+            .checked_mul(u64::from(self.per_customer_limit))
+            .is_none()
+        {
+            return Err(SpecError::PriceOutOfRange);
         }
         if self.stock > STOCK_MAX {
             return Err(SpecError::StockOutOfRange);

@@ -1,1 +1,20 @@
+//! Holdfast's server: the imperative shell around the core.
+//!
+//! HTTP (axum) → handlers (`api`) → one actor per sale (`actor`) → durable log
+//! (`holdfast-store`). Only this crate knows HTTP and JSON.
 
+mod actor;
+pub mod api;
+mod app;
+mod auth;
+pub mod clock;
+mod config;
+mod error;
+mod idempotency;
+mod ledger;
+mod log_entry;
+pub mod payments;
+
+pub use app::{Application, StartError};
+pub use config::{Config, Limits};
+pub use error::ApiError;

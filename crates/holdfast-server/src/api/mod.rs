@@ -1,0 +1,32 @@
+//! The HTTP API (shared/API.md). One router per area, merged here.
+
+mod extract;
+mod ops;
+mod sales;
+mod shopper;
+pub mod wire;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    let body_bytes_max = state.limits.body_bytes_max;
+    Router::new()
+        .merge(sales::router())
+        .merge(shopper::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .with_state(state)
+}

@@ -1,0 +1,289 @@
+//! Shopper calls: hold, confirm (pay), release, and read holds and orders.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use holdfast_core::{Command, HoldEnd, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
+use serde_json::{Value, json};
+
+use super::extract::{ApiJson, ApiPath};
+use super::sales::find_sale;
+use super::wire::{
+    ConfirmRequest, HoldRequest, format_day, format_time, in_range, order_body, parse_channel,
+    parse_hold_id, parse_order_id, render_confirm, render_hold,
+};
+use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
+use crate::app::AppState;
+use crate::auth::{Caller, Customer};
+use crate::error::ApiError;
+use crate::idempotency::{Begin, InFlightGuard, fingerprint, storage_key, validate_key};
+use crate::payments::AuthorizeRequest;
+
+/// The currency every amount is in. Won has no minor unit.
+const CURRENCY: &str = "KRW";
+const CARD_TOKEN_LEN_MAX: usize = 256;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sales/{id}/holds", post(place_hold))
+        .route("/v1/holds/{hold_id}", get(get_hold).delete(release_hold))
+        .route("/v1/holds/{hold_id}/confirm", post(confirm_hold))
+        .route("/v1/orders/{order_id}", get(get_order))
+}
+
+/// Where an idempotent request starts: either the stored first answer, or a run (with the
+/// in-flight guard when the request carries a key).
+enum Start {
+    Replay(Response),
+    Run(Option<InFlightGuard>),
+}
+
+fn start(
+    state: &AppState,
+    shopper: &Shopper,
+    headers: &HeaderMap,
+    fingerprint: &str,
+) -> Result<Start, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(Start::Run(None));
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+        })
+        .and_then(validate_key)?;
+    match state
+        .idempotency
+        .begin(storage_key(shopper.customer_id(), key), fingerprint)?
+    {
+        Begin::Replay(answer) => Ok(Start::Replay(answer.into_response())),
+        Begin::Fresh(guard) => Ok(Start::Run(Some(guard))),
+    }
+}
+
+/// Executes `command`; with a guard, the rendered answer is stored durably with its events.
+async fn execute(
+    sale: &SaleHandle,
+    command: Command,
+    guard: Option<InFlightGuard>,
+    fingerprint: String,
+    render: Renderer,
+) -> Result<(Response, Outcome), ApiError> {
+    let Some(guard) = guard else {
+        let executed = sale.execute(command, None).await?;
+        let answer = render(&sale.view().spec, &executed.outcome);
+        return Ok((answer.into_response(), executed.outcome));
+    };
+    let idempotent = Idempotent {
+        key: guard.key().to_owned(),
+        fingerprint: fingerprint.clone(),
+        render,
+    };
+    let executed = sale.execute(command, Some(idempotent)).await?;
+    let answer = executed
+        .answer
+        .expect("an idempotent command returns its stored answer");
+    guard.finish(fingerprint, answer.clone());
+    Ok((answer.into_response(), executed.outcome))
+}
+
+async fn place_hold(
+    State(state): State<AppState>,
+    Customer(shopper): Customer,
+    ApiPath(sale_id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<HoldRequest>,
+) -> Result<Response, ApiError> {
+    let quantity = in_range(
+        "quantity",
+        body.quantity,
+        1,
+        i64::from(PER_CUSTOMER_LIMIT_MAX),
+    )? as u32;
+    let channel = parse_channel(body.channel.as_deref())?;
+    let sale = find_sale(&state, &sale_id)?;
+    let fingerprint = fingerprint(&format!("hold {sale_id}"), &body);
+    let guard = match start(&state, &shopper, &headers, &fingerprint)? {
+        Start::Replay(response) => return Ok(response),
+        Start::Run(guard) => guard,
+    };
+    let command = Command::PlaceHold {
+        shopper,
+        quantity,
+        channel,
+    };
+    let (response, _) = execute(&sale, command, guard, fingerprint, render_hold).await?;
+    Ok(response)
+}
+
+fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {
+    if body.payment.method != "card" {
+        return Err(ApiError::bad_request(
+            "unsupported_payment_method",
+            format!(
+                "payment method '{}' is not accepted here; use \"card\"",
+                body.payment.method
+            ),
+        ));
+    }
+    match body.payment.token.as_deref() {
+        Some(token) if !token.is_empty() && token.len() <= CARD_TOKEN_LEN_MAX => {
+            Ok(token.to_owned())
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_payment",
+            "payment.token must be a card token from the acquirer",
+        )),
+    }
+}
+
+async fn confirm_hold(
+    State(state): State<AppState>,
+    Customer(shopper): Customer,
+    ApiPath(raw_id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ConfirmRequest>,
+) -> Result<Response, ApiError> {
+    let (sale_id, hold) = parse_hold_id(&raw_id)?;
+    let sale = find_sale(&state, sale_id)
+        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let card = card_token(&body)?;
+    let fingerprint = fingerprint(&format!("confirm {raw_id}"), &body);
+    let guard = match start(&state, &shopper, &headers, &fingerprint)? {
+        Start::Replay(response) => return Ok(response),
+        Start::Run(guard) => guard,
+    };
+    let customer_id = shopper.customer_id().to_owned();
+    let owner = customer_id.clone();
+    let active_quantity = sale
+        .read(move |s| {
+            s.active_hold(hold)
+                .filter(|h| h.shopper.customer_id() == owner)
+                .map(|h| h.quantity)
+        })
+        .await?;
+    let spec = sale.view().spec.clone();
+    // Only an active hold is paid for; otherwise the ledger answers (expired, already
+    // confirmed, not found) without any money moving.
+    let authorization = match active_quantity {
+        Some(quantity) if !spec.rehearsal => {
+            let request = AuthorizeRequest {
+                card_token: card,
+                amount: spec.price * u64::from(quantity),
+                currency: CURRENCY,
+                // A retry with the same card must not authorise twice; another card is another
+                // attempt. The request fingerprint covers the card token.
+                idempotency_key: format!("authorize {raw_id} {fingerprint}"),
+            };
+            Some(state.payments.authorize(request).await?)
+        }
+        _ => None,
+    };
+    let payment_ref = match (&authorization, active_quantity) {
+        (Some(auth), _) => auth.id.clone(),
+        (None, Some(_)) => "rehearsal".to_owned(),
+        (None, None) => String::new(),
+    };
+    let command = Command::ConfirmHold {
+        hold,
+        customer_id,
+        payment_ref,
+    };
+    let result = execute(&sale, command, guard, fingerprint, render_confirm).await;
+    if let Some(auth) = authorization {
+        settle(
+            &state,
+            &auth.id,
+            &raw_id,
+            result.as_ref().ok().map(|(_, o)| o),
+        )
+        .await;
+    }
+    Ok(result?.0)
+}
+
+/// Captures the authorisation if it paid for the confirmed order, voids it otherwise (the hold
+/// expired during payment, or the ledger could not write).
+async fn settle(state: &AppState, authorization: &str, hold_id: &str, outcome: Option<&Outcome>) {
+    let paid_for_order =
+        matches!(outcome, Some(Ok(Reply::Confirmed(order))) if order.payment_ref == authorization);
+    let key = format!("settle {hold_id}");
+    let result = if paid_for_order {
+        state.payments.capture(authorization, &key).await
+    } else {
+        state.payments.void(authorization, &key).await
+    };
+    if let Err(error) = result {
+        metrics::counter!("holdfast_payment_settle_failures_total").increment(1);
+        tracing::warn!(%error, authorization, "settling a payment failed; it needs a retry");
+    }
+}
+
+async fn release_hold(
+    State(state): State<AppState>,
+    Customer(shopper): Customer,
+    ApiPath(raw_id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (sale_id, hold) = parse_hold_id(&raw_id)?;
+    let sale = find_sale(&state, sale_id)
+        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let command = Command::ReleaseHold {
+        hold,
+        customer_id: shopper.customer_id().to_owned(),
+    };
+    sale.execute(command, None).await?.outcome?;
+    Ok(Json(json!({"hold_id": raw_id, "status": "released"})))
+}
+
+async fn get_hold(
+    State(state): State<AppState>,
+    Customer(shopper): Customer,
+    ApiPath(raw_id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (sale_id, hold) = parse_hold_id(&raw_id)?;
+    let sale = find_sale(&state, sale_id)
+        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let owner = shopper.customer_id().to_owned();
+    let id = raw_id.clone();
+    let body = sale
+        .read(move |s| {
+            if let Some(h) = s.active_hold(hold).filter(|h| h.shopper.customer_id() == owner) {
+                return Some(json!({
+                    "hold_id": id, "status": "active", "quantity": h.quantity,
+                    "expires_at": format_time(h.expires_at), "deliver_by": h.deliver_by.map(format_day),
+                }));
+            }
+            let status = match s.hold_end_for(hold, &owner)? {
+                HoldEnd::Confirmed(_) => "confirmed",
+                HoldEnd::Released => "released",
+                HoldEnd::Expired => "expired",
+            };
+            Some(json!({"hold_id": id, "status": status}))
+        })
+        .await?;
+    body.map(Json)
+        .ok_or_else(|| ApiError::not_found("hold_not_found", "no such hold"))
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw_id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::not_found("order_not_found", "no such order");
+    let (sale_id, order) = parse_order_id(&raw_id)?;
+    let sale = find_sale(&state, sale_id).map_err(|_| not_found())?;
+    let order = sale
+        .read(move |s| s.order(order).cloned())
+        .await?
+        .ok_or_else(not_found)?;
+    if let Caller::Customer(shopper) = &caller
+        && shopper.customer_id() != order.shopper.customer_id()
+    {
+        return Err(not_found());
+    }
+    Ok(Json(order_body(sale_id, &order)))
+}

@@ -1,0 +1,354 @@
+//! The HTTP wire format, separate from the core's types so either can change without the
+//! other. Conversions and validation of untrusted input live here.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use holdfast_core::{
+    Channel, Day, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HoldId, Order, OrderId,
+    PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, SaleSpec, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::actor::{Outcome, SaleView};
+use crate::error::ApiError;
+use crate::idempotency::StoredAnswer;
+
+pub fn format_time(at: Timestamp) -> String {
+    DateTime::<Utc>::from_timestamp_millis(at.0)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+pub fn parse_time(field: &'static str, raw: &str) -> Result<Timestamp, ApiError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| Timestamp(t.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_time",
+                format!("{field} must be an RFC 3339 time, e.g. 2020-02-21T15:00:00Z"),
+            )
+        })
+}
+
+fn epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch is a date")
+}
+
+pub fn format_day(day: Day) -> String {
+    (epoch() + chrono::Duration::days(day.0))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+fn parse_day(raw: &str) -> Result<Day, ApiError> {
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map(|d| Day((d - epoch()).num_days()))
+        .map_err(|_| {
+            ApiError::bad_request("invalid_delivery", "delivery.first_day must be YYYY-MM-DD")
+        })
+}
+
+/// An integer field checked against its range, so negative and huge values get a clear 400.
+pub fn in_range(field: &'static str, value: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_quantity",
+            format!("{field} must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+pub fn parse_channel(raw: Option<&str>) -> Result<Channel, ApiError> {
+    let raw = raw.unwrap_or("web");
+    Channel::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_channel",
+            format!("unknown channel '{raw}': use web, app, phone or store"),
+        )
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelShares {
+    #[serde(default)]
+    pub web: i64,
+    #[serde(default)]
+    pub app: i64,
+    #[serde(default)]
+    pub phone: i64,
+    #[serde(default)]
+    pub store: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryRequest {
+    pub capacity_per_day: i64,
+    pub first_day: String,
+}
+
+/// `POST /v1/sales`. Unknown fields are refused: a typo in a limit must not go unnoticed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSale {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub per_customer_limit: i64,
+    pub opens_at: String,
+    pub closes_at: Option<String>,
+    pub hold_ttl_s: Option<i64>,
+    pub queue: Option<String>,
+    pub rehearsal: Option<bool>,
+    pub channels: Option<ChannelShares>,
+    pub price_ceiling: Option<i64>,
+    pub delivery: Option<DeliveryRequest>,
+}
+
+impl CreateSale {
+    pub fn into_spec(self) -> Result<SaleSpec, ApiError> {
+        let queue = match self.queue.as_deref().unwrap_or("none") {
+            "none" => QueueMode::None,
+            "fifo" | "lottery" => {
+                return Err(ApiError::bad_request(
+                    "queue_mode_unavailable",
+                    "this server has no waiting room yet; create the sale with \"queue\": \"none\"",
+                ));
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_queue",
+                    format!("unknown queue mode '{other}'"),
+                ));
+            }
+        };
+        let shares = self.channels.map_or(Ok([0; 4]), |c| {
+            let share = |name, v| in_range(name, v, 0, i64::from(STOCK_MAX)).map(|v| v as u32);
+            Ok::<_, ApiError>([
+                share("channels.web", c.web)?,
+                share("channels.app", c.app)?,
+                share("channels.phone", c.phone)?,
+                share("channels.store", c.store)?,
+            ])
+        })?;
+        let delivery = match self.delivery {
+            None => None,
+            Some(d) => Some(DeliveryPlan {
+                capacity_per_day: in_range(
+                    "delivery.capacity_per_day",
+                    d.capacity_per_day,
+                    1,
+                    i64::from(u32::MAX),
+                )? as u32,
+                first_day: parse_day(&d.first_day)?,
+            }),
+        };
+        let hold_ttl_s = in_range(
+            "hold_ttl_s",
+            self.hold_ttl_s
+                .unwrap_or((HOLD_TTL_MILLIS_DEFAULT / 1000) as i64),
+            1,
+            24 * 3600,
+        )?;
+        let spec = SaleSpec {
+            id: self.id,
+            sku: self.sku,
+            name: self.name,
+            price: in_range("price", self.price, 0, i64::MAX)? as u64,
+            stock: in_range("stock", self.stock, 0, i64::from(STOCK_MAX))? as u32,
+            per_customer_limit: in_range(
+                "per_customer_limit",
+                self.per_customer_limit,
+                1,
+                i64::from(PER_CUSTOMER_LIMIT_MAX),
+            )? as u32,
+            opens_at: parse_time("opens_at", &self.opens_at)?,
+            closes_at: self
+                .closes_at
+                .map(|t| parse_time("closes_at", &t))
+                .transpose()?,
+            hold_ttl_millis: hold_ttl_s as u64 * 1000,
+            queue,
+            rehearsal: self.rehearsal.unwrap_or(false),
+            channel_shares: shares,
+            price_ceiling: self
+                .price_ceiling
+                .map(|c| in_range("price_ceiling", c, 0, i64::MAX))
+                .transpose()?
+                .map(|c| c as u64),
+            delivery,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+pub fn sale_body(view: &SaleView, now: Timestamp) -> serde_json::Value {
+    let spec = &view.spec;
+    let channels: serde_json::Map<String, serde_json::Value> = Channel::ALL
+        .iter()
+        .filter(|c| spec.channel_shares[c.index()] > 0)
+        .map(|c| {
+            let share = json!({"share": spec.channel_shares[c.index()], "share_left": view.shares_left[c.index()]});
+            (c.name().to_owned(), share)
+        })
+        .collect();
+    json!({
+        "id": spec.id,
+        "sku": spec.sku,
+        "name": spec.name,
+        "price": spec.price,
+        "state": view.status(now),
+        "opens_at": format_time(spec.opens_at),
+        "closes_at": spec.closes_at.map(format_time),
+        "hold_ttl_s": spec.hold_ttl_millis / 1000,
+        "per_customer_limit": spec.per_customer_limit,
+        "queue_mode": spec.queue,
+        "rehearsal": spec.rehearsal,
+        "price_ceiling": spec.price_ceiling,
+        "stock": {
+            "total": view.total,
+            "available": view.available,
+            "held": view.held,
+            "sold": view.sold,
+            "allotted": view.allotted,
+        },
+        "queue": {"waiting": 0, "admitted": 0},
+        "channels": channels,
+        "delivery": spec.delivery.map(|d| json!({
+            "capacity_per_day": d.capacity_per_day,
+            "first_day": format_day(d.first_day),
+        })),
+        "orders": view.orders,
+    })
+}
+
+pub fn hold_id(sale_id: &str, hold: HoldId) -> String {
+    format!("{sale_id}.h{}", hold.0)
+}
+
+pub fn order_id(sale_id: &str, order: OrderId) -> String {
+    format!("{sale_id}.o{}", order.0)
+}
+
+/// Splits "<sale>.<letter><n>" into the sale id and the number.
+fn split_id(raw: &str, letter: char) -> Option<(&str, u64)> {
+    let (sale, local) = raw.rsplit_once('.')?;
+    let number = local.strip_prefix(letter)?.parse().ok()?;
+    Some((sale, number))
+}
+
+pub fn parse_hold_id(raw: &str) -> Result<(&str, HoldId), ApiError> {
+    split_id(raw, 'h')
+        .map(|(sale, n)| (sale, HoldId(n)))
+        .ok_or_else(|| ApiError::not_found("hold_not_found", "no such hold"))
+}
+
+pub fn parse_order_id(raw: &str) -> Result<(&str, OrderId), ApiError> {
+    split_id(raw, 'o')
+        .map(|(sale, n)| (sale, OrderId(n)))
+        .ok_or_else(|| ApiError::not_found("order_not_found", "no such order"))
+}
+
+pub fn order_body(sale_id: &str, order: &Order) -> serde_json::Value {
+    json!({
+        "order_id": order_id(sale_id, order.id),
+        "sale_id": sale_id,
+        "hold_id": hold_id(sale_id, order.hold),
+        "customer_id": order.shopper.customer_id(),
+        "quantity": order.quantity,
+        "channel": order.channel,
+        "amount": order.amount,
+        "status": "confirmed",
+        "created_at": format_time(order.created_at),
+        "deliver_by": order.deliver_by.map(format_day),
+        "rehearsal": order.rehearsal,
+    })
+}
+
+fn rejected(outcome: &Outcome) -> Option<StoredAnswer> {
+    let rejection = outcome.as_ref().err()?;
+    let error = ApiError::from(rejection.clone());
+    Some(StoredAnswer {
+        status: error.status.as_u16(),
+        body: error.body(),
+    })
+}
+
+pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
+    if let Some(answer) = rejected(outcome) {
+        return answer;
+    }
+    let Ok(Reply::Held(hold)) = outcome else {
+        unreachable!("a hold command answers with a hold: {outcome:?}")
+    };
+    StoredAnswer {
+        status: 201,
+        body: json!({
+            "hold_id": hold_id(&spec.id, hold.id),
+            "sale_id": spec.id,
+            "quantity": hold.quantity,
+            "channel": hold.channel,
+            "amount": spec.price * u64::from(hold.quantity),
+            "expires_at": format_time(hold.expires_at),
+            "deliver_by": hold.deliver_by.map(format_day),
+            "rehearsal": spec.rehearsal,
+        }),
+    }
+}
+
+pub fn render_confirm(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
+    if let Some(answer) = rejected(outcome) {
+        return answer;
+    }
+    let Ok(Reply::Confirmed(order)) = outcome else {
+        unreachable!("a confirm command answers with an order: {outcome:?}")
+    };
+    let mut body = order_body(&spec.id, order);
+    body["status"] = json!("confirmed");
+    StoredAnswer { status: 200, body }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldRequest {
+    pub quantity: i64,
+    pub channel: Option<String>,
+    pub pass: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PaymentRequest {
+    pub method: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfirmRequest {
+    pub payment: PaymentRequest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestockRequest {
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerTokenRequest {
+    pub customer_id: String,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub ttl_s: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrdersQuery {
+    pub after: Option<String>,
+    pub limit: Option<String>,
+}

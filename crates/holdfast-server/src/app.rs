@@ -1,0 +1,150 @@
+//! Wiring: recover the ledger, build the router, bind the listener.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rand::RngCore;
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::auth::TokenKeys;
+use crate::clock::Clock;
+use crate::config::{Config, Limits};
+use crate::idempotency::Idempotency;
+use crate::ledger::{Ledger, RecoveryError};
+use crate::payments::PaymentProvider;
+
+pub struct AppInner {
+    pub ledger: Ledger,
+    pub tokens: TokenKeys,
+    pub operator_token: String,
+    pub clock: Arc<dyn Clock>,
+    pub payments: Arc<dyn PaymentProvider>,
+    pub idempotency: Idempotency,
+    pub limits: Limits,
+    pub metrics: PrometheusHandle,
+}
+
+/// The one state struct every handler gets.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot use the data directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("another holdfast server is using this data directory")]
+    DataDirInUse,
+    #[error(transparent)]
+    Store(#[from] holdfast_store::StoreError),
+    #[error("cannot recover the ledger: {0}")]
+    Recovery(#[from] RecoveryError),
+    #[error("cannot read stored idempotency answers: {0}")]
+    Idempotency(#[from] serde_json::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    operator_token: String,
+    operator_token_generated: bool,
+    /// Held open for the server's lifetime: its lock keeps a second server off the same data.
+    _data_lock: File,
+}
+
+/// Prometheus allows one global recorder per process; tests build many servers in one.
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+fn generate_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Application {
+    /// Recovers state from `config.data_dir` and binds `config.listen` (port 0 picks a free
+    /// port; read it back with `local_addr`).
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let data_lock = File::create(config.data_dir.join("LOCK"))?;
+        data_lock.try_lock().map_err(|_| StartError::DataDirInUse)?;
+        let backend = holdfast_store::SqliteLog::open(&config.data_dir)?;
+        let (ledger, values) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
+        let idempotency = Idempotency::recover(&values)?;
+        let tokens = TokenKeys::load_or_create(&config.data_dir)?;
+        let (operator_token, operator_token_generated) = match config.operator_token {
+            Some(token) if !token.is_empty() => (token, false),
+            _ => (generate_token(), true),
+        };
+        let state = AppState(Arc::new(AppInner {
+            ledger,
+            tokens,
+            operator_token: operator_token.clone(),
+            clock: config.clock,
+            payments: config.payments,
+            idempotency,
+            limits: config.limits,
+            metrics: prometheus(),
+        }));
+        let router = crate::api::router(state);
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Application {
+            listener,
+            router,
+            operator_token,
+            operator_token_generated,
+            _data_lock: data_lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn operator_token(&self) -> &str {
+        &self.operator_token
+    }
+
+    /// True when no token was configured and this one was made up at start-up.
+    pub fn operator_token_generated(&self) -> bool {
+        self.operator_token_generated
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Application {
+            listener,
+            router,
+            _data_lock,
+            ..
+        } = self;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

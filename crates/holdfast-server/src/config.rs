@@ -1,0 +1,61 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::payments::{PaymentProvider, SimulatedAcquirer};
+
+/// Everything `Application::build` needs. Tests build one with `Config::for_tests`.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The operator's bearer token. `None` makes the server generate one (see `Application`).
+    pub operator_token: Option<String>,
+    pub clock: Arc<dyn Clock>,
+    pub payments: Arc<dyn PaymentProvider>,
+    pub limits: Limits,
+}
+
+/// Named bounds on every queue and batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Commands waiting for one sale's actor; beyond it callers get 429 at once.
+    pub sale_queue_commands_max: usize,
+    /// Commands one actor decides before one durable append.
+    pub sale_batch_commands_max: usize,
+    /// Events in a sale's log between two snapshots.
+    pub snapshot_every_events: u64,
+    /// Sales one server keeps.
+    pub sales_max: usize,
+    /// Largest request body accepted.
+    pub body_bytes_max: usize,
+    /// How long a customer token lives when the operator does not say.
+    pub customer_token_ttl_s_default: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sale_queue_commands_max: 16_384,
+            sale_batch_commands_max: 1_024,
+            snapshot_every_events: 100_000,
+            sales_max: 10_000,
+            body_bytes_max: 16 * 1024,
+            customer_token_ttl_s_default: 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, operator_token: Option<String>) -> Config {
+        Config {
+            listen,
+            data_dir,
+            operator_token,
+            clock: Arc::new(SystemClock),
+            payments: Arc::new(SimulatedAcquirer::default()),
+            limits: Limits::default(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The one place where every failure becomes an HTTP answer:
+//! `{"error": {"code": "<snake_case>", "message": "<for a person>"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use holdfast_core::{Rejection, SpecError};
+use holdfast_store::StoreError;
+use serde_json::json;
+use thiserror::Error;
+
+use crate::payments::PaymentError;
+
+/// Failures of the server's own machinery, as opposed to refusals of a request.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("the sale is busy; try again shortly")]
+    Busy,
+    #[error("this server already holds as many sales as it is configured for")]
+    TooManySales,
+    #[error("the ledger cannot write durably: {0}")]
+    Storage(#[from] StoreError),
+    #[error("the sale's ledger stopped after a storage failure")]
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn overloaded(retry_after_s: u64) -> ApiError {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many requests right now; retry after the time given",
+            )
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        let status = match rejection {
+            Rejection::NotOpenYet { .. } | Rejection::Closed => StatusCode::FORBIDDEN,
+            Rejection::LimitExceeded { .. } => StatusCode::FORBIDDEN,
+            Rejection::SoldOut { .. } => StatusCode::CONFLICT,
+            Rejection::InvalidQuantity { .. } => StatusCode::BAD_REQUEST,
+            Rejection::HoldNotFound => StatusCode::NOT_FOUND,
+            Rejection::HoldExpired => StatusCode::GONE,
+            Rejection::HoldReleased => StatusCode::GONE,
+            Rejection::HoldConfirmed
+            | Rejection::ShareAlreadyReleased { .. }
+            | Rejection::AllotmentExceeded { .. } => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, rejection.code(), rejection.to_string())
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(error: SpecError) -> ApiError {
+        let status = match error {
+            SpecError::PriceAboveCeiling { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> ApiError {
+        match error {
+            LedgerError::Busy => ApiError::overloaded(1),
+            LedgerError::TooManySales => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_sales",
+                "this server already holds its maximum number of sales",
+            ),
+            other => {
+                tracing::error!(error = %other, "ledger unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the ledger cannot accept writes right now; nothing was changed",
+                )
+            }
+        }
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(error: PaymentError) -> ApiError {
+        match error {
+            PaymentError::Declined { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_declined",
+                error.to_string(),
+            ),
+            PaymentError::Unavailable | PaymentError::UnknownAuthorization => ApiError {
+                retry_after_s: Some(5),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "payment_unavailable",
+                    "the payment network did not answer; the hold is kept, try again",
+                )
+            },
+        }
+    }
+}

@@ -1,0 +1,278 @@
+use std::sync::Arc;
+
+use holdfast_core::Timestamp;
+use holdfast_server::clock::ManualClock;
+use holdfast_server::payments::SimulatedAcquirer;
+use holdfast_server::{Application, Config, Limits};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const OPERATOR: &str = "test-operator-token";
+/// 2026-01-01T00:00:00Z: the moment every test app starts at.
+pub const START: Timestamp = Timestamp(1_767_225_600_000);
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub acquirer: Arc<SimulatedAcquirer>,
+    pub dir: Arc<tempfile::TempDir>,
+    limits: Limits,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Limits::default()).await
+}
+
+pub async fn spawn_app_with(limits: Limits) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    start(
+        dir,
+        ManualClock::new(START),
+        Arc::new(SimulatedAcquirer::default()),
+        limits,
+    )
+    .await
+}
+
+async fn start(
+    dir: Arc<tempfile::TempDir>,
+    clock: ManualClock,
+    acquirer: Arc<SimulatedAcquirer>,
+    limits: Limits,
+) -> TestApp {
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().to_path_buf(),
+        Some(OPERATOR.into()),
+    );
+    config.clock = Arc::new(clock.clone());
+    config.payments = acquirer.clone();
+    config.limits = limits;
+    let app = Application::build(config).await.expect("app starts");
+    let base = format!("http://{}", app.local_addr());
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stop.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    TestApp {
+        base,
+        client,
+        clock,
+        acquirer,
+        dir,
+        limits,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops the server and starts a new one on the same data directory and clock.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        start(
+            self.dir.clone(),
+            self.clock.clone(),
+            self.acquirer.clone(),
+            self.limits,
+        )
+        .await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.call_with(method, path, token, body, None).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, body }
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("Content-Type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+
+    pub async fn create_sale(&self, sale: Value) -> Answer {
+        self.call(Method::POST, "/v1/sales", Some(OPERATOR), Some(sale))
+            .await
+    }
+
+    pub async fn sale(&self, id: &str) -> Value {
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("/v1/sales/{id}"),
+                Some(OPERATOR),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body
+    }
+
+    pub async fn token(
+        &self,
+        customer_id: &str,
+        phone: Option<&str>,
+        address: Option<&str>,
+    ) -> String {
+        let body = json!({"customer_id": customer_id, "phone": phone, "address": address});
+        let answer = self
+            .call(
+                Method::POST,
+                "/v1/customer-tokens",
+                Some(OPERATOR),
+                Some(body),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn hold(&self, sale: &str, token: &str, quantity: i64) -> Answer {
+        let body = json!({"quantity": quantity, "channel": "web"});
+        self.call(
+            Method::POST,
+            &format!("/v1/sales/{sale}/holds"),
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn confirm(&self, hold_id: &str, token: &str) -> Answer {
+        self.confirm_with_card(hold_id, token, "tok_visa").await
+    }
+
+    pub async fn confirm_with_card(&self, hold_id: &str, token: &str, card: &str) -> Answer {
+        let body = json!({"payment": {"method": "card", "token": card}});
+        self.call(
+            Method::POST,
+            &format!("/v1/holds/{hold_id}/confirm"),
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    pub fn advance_s(&self, seconds: i64) {
+        self.clock.advance_millis(seconds * 1000);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A sale open since the app's start, with sensible defaults; override fields with `patch`.
+pub fn sale_json(id: &str, stock: u32, limit: u32, patch: Value) -> Value {
+    let mut sale = json!({
+        "id": id,
+        "sku": "KF94-60",
+        "name": "KF94 masks, 60 pack",
+        "price": 39900,
+        "stock": stock,
+        "per_customer_limit": limit,
+        "opens_at": "2026-01-01T00:00:00Z",
+        "hold_ttl_s": 600,
+        "queue": "none",
+    });
+    for (key, value) in patch.as_object().unwrap() {
+        sale[key] = value.clone();
+    }
+    sale
+}
+
+pub fn stock(sale: &Value) -> (u64, u64, u64, u64) {
+    let s = &sale["stock"];
+    (
+        s["total"].as_u64().unwrap(),
+        s["available"].as_u64().unwrap(),
+        s["held"].as_u64().unwrap(),
+        s["sold"].as_u64().unwrap(),
+    )
+}

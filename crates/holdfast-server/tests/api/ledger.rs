@@ -1,0 +1,185 @@
+//! Durability and idempotency across restarts.
+
+use holdfast_server::Limits;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn hold_with_key(app: &TestApp, token: &str, quantity: i64, key: &str) -> Answer {
+    let body = json!({"quantity": quantity, "channel": "web"});
+    app.call_with(
+        Method::POST,
+        "/v1/sales/masks/holds",
+        Some(token),
+        Some(body),
+        Some(key),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_answer_even_after_a_restart() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 3, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let first = hold_with_key(&app, &alice, 1, "key-1").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = hold_with_key(&app, &alice, 1, "key-1").await;
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert_eq!(stock(&app.sale("masks").await).2, 1, "one hold, not two");
+
+    let reused = hold_with_key(&app, &alice, 2, "key-1").await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
+
+    // The same key from another customer is another request.
+    let bob = app.token("bob", None, None).await;
+    assert_eq!(
+        hold_with_key(&app, &bob, 1, "key-1").await.status,
+        StatusCode::CREATED
+    );
+
+    let hold_id = first.body["hold_id"].as_str().unwrap().to_owned();
+    let confirm = json!({"payment": {"method": "card", "token": "tok_visa"}});
+    let path = format!("/v1/holds/{hold_id}/confirm");
+    let paid = app
+        .call_with(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(confirm.clone()),
+            Some("pay-1"),
+        )
+        .await;
+    assert_eq!(paid.status, StatusCode::OK);
+
+    let app = app.restart().await;
+    let after_restart = hold_with_key(&app, &alice, 1, "key-1").await;
+    assert_eq!(
+        (after_restart.status, &after_restart.body),
+        (first.status, &first.body)
+    );
+    let paid_again = app
+        .call_with(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(confirm),
+            Some("pay-1"),
+        )
+        .await;
+    assert_eq!(paid_again.body, paid.body);
+    assert_eq!(stock(&app.sale("masks").await), (10, 8, 1, 1));
+    assert_eq!(app.acquirer.captured(), 1, "charged once");
+}
+
+#[tokio::test]
+async fn a_refusal_is_remembered_under_its_key_too() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 0, 1, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let first = hold_with_key(&app, &alice, 1, "k").await;
+    assert_eq!(first.code(), "sold_out");
+    app.call(
+        Method::POST,
+        "/v1/sales/masks/restock",
+        Some(OPERATOR),
+        Some(json!({"quantity": 5})),
+    )
+    .await;
+    // The retry is the same request: it gets the same answer. A new attempt takes a new key.
+    assert_eq!(hold_with_key(&app, &alice, 1, "k").await.code(), "sold_out");
+    assert_eq!(
+        hold_with_key(&app, &alice, 1, "k2").await.status,
+        StatusCode::CREATED
+    );
+}
+
+async fn buy(app: &TestApp, customer: &str) -> Value {
+    let token = app.token(customer, None, None).await;
+    let hold = app.hold("masks", &token, 1).await;
+    assert_eq!(hold.status, StatusCode::CREATED, "{}", hold.body);
+    app.confirm(hold.body["hold_id"].as_str().unwrap(), &token)
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
+    for snapshot_every_events in [3, 100_000] {
+        let limits = Limits {
+            snapshot_every_events,
+            ..Limits::default()
+        };
+        let app = spawn_app_with(limits).await;
+        app.create_sale(sale_json("masks", 20, 1, json!({"hold_ttl_s": 60})))
+            .await;
+        let mut orders = Vec::new();
+        for n in 0..7 {
+            orders.push(buy(&app, &format!("c{n}")).await["order_id"].clone());
+        }
+        let holder = app.token("holder", None, None).await;
+        app.hold("masks", &holder, 1).await;
+        app.call(
+            Method::POST,
+            "/v1/sales/masks/restock",
+            Some(OPERATOR),
+            Some(json!({"quantity": 4})),
+        )
+        .await;
+        let before = app.sale("masks").await;
+        assert_eq!(stock(&before), (24, 16, 1, 7));
+
+        let app = app.restart().await;
+        assert_eq!(
+            app.sale("masks").await,
+            before,
+            "snapshot every {snapshot_every_events}"
+        );
+        let listed = app
+            .call(
+                Method::GET,
+                "/v1/sales/masks/orders?limit=5",
+                Some(OPERATOR),
+                None,
+            )
+            .await;
+        assert_eq!(listed.body["orders"].as_array().unwrap().len(), 5);
+        let next = listed.body["next"].as_str().unwrap().to_owned();
+        let rest = app
+            .call(
+                Method::GET,
+                &format!("/v1/sales/masks/orders?after={next}"),
+                Some(OPERATOR),
+                None,
+            )
+            .await;
+        let mut seen: Vec<Value> = listed.body["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_id"].clone())
+            .collect();
+        seen.extend(
+            rest.body["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["order_id"].clone()),
+        );
+        assert_eq!(seen, orders);
+        // The limit still knows who bought, and the hold still expires on time after replay.
+        assert_eq!(
+            app.hold("masks", &app.token("c0", None, None).await, 1)
+                .await
+                .code(),
+            "limit_exceeded"
+        );
+        app.advance_s(60);
+        assert_eq!(buy(&app, "after-restart").await["status"], "confirmed");
+        assert_eq!(stock(&app.sale("masks").await), (24, 16, 0, 8));
+    }
+}

@@ -1,0 +1,93 @@
+//! `holdfast`: one binary for the server and its tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use holdfast_server::{Application, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "A commerce engine for flash sales and outages: exact stock, durable, fair.",
+    long_about = "A commerce engine for flash sales and outages: exact stock, durable, fair.\n\n\
+        Start a server with `holdfast serve`; it keeps its data in ./holdfast-data and needs no \
+        other setup. The operator token (for creating sales) comes from HOLDFAST_OPERATOR_TOKEN, \
+        or is generated and printed at start-up."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the HTTP server on an embedded store (no setup needed).
+    Serve {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Directory for the durable log; created if missing.
+        #[arg(long, default_value = "./holdfast-data")]
+        data: PathBuf,
+        /// The operator's bearer token. Generated and printed when not given.
+        #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn serve(
+    listen: SocketAddr,
+    data: PathBuf,
+    operator_token: Option<String>,
+) -> anyhow::Result<()> {
+    let app = Application::build(Config::new(listen, data.clone(), operator_token)).await?;
+    // Scripts and tests wait for this line; keep its shape.
+    println!("holdfast listening on http://{}", app.local_addr());
+    if app.operator_token_generated() {
+        println!("operator token: {}", app.operator_token());
+        println!("(set HOLDFAST_OPERATOR_TOKEN to choose your own)");
+    }
+    tracing::info!(data = %data.display(), "serving");
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Commands::Serve {
+            listen,
+            data,
+            operator_token,
+        } => runtime.block_on(serve(listen, data, operator_token)),
+    }
+}
