@@ -1,13 +1,18 @@
 //! One task per sale owns that sale's state and is its only writer. It takes every command
-//! that is waiting (up to a bound), decides them in order, appends their events in one durable
-//! batch, and only then answers. Readers of the sale's counters use a published view and never
-//! wait for the actor.
+//! that is waiting (up to a bound), decides them in order, submits their events as one batch to
+//! the log, and answers only once that batch is durable.
+//!
+//! Pipelining: while one batch is being synced the actor already decides the next, so the cost
+//! of deciding and the cost of syncing overlap instead of adding up. The log makes batches
+//! durable in submission order, so every answer still waits for everything it depends on.
+//! Readers of the sale's counters use a published view that only ever shows durable state.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_core::{Command, Event, Rejection, Reply, Sale, SaleSpec, SaleStatus, Timestamp};
-use holdfast_store::{Batch, LogHandle, Record, Snapshot};
+use holdfast_store::{Batch, Durable, LogHandle, Record, Snapshot, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
@@ -35,15 +40,27 @@ pub struct Executed {
     pub answer: Option<StoredAnswer>,
 }
 
-type ReadFn = Box<dyn FnOnce(&Sale) + Send>;
+/// Answers a read: runs against the state when decided, replies once that state is durable.
+type ReadFn = Box<dyn FnOnce(&Sale) -> DeferredReply + Send>;
+type DeferredReply = Box<dyn FnOnce() + Send>;
+type PendingReply = oneshot::Sender<Result<Executed, LedgerError>>;
 
 enum Request {
     Execute {
         command: Command,
         idempotent: Option<Idempotent>,
-        reply: Option<oneshot::Sender<Result<Executed, LedgerError>>>,
+        reply: Option<PendingReply>,
     },
     Read(ReadFn),
+}
+
+/// A decided batch waiting for its durability before its answers go out.
+struct InFlight {
+    /// `None` when the batch wrote nothing; it completes as soon as the batches before it do.
+    durable: Option<Durable>,
+    replies: Vec<(PendingReply, Executed)>,
+    reads: Vec<DeferredReply>,
+    view: Option<Arc<SaleView>>,
 }
 
 /// The sale's counters as of its last durable batch.
@@ -119,7 +136,10 @@ impl SaleHandle {
     ) -> Result<T, LedgerError> {
         let (reply, answer) = oneshot::channel();
         let request = Request::Read(Box::new(move |sale| {
-            let _ = reply.send(read(sale));
+            let value = read(sale);
+            Box::new(move || {
+                let _ = reply.send(value);
+            })
         }));
         self.sender.try_send(request).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
@@ -139,6 +159,7 @@ pub struct SaleActor {
     view: watch::Sender<Arc<SaleView>>,
     last_now: Timestamp,
     events_since_snapshot: u64,
+    in_flight: VecDeque<InFlight>,
     stopped: bool,
 }
 
@@ -167,6 +188,7 @@ impl SaleActor {
             receiver,
             view,
             events_since_snapshot,
+            in_flight: VecDeque::new(),
             stopped: false,
         };
         tokio::spawn(actor.run());
@@ -179,13 +201,22 @@ impl SaleActor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let in_flight_max = self.limits.sale_batches_in_flight_max;
+        assert!(in_flight_max > 0);
         loop {
+            let room = self.in_flight.len() < in_flight_max;
             let first = tokio::select! {
-                request = self.receiver.recv() => match request {
+                biased;
+                durable = oldest_durable(&mut self.in_flight), if !self.in_flight.is_empty() => {
+                    self.complete_oldest(durable);
+                    continue;
+                }
+                request = self.receiver.recv(), if room => match request {
                     Some(request) => request,
-                    None => return,
+                    None if self.in_flight.is_empty() => return,
+                    None => continue,
                 },
-                _ = tick.tick() => Request::Execute { command: Command::Tick, idempotent: None, reply: None },
+                _ = tick.tick(), if room => Request::Execute { command: Command::Tick, idempotent: None, reply: None },
             };
             let mut requests = vec![first];
             while requests.len() < self.limits.sale_batch_commands_max {
@@ -194,7 +225,32 @@ impl SaleActor {
                     Err(_) => break,
                 }
             }
-            self.process(requests).await;
+            self.decide(requests).await;
+        }
+    }
+
+    /// Sends the answers of the oldest batch now that it is durable; after a failed write,
+    /// stops the sale: its in-memory state is ahead of what the log holds.
+    fn complete_oldest(&mut self, durable: Result<(), StoreError>) {
+        let batch = self.in_flight.pop_front().expect("a batch is in flight");
+        if let Err(error) = durable {
+            tracing::error!(%error, sale = %self.spec.id, "append failed; sale stops");
+            self.stopped = true;
+            for failed in std::iter::once(batch).chain(self.in_flight.drain(..)) {
+                for (reply, _) in failed.replies {
+                    let _ = reply.send(Err(LedgerError::Storage(error.clone())));
+                }
+            }
+            return;
+        }
+        if let Some(view) = batch.view {
+            self.view.send_replace(view);
+        }
+        for (reply, executed) in batch.replies {
+            let _ = reply.send(Ok(executed));
+        }
+        for read in batch.reads {
+            read();
         }
     }
 
@@ -204,7 +260,7 @@ impl SaleActor {
         self.last_now
     }
 
-    async fn process(&mut self, requests: Vec<Request>) {
+    async fn decide(&mut self, requests: Vec<Request>) {
         if self.stopped {
             return; // Dropping the requests answers every caller with `Stopped`.
         }
@@ -213,6 +269,7 @@ impl SaleActor {
         let mut values = Vec::new();
         let mut replies = Vec::new();
         let mut reads = Vec::new();
+        let mut counts = CommandCounts::default();
         for request in requests {
             match request {
                 Request::Execute {
@@ -221,7 +278,7 @@ impl SaleActor {
                     reply,
                 } => {
                     let handled = self.sale.handle(&command, now);
-                    count(&command, &handled.outcome);
+                    counts.add(&command, &handled.outcome);
                     events.extend(handled.events);
                     let answer = idempotent.map(|request| {
                         let answer = (request.render)(&self.spec, &handled.outcome);
@@ -238,31 +295,32 @@ impl SaleActor {
                         ));
                     }
                 }
-                Request::Read(read) => reads.push(read),
+                Request::Read(read) => reads.push(read(&self.sale)),
             }
         }
+        counts.publish();
         let changed = !events.is_empty();
-        if changed || !values.is_empty() {
+        let durable = if changed || !values.is_empty() {
             let batch = self.batch(events, values);
-            if let Err(error) = self.log.append(batch).await {
-                tracing::error!(%error, sale = %self.spec.id, "append failed; sale stops");
-                self.stopped = true;
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(LedgerError::Storage(error.clone())));
+            match self.log.submit(batch).await {
+                Ok(durable) => Some(durable),
+                Err(error) => {
+                    // Let the failure flow through the same path as a failed sync.
+                    let (failed, answer) = oneshot::channel();
+                    let _ = failed.send(Err(error));
+                    Some(Durable::from(answer))
                 }
-                return;
             }
-        }
-        if changed {
-            self.view
-                .send_replace(Arc::new(SaleView::of(&self.sale, &self.spec)));
-        }
-        for (reply, executed) in replies {
-            let _ = reply.send(Ok(executed));
-        }
-        for read in reads {
-            read(&self.sale);
-        }
+        } else {
+            None
+        };
+        let view = changed.then(|| Arc::new(SaleView::of(&self.sale, &self.spec)));
+        self.in_flight.push_back(InFlight {
+            durable,
+            replies,
+            reads,
+            view,
+        });
     }
 
     fn batch(&mut self, events: Vec<Event>, values: Vec<(String, Vec<u8>)>) -> Batch {
@@ -291,7 +349,45 @@ impl SaleActor {
     }
 }
 
-fn count(command: &Command, outcome: &Outcome) {
+async fn oldest_durable(in_flight: &mut VecDeque<InFlight>) -> Result<(), StoreError> {
+    match in_flight
+        .front_mut()
+        .and_then(|batch| batch.durable.as_mut())
+    {
+        Some(durable) => durable.await.map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// Commands decided in one batch, by command and result, so the metrics registry is touched
+/// once per distinct pair per batch rather than once per command.
+#[derive(Default)]
+struct CommandCounts(Vec<((&'static str, &'static str), u64)>);
+
+impl CommandCounts {
+    fn add(&mut self, command: &Command, outcome: &Outcome) {
+        let Some(name) = command_name(command) else {
+            return;
+        };
+        let result = match outcome {
+            Ok(_) => "accepted",
+            Err(rejection) => rejection.code(),
+        };
+        match self.0.iter_mut().find(|(key, _)| *key == (name, result)) {
+            Some((_, count)) => *count += 1,
+            None => self.0.push(((name, result), 1)),
+        }
+    }
+
+    fn publish(self) {
+        for ((command, result), count) in self.0 {
+            metrics::counter!("holdfast_commands_total", "command" => command, "result" => result)
+                .increment(count);
+        }
+    }
+}
+
+fn command_name(command: &Command) -> Option<&'static str> {
     let name = match command {
         Command::PlaceHold { .. } => "hold",
         Command::ConfirmHold { .. } => "confirm",
@@ -302,12 +398,7 @@ fn count(command: &Command, outcome: &Outcome) {
         Command::ClaimAllotment { .. } => "claim_allotment",
         Command::ReturnAllotment { .. } => "return_allotment",
         Command::RecordAllottedSale { .. } => "allotted_sale",
-        Command::Tick => return,
+        Command::Tick => return None,
     };
-    let result = match outcome {
-        Ok(_) => "accepted",
-        Err(rejection) => rejection.code(),
-    };
-    metrics::counter!("holdfast_commands_total", "command" => name, "result" => result)
-        .increment(1);
+    Some(name)
 }

@@ -50,8 +50,8 @@ pub enum StartError {
     Store(#[from] holdfast_store::StoreError),
     #[error("cannot recover the ledger: {0}")]
     Recovery(#[from] RecoveryError),
-    #[error("cannot read stored idempotency answers: {0}")]
-    Idempotency(#[from] serde_json::Error),
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::UnreadableAnswer),
 }
 
 pub struct Application {

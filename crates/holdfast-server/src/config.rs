@@ -24,6 +24,8 @@ pub struct Limits {
     pub sale_queue_commands_max: usize,
     /// Commands one actor decides before one durable append.
     pub sale_batch_commands_max: usize,
+    /// Batches one actor may have submitted but not yet seen durable.
+    pub sale_batches_in_flight_max: usize,
     /// Events in a sale's log between two snapshots.
     pub snapshot_every_events: u64,
     /// Sales one server keeps.
@@ -39,6 +41,7 @@ impl Default for Limits {
         Limits {
             sale_queue_commands_max: 16_384,
             sale_batch_commands_max: 1_024,
+            sale_batches_in_flight_max: 4,
             snapshot_every_events: 100_000,
             sales_max: 10_000,
             body_bytes_max: 16 * 1024,

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -16,33 +17,47 @@ use crate::error::ApiError;
 const KEY_PREFIX: &str = "idem/";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
-/// An HTTP answer as stored for replay.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An HTTP answer as stored for replay: the status and the exact JSON bytes sent.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredAnswer {
     pub status: u16,
-    pub body: serde_json::Value,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredEntry {
-    fingerprint: String,
-    answer: StoredAnswer,
+    pub body: Bytes,
 }
 
 impl StoredAnswer {
+    pub fn json(status: u16, body: &impl Serialize) -> StoredAnswer {
+        let bytes = serde_json::to_vec(body).expect("answers serialise");
+        StoredAnswer {
+            status,
+            body: Bytes::from(bytes),
+        }
+    }
+
+    /// `<fingerprint> <status>\n<body>`: the fingerprint is hex and the status digits, so the
+    /// first space and newline cannot be part of either.
     pub fn encode(&self, fingerprint: &str) -> Vec<u8> {
-        let entry = StoredEntry {
-            fingerprint: fingerprint.to_owned(),
-            answer: self.clone(),
+        let mut bytes = format!("{fingerprint} {}\n", self.status).into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(String, StoredAnswer)> {
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&bytes[..newline]).ok()?;
+        let (fingerprint, status) = head.split_once(' ')?;
+        let answer = StoredAnswer {
+            status: status.parse().ok()?,
+            body: Bytes::copy_from_slice(&bytes[newline + 1..]),
         };
-        serde_json::to_vec(&entry).expect("answers serialise")
+        Some((fingerprint.to_owned(), answer))
     }
 }
 
 impl IntoResponse for StoredAnswer {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body)).into_response()
+        let json = HeaderValue::from_static("application/json");
+        (status, [(header::CONTENT_TYPE, json)], self.body).into_response()
     }
 }
 
@@ -60,6 +75,10 @@ pub fn fingerprint(route: &str, body: &impl Serialize) -> String {
     hasher.update(serde_json::to_vec(body).expect("request bodies serialise"));
     hex::encode(&hasher.finalize()[..16])
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the stored answer under '{0}' cannot be read")]
+pub struct UnreadableAnswer(String);
 
 enum Slot {
     InFlight {
@@ -120,15 +139,16 @@ impl Drop for InFlightGuard {
 
 impl Idempotency {
     /// Rebuilds the index from the values recovered from the log.
-    pub fn recover(values: &[(String, Vec<u8>)]) -> Result<Idempotency, serde_json::Error> {
+    pub fn recover(values: &[(String, Vec<u8>)]) -> Result<Idempotency, UnreadableAnswer> {
         let mut slots = HashMap::new();
         for (key, bytes) in values.iter().filter(|(k, _)| k.starts_with(KEY_PREFIX)) {
-            let entry: StoredEntry = serde_json::from_slice(bytes)?;
+            let (fingerprint, answer) =
+                StoredAnswer::decode(bytes).ok_or_else(|| UnreadableAnswer(key.clone()))?;
             slots.insert(
                 key.clone(),
                 Slot::Done {
-                    fingerprint: entry.fingerprint,
-                    answer: entry.answer,
+                    fingerprint,
+                    answer,
                 },
             );
         }

@@ -49,6 +49,7 @@ pub struct StoredSnapshot {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub snapshots: Vec<StoredSnapshot>,
+    /// Keyed values in the order they were written; for a key written twice the later wins.
     pub values: Vec<(String, Vec<u8>)>,
     /// Records after the oldest snapshot, in log order. Records a stream's own snapshot
     /// already covers are included; the caller skips them by comparing `seq` to `through`.

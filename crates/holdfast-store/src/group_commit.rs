@@ -1,6 +1,9 @@
 //! Group commit: one writer thread, one sync for every batch that queued up while the previous
 //! sync ran. Under load the batches grow by themselves; idle, a lone batch is synced at once.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -44,12 +47,38 @@ impl LogHandle {
     /// Appends `batch` and waits until it is durable. Returns the sequence number of the batch's
     /// last record.
     pub async fn append(&self, batch: Batch) -> Result<u64, StoreError> {
+        self.submit(batch).await?.await
+    }
+
+    /// Queues `batch` (waiting only while the queue is full) and returns a future that
+    /// resolves once it is durable. Batches become durable in the order they were submitted,
+    /// so a caller may submit the next batch before the previous one resolves.
+    pub async fn submit(&self, batch: Batch) -> Result<Durable, StoreError> {
         let (done, answer) = oneshot::channel();
         self.sender
             .send(Job { batch, done })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        answer.await.map_err(|_| StoreError::Stopped)?
+        Ok(Durable(answer))
+    }
+}
+
+/// Resolves when a submitted batch is durable, with the sequence number of its last record.
+pub struct Durable(oneshot::Receiver<Result<u64, StoreError>>);
+
+impl Future for Durable {
+    type Output = Result<u64, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(StoreError::Stopped)))
+    }
+}
+
+impl From<oneshot::Receiver<Result<u64, StoreError>>> for Durable {
+    fn from(answer: oneshot::Receiver<Result<u64, StoreError>>) -> Durable {
+        Durable(answer)
     }
 }
 

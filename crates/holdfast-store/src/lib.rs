@@ -13,5 +13,5 @@ pub use backend::{
     Batch, LogBackend, Record, Recovery, Snapshot, StoreError, StoredRecord, StoredSnapshot,
     checksum,
 };
-pub use group_commit::{GroupCommit, GroupCommitConfig, LogHandle};
+pub use group_commit::{Durable, GroupCommit, GroupCommitConfig, LogHandle};
 pub use sqlite::SqliteLog;

@@ -24,8 +24,9 @@ CREATE TABLE IF NOT EXISTS snapshot (
     payload BLOB NOT NULL,
     crc INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS value_log (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
     value BLOB NOT NULL,
     crc INTEGER NOT NULL
 );
@@ -85,8 +86,11 @@ impl LogBackend for SqliteLog {
                      VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(io)?;
+            // Values are appended, not updated in place: a keyed update dirties a random B-tree
+            // page per value, and every dirty page is written to the WAL and synced. The
+            // newest value for a key wins when read back.
             let mut value = tx
-                .prepare_cached("INSERT OR REPLACE INTO kv (key, value, crc) VALUES (?1, ?2, ?3)")
+                .prepare_cached("INSERT INTO value_log (key, value, crc) VALUES (?1, ?2, ?3)")
                 .map_err(io)?;
             for batch in batches {
                 for record in &batch.records {
@@ -142,7 +146,7 @@ impl LogBackend for SqliteLog {
         }
         let mut values = self
             .connection
-            .prepare("SELECT key, value, crc FROM kv")
+            .prepare("SELECT key, value, crc FROM value_log ORDER BY seq")
             .map_err(io)?;
         let rows = values
             .query_map([], |row| {

@@ -1,5 +1,12 @@
 //! `holdfast`: one binary for the server and its tools.
 
+mod bench;
+
+/// The server allocates small, short-lived objects per request on several threads, the case
+/// glibc's allocator handles worst; mimalloc cut CPU per request measurably (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -35,6 +42,8 @@ enum Commands {
         #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
         operator_token: Option<String>,
     },
+    /// Measure hold+confirm over HTTP against a bare endpoint, and the core alone.
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing() {
@@ -82,12 +91,12 @@ async fn serve(
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Commands::Serve {
             listen,
             data,
             operator_token,
-        } => runtime.block_on(serve(listen, data, operator_token)),
+        } => tokio::runtime::Runtime::new()?.block_on(serve(listen, data, operator_token)),
+        Commands::Bench(args) => bench::run(args),
     }
 }

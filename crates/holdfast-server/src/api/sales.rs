@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
 use super::wire::{
-    CreateSale, CustomerTokenRequest, OrdersQuery, RestockRequest, format_time, in_range,
-    order_body, parse_channel, parse_order_id, sale_body,
+    CreateSale, CustomerTokenRequest, OrderBody, OrdersQuery, RestockRequest, format_time,
+    in_range, parse_channel, parse_order_id, sale_body,
 };
 use crate::actor::SaleHandle;
 use crate::app::AppState;
@@ -152,27 +152,24 @@ async fn list_orders(
         }
     };
     let sale_id = id.clone();
-    let (orders, more) = sale
+    let (orders, next) = sale
         .read(move |sale| {
             let start = usize::try_from(after)
                 .unwrap_or(usize::MAX)
                 .min(sale.orders().len());
-            let page: Vec<Value> = sale.orders()[start..]
+            let page: Vec<OrderBody> = sale.orders()[start..]
                 .iter()
                 .take(limit)
-                .map(|o| order_body(&sale_id, o))
+                .map(|o| OrderBody::new(&sale_id, o))
                 .collect();
             let more = sale.orders().len() > start + page.len();
-            (page, more)
+            let next = page
+                .last()
+                .filter(|_| more)
+                .map(|o| o.order_id().to_owned());
+            (serde_json::to_value(&page).expect("orders serialise"), next)
         })
         .await?;
-    let next = if more {
-        orders
-            .last()
-            .and_then(|o| o["order_id"].as_str().map(str::to_owned))
-    } else {
-        None
-    };
     Ok(Json(json!({"orders": orders, "next": next})))
 }
 

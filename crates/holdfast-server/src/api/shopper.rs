@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::extract::{ApiJson, ApiPath};
 use super::sales::find_sale;
 use super::wire::{
-    ConfirmRequest, HoldRequest, format_day, format_time, in_range, order_body, parse_channel,
+    ConfirmRequest, HoldRequest, OrderBody, format_day, format_time, in_range, parse_channel,
     parse_hold_id, parse_order_id, render_confirm, render_hold,
 };
 use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
@@ -285,5 +285,7 @@ async fn get_order(
     {
         return Err(not_found());
     }
-    Ok(Json(order_body(sale_id, &order)))
+    Ok(Json(
+        serde_json::to_value(OrderBody::new(sale_id, &order)).expect("orders serialise"),
+    ))
 }

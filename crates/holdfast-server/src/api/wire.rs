@@ -255,29 +255,60 @@ pub fn parse_order_id(raw: &str) -> Result<(&str, OrderId), ApiError> {
         .ok_or_else(|| ApiError::not_found("order_not_found", "no such order"))
 }
 
-pub fn order_body(sale_id: &str, order: &Order) -> serde_json::Value {
-    json!({
-        "order_id": order_id(sale_id, order.id),
-        "sale_id": sale_id,
-        "hold_id": hold_id(sale_id, order.hold),
-        "customer_id": order.shopper.customer_id(),
-        "quantity": order.quantity,
-        "channel": order.channel,
-        "amount": order.amount,
-        "status": "confirmed",
-        "created_at": format_time(order.created_at),
-        "deliver_by": order.deliver_by.map(format_day),
-        "rehearsal": order.rehearsal,
-    })
+/// An order as shoppers and operators see it.
+#[derive(Serialize)]
+pub struct OrderBody<'a> {
+    order_id: String,
+    sale_id: &'a str,
+    hold_id: String,
+    customer_id: &'a str,
+    quantity: u32,
+    channel: Channel,
+    amount: u64,
+    status: &'static str,
+    created_at: String,
+    deliver_by: Option<String>,
+    rehearsal: bool,
+}
+
+impl<'a> OrderBody<'a> {
+    pub fn new(sale_id: &'a str, order: &'a Order) -> OrderBody<'a> {
+        OrderBody {
+            order_id: order_id(sale_id, order.id),
+            sale_id,
+            hold_id: hold_id(sale_id, order.hold),
+            customer_id: order.shopper.customer_id(),
+            quantity: order.quantity,
+            channel: order.channel,
+            amount: order.amount,
+            status: "confirmed",
+            created_at: format_time(order.created_at),
+            deliver_by: order.deliver_by.map(format_day),
+            rehearsal: order.rehearsal,
+        }
+    }
+
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+}
+
+#[derive(Serialize)]
+struct HoldBody<'a> {
+    hold_id: String,
+    sale_id: &'a str,
+    quantity: u32,
+    channel: Channel,
+    amount: u64,
+    expires_at: String,
+    deliver_by: Option<String>,
+    rehearsal: bool,
 }
 
 fn rejected(outcome: &Outcome) -> Option<StoredAnswer> {
     let rejection = outcome.as_ref().err()?;
     let error = ApiError::from(rejection.clone());
-    Some(StoredAnswer {
-        status: error.status.as_u16(),
-        body: error.body(),
-    })
+    Some(StoredAnswer::json(error.status.as_u16(), &error.body()))
 }
 
 pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
@@ -287,19 +318,17 @@ pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     let Ok(Reply::Held(hold)) = outcome else {
         unreachable!("a hold command answers with a hold: {outcome:?}")
     };
-    StoredAnswer {
-        status: 201,
-        body: json!({
-            "hold_id": hold_id(&spec.id, hold.id),
-            "sale_id": spec.id,
-            "quantity": hold.quantity,
-            "channel": hold.channel,
-            "amount": spec.price * u64::from(hold.quantity),
-            "expires_at": format_time(hold.expires_at),
-            "deliver_by": hold.deliver_by.map(format_day),
-            "rehearsal": spec.rehearsal,
-        }),
-    }
+    let body = HoldBody {
+        hold_id: hold_id(&spec.id, hold.id),
+        sale_id: &spec.id,
+        quantity: hold.quantity,
+        channel: hold.channel,
+        amount: spec.price * u64::from(hold.quantity),
+        expires_at: format_time(hold.expires_at),
+        deliver_by: hold.deliver_by.map(format_day),
+        rehearsal: spec.rehearsal,
+    };
+    StoredAnswer::json(201, &body)
 }
 
 pub fn render_confirm(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
@@ -309,9 +338,7 @@ pub fn render_confirm(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     let Ok(Reply::Confirmed(order)) = outcome else {
         unreachable!("a confirm command answers with an order: {outcome:?}")
     };
-    let mut body = order_body(&spec.id, order);
-    body["status"] = json!("confirmed");
-    StoredAnswer { status: 200, body }
+    StoredAnswer::json(200, &OrderBody::new(&spec.id, order))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,0 +1,429 @@
+//! `holdfast bench`: hold+confirm over HTTP on loopback with fsync on, against a bare axum
+//! endpoint measured in the same run as the ceiling, and the in-process core alone.
+//!
+//! The machine is shared and noisy, so each scenario runs several times, interleaved, and the
+//! report gives medians and the ratio of medians.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::routing::post;
+use clap::Args;
+use hdrhistogram::Histogram;
+use holdfast_core::{
+    Channel, Command, HoldId, PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, Sale, SaleSpec,
+    Shopper, Timestamp,
+};
+use holdfast_server::{Application, Config};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Seconds each measured run lasts (after a one-second warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent keep-alive connections driving the load.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Runs of each scenario, interleaved; the report gives medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Run only one scenario (for profiling); the report then has no ratio.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// Where the ledger's data goes. fsync happens here, so keep it off tmpfs.
+    #[arg(long, default_value = "./holdfast-bench-data")]
+    data: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    All,
+    Bare,
+    Ledger,
+    Core,
+}
+
+const OPERATOR: &str = "bench-operator";
+const WARM_UP: Duration = Duration::from_secs(1);
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct RunResult {
+    requests_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+#[derive(Clone)]
+enum Workload {
+    Bare,
+    /// Each connection buys with its own customer token: hold, then confirm.
+    Ledger {
+        tokens: Arc<Vec<String>>,
+    },
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.runs == 0 || args.connections == 0 || args.seconds == 0 {
+        bail!("--runs, --connections and --seconds must be at least 1");
+    }
+    // Server and load generator each get their own runtime, so they compete for the cores the
+    // same way in both scenarios.
+    let runtimes = Runtimes {
+        server: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-server")
+            .enable_all()
+            .build()?,
+        client: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-client")
+            .enable_all()
+            .build()?,
+    };
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.connections)
+        .build_http();
+    let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
+        if wanted(Scenario::Bare) {
+            eprintln!("run {run}/{}: bare endpoint", args.runs);
+            bare.push(bare_run(&runtimes, &client, &args)?);
+        }
+        if wanted(Scenario::Ledger) {
+            eprintln!("run {run}/{}: ledger hold+confirm", args.runs);
+            ledger.push(ledger_run(&runtimes, &client, &args)?);
+        }
+        if wanted(Scenario::Core) {
+            eprintln!("run {run}/{}: core alone", args.runs);
+            core.push(core_commands_per_s(Duration::from_secs(args.seconds)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&args.data);
+    report(&args, &bare, &ledger, &core);
+    Ok(())
+}
+
+struct Runtimes {
+    server: tokio::runtime::Runtime,
+    client: tokio::runtime::Runtime,
+}
+
+fn bare_run(
+    runtimes: &Runtimes,
+    client: &HttpClient,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
+    let router = Router::new().route("/bare", post(|| async { axum::Json(json!({})) }));
+    let listener = runtimes
+        .server
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtimes.server.spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let result = runtimes
+        .client
+        .block_on(drive(client, address, Workload::Bare, args));
+    let _ = stop.send(());
+    let _ = runtimes.server.block_on(server);
+    result
+}
+
+fn ledger_run(
+    runtimes: &Runtimes,
+    client: &HttpClient,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
+    let _ = std::fs::remove_dir_all(&args.data);
+    let config = Config::new(
+        "127.0.0.1:0".parse()?,
+        args.data.clone(),
+        Some(OPERATOR.into()),
+    );
+    let app = runtimes.server.block_on(Application::build(config))?;
+    let address = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtimes.server.spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let result = runtimes.client.block_on(ledger_load(client, address, args));
+    let _ = stop.send(());
+    let _ = runtimes.server.block_on(server);
+    result
+}
+
+async fn ledger_load(
+    client: &HttpClient,
+    address: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
+    let sale = json!({
+        "id": "bench", "sku": "B-1", "name": "Benchmark stock", "price": 1000,
+        "stock": STOCK_MAX, "per_customer_limit": PER_CUSTOMER_LIMIT_MAX,
+        "opens_at": "2020-01-01T00:00:00Z", "queue": "none",
+    });
+    let (status, body) = send(client, address, "/v1/sales", OPERATOR, None, &sale).await?;
+    anyhow::ensure!(
+        status == 201,
+        "creating the bench sale answered {status}: {body}"
+    );
+    let mut tokens = Vec::with_capacity(args.connections);
+    for n in 0..args.connections {
+        let request = json!({"customer_id": format!("bench-{n}")});
+        let (_, body) = send(
+            client,
+            address,
+            "/v1/customer-tokens",
+            OPERATOR,
+            None,
+            &request,
+        )
+        .await?;
+        tokens.push(body["token"].as_str().context("token")?.to_owned());
+    }
+    let workload = Workload::Ledger {
+        tokens: Arc::new(tokens),
+    };
+    drive(client, address, workload, args).await
+}
+
+async fn send(
+    client: &HttpClient,
+    address: SocketAddr,
+    path: &str,
+    token: &str,
+    idempotency_key: Option<&str>,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = hyper::Request::post(format!("http://{address}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)?
+    };
+    Ok((status, body))
+}
+
+/// One connection's loop; returns its latency histogram (µs) and error count.
+async fn connection_loop(
+    client: HttpClient,
+    address: SocketAddr,
+    workload: Workload,
+    connection: usize,
+    measure_from: Instant,
+    until: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    let mut record = |started: Instant, ok: bool| {
+        if started >= measure_from {
+            let _ = latencies.record(started.elapsed().as_micros() as u64);
+            if !ok {
+                errors += 1;
+            }
+        }
+    };
+    let empty = json!({});
+    for n in 0u64.. {
+        if Instant::now() >= until {
+            break;
+        }
+        match &workload {
+            Workload::Bare => {
+                let started = Instant::now();
+                let (status, _) = send(&client, address, "/bare", "none", None, &empty).await?;
+                record(started, status == 200);
+            }
+            Workload::Ledger { tokens } => {
+                let token = &tokens[connection];
+                let hold = json!({"quantity": 1, "channel": "web"});
+                let key = format!("h-{connection}-{n}");
+                let started = Instant::now();
+                let path = "/v1/sales/bench/holds";
+                let (status, body) = send(&client, address, path, token, Some(&key), &hold).await?;
+                record(started, status == 201);
+                let Some(hold_id) = body["hold_id"].as_str() else {
+                    continue;
+                };
+                let confirm = json!({"payment": {"method": "card", "token": "tok_visa"}});
+                let key = format!("c-{connection}-{n}");
+                let path = format!("/v1/holds/{hold_id}/confirm");
+                let started = Instant::now();
+                let (status, _) =
+                    send(&client, address, &path, token, Some(&key), &confirm).await?;
+                record(started, status == 200);
+            }
+        }
+    }
+    Ok((latencies, errors))
+}
+
+async fn drive(
+    client: &HttpClient,
+    address: SocketAddr,
+    workload: Workload,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
+    let measure_from = Instant::now() + WARM_UP;
+    let until = measure_from + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| {
+            tokio::spawn(connection_loop(
+                client.clone(),
+                address,
+                workload.clone(),
+                c,
+                measure_from,
+                until,
+            ))
+        })
+        .collect();
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (histogram, task_errors) = task.await??;
+        latencies.add(&histogram)?;
+        errors += task_errors;
+    }
+    Ok(RunResult {
+        requests_per_s: latencies.len() as f64 / args.seconds as f64,
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        errors,
+    })
+}
+
+/// The core alone: hold then confirm, round-robin over many shoppers, no I/O.
+fn core_commands_per_s(duration: Duration) -> f64 {
+    let spec = SaleSpec {
+        id: "core".into(),
+        sku: "C".into(),
+        name: "core".into(),
+        price: 1000,
+        stock: STOCK_MAX,
+        per_customer_limit: PER_CUSTOMER_LIMIT_MAX,
+        opens_at: Timestamp(0),
+        closes_at: None,
+        hold_ttl_millis: 600_000,
+        queue: QueueMode::None,
+        rehearsal: false,
+        channel_shares: [0; 4],
+        price_ceiling: None,
+        delivery: None,
+    };
+    let mut sale = Sale::new(spec);
+    let shoppers: Vec<Shopper> = (0..1000)
+        .map(|n| Shopper::new(&format!("c{n}"), Some(&format!("010-{n:08}")), None))
+        .collect();
+    let started = Instant::now();
+    let mut commands = 0u64;
+    let mut now = Timestamp(1);
+    while started.elapsed() < duration {
+        for shopper in &shoppers {
+            now = Timestamp(now.0 + 1);
+            let hold = Command::PlaceHold {
+                shopper: shopper.clone(),
+                quantity: 1,
+                channel: Channel::Web,
+            };
+            let Ok(Reply::Held(h)) = sale.handle(&hold, now).outcome else {
+                continue;
+            };
+            let confirm = Command::ConfirmHold {
+                hold: HoldId(h.id.0),
+                customer_id: shopper.customer_id().to_owned(),
+                payment_ref: "auth".into(),
+            };
+            let _ = sale.handle(&confirm, now);
+            commands += 2;
+        }
+    }
+    commands as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn report(args: &BenchArgs, bare: &[RunResult], ledger: &[RunResult], core: &[f64]) {
+    let rate = |r: &[RunResult]| median(r.iter().map(|x| x.requests_per_s).collect());
+    let p50 = |r: &[RunResult]| median(r.iter().map(|x| x.p50_us as f64).collect());
+    let p99 = |r: &[RunResult]| median(r.iter().map(|x| x.p99_us as f64).collect());
+    let errors = |r: &[RunResult]| r.iter().map(|x| x.errors).sum::<u64>();
+    let runs = |r: &[RunResult]| {
+        r.iter()
+            .map(|x| format!("{:.0}", x.requests_per_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "holdfast bench: {} runs x {} s, {} connections, loopback, fsync on (data in {})\n",
+        args.runs,
+        args.seconds,
+        args.connections,
+        args.data.display()
+    );
+    println!("| scenario | median req/s | p50 µs | p99 µs | errors | runs (req/s) |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for (name, results) in [
+        ("bare axum endpoint (ceiling)", bare),
+        ("ledger hold+confirm", ledger),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            rate(results),
+            p50(results),
+            p99(results),
+            errors(results),
+            runs(results)
+        );
+    }
+    let core_runs = core
+        .iter()
+        .map(|c| format!("{c:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "\nledger / bare (ratio of medians): {:.2}",
+        rate(ledger) / rate(bare)
+    );
+    println!(
+        "ledger purchases/s (hold+confirm pairs): {:.0}",
+        rate(ledger) / 2.0
+    );
+    println!(
+        "core alone: median {:.0} commands/s (runs: {core_runs})",
+        median(core.to_vec())
+    );
+}

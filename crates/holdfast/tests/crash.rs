@@ -1,0 +1,342 @@
+//! Crash test with real processes: start `holdfast serve`, drive concurrent holds and
+//! confirms, SIGKILL it at random moments, restart it on the same data, and at the end prove
+//! that every acknowledged order is there, no unit was sold twice, limits held and the stock
+//! balances.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = "crash-test-operator";
+const KILLS: usize = 24;
+const WORKERS: usize = 16;
+const CUSTOMERS: usize = 600;
+const LIMIT: u64 = 2;
+const STOCK: u64 = 900;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start_server(data: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("HOLDFAST_OPERATOR_TOKEN", OPERATOR)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start holdfast serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("holdfast listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        base: address,
+    }
+}
+
+/// Two accounts share each phone number, so the limit is per pair.
+fn phone_of(customer: usize) -> String {
+    format!("010-0000-{:04}", customer / 2)
+}
+
+#[derive(Clone, Debug)]
+struct Acknowledged {
+    order_id: String,
+    customer: usize,
+    quantity: u64,
+}
+
+struct Pending {
+    hold_id: String,
+    key: String,
+    customer: usize,
+}
+
+struct Shared {
+    base: String,
+    tokens: Arc<Vec<String>>,
+    acknowledged: Arc<Mutex<Vec<Acknowledged>>>,
+    pending: Arc<Mutex<Vec<Pending>>>,
+    cut_off: Arc<Mutex<usize>>,
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    key: &str,
+    body: Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.json().await?;
+    Ok((status, body))
+}
+
+async fn confirm(shared: &Shared, client: &reqwest::Client, pending: Pending) {
+    let url = format!("{}/v1/holds/{}/confirm", shared.base, pending.hold_id);
+    let body = json!({"payment": {"method": "card", "token": "tok_visa"}});
+    match post(
+        client,
+        &url,
+        &shared.tokens[pending.customer],
+        &pending.key,
+        body,
+    )
+    .await
+    {
+        Ok((200, order)) => shared.acknowledged.lock().unwrap().push(Acknowledged {
+            order_id: order["order_id"].as_str().unwrap().to_owned(),
+            customer: pending.customer,
+            quantity: order["quantity"].as_u64().unwrap(),
+        }),
+        Ok((status, body)) => assert!(
+            [410, 404].contains(&status) || body["error"]["code"] == "hold_expired",
+            "confirm answered {status} {body}"
+        ),
+        Err(_) => {
+            *shared.cut_off.lock().unwrap() += 1;
+            shared.pending.lock().unwrap().push(pending);
+        }
+    }
+}
+
+/// Shops until the server dies under it or there is nothing left to buy.
+async fn shopper(shared: Arc<Shared>, round: usize, worker: usize, seed: u64) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // First finish what the last crash interrupted, with the same keys.
+    let retries: Vec<Pending> = {
+        let mut pending = shared.pending.lock().unwrap();
+        let take = pending.len().min(2);
+        pending.drain(..take).collect()
+    };
+    for retry in retries {
+        confirm(&shared, &client, retry).await;
+    }
+    for n in 0.. {
+        let customer = rng.random_range(0..CUSTOMERS);
+        let key = format!("hold-{round}-{worker}-{n}");
+        let quantity = rng.random_range(1..=LIMIT);
+        let url = format!("{}/v1/sales/crash/holds", shared.base);
+        let body = json!({"quantity": quantity, "channel": "web"});
+        match post(&client, &url, &shared.tokens[customer], &key, body).await {
+            Ok((201, hold)) => {
+                let pending = Pending {
+                    hold_id: hold["hold_id"].as_str().unwrap().to_owned(),
+                    key: format!("confirm-{round}-{worker}-{n}"),
+                    customer,
+                };
+                confirm(&shared, &client, pending).await;
+            }
+            Ok((409, _)) => return, // sold out
+            Ok((403, body)) => assert_eq!(body["error"]["code"], "limit_exceeded"),
+            Ok((status, body)) => panic!("hold answered {status} {body}"),
+            Err(_) => {
+                *shared.cut_off.lock().unwrap() += 1;
+                return;
+            }
+        }
+    }
+}
+
+async fn all_orders(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut after = String::new();
+    loop {
+        let url = format!("{base}/v1/sales/crash/orders?limit=1000&after={after}");
+        let page: Value = client
+            .get(url)
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        orders.extend(page["orders"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return orders,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_orders_survive_sigkill() {
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+
+    let mut server = start_server(dir.path());
+    let sale = json!({
+        "id": "crash", "sku": "KF94", "name": "KF94 masks", "price": 39900, "stock": STOCK,
+        "per_customer_limit": LIMIT, "opens_at": "2020-01-01T00:00:00Z", "hold_ttl_s": 600,
+    });
+    let created = client
+        .post(format!("{}/v1/sales", server.base))
+        .bearer_auth(OPERATOR)
+        .json(&sale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let mut tokens = Vec::new();
+    for customer in 0..CUSTOMERS {
+        let body = json!({"customer_id": format!("c{customer}"), "phone": phone_of(customer)});
+        let answer: Value = client
+            .post(format!("{}/v1/customer-tokens", server.base))
+            .bearer_auth(OPERATOR)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(answer["token"].as_str().unwrap().to_owned());
+    }
+    let tokens = Arc::new(tokens);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let pending = Arc::new(Mutex::new(Vec::new()));
+    let mut rounds_cut_mid_flight = 0;
+
+    for round in 0..KILLS {
+        let cut_off = Arc::new(Mutex::new(0));
+        let shared = Arc::new(Shared {
+            base: server.base.clone(),
+            tokens: tokens.clone(),
+            acknowledged: acknowledged.clone(),
+            pending: pending.clone(),
+            cut_off: cut_off.clone(),
+        });
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| tokio::spawn(shopper(shared.clone(), round, w, rng.random())))
+            .collect();
+        // Fault injection, not synchronisation: the kill lands wherever the traffic is.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..250))).await;
+        server.child.kill().expect("SIGKILL the server");
+        server.child.wait().unwrap();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        if *cut_off.lock().unwrap() > 0 {
+            rounds_cut_mid_flight += 1;
+        }
+        server = start_server(dir.path());
+    }
+
+    // Finish every interrupted confirm with its original key, then audit.
+    let shared = Shared {
+        base: server.base.clone(),
+        tokens: tokens.clone(),
+        acknowledged: acknowledged.clone(),
+        pending: pending.clone(),
+        cut_off: Arc::new(Mutex::new(0)),
+    };
+    let leftovers: Vec<Pending> = pending.lock().unwrap().drain(..).collect();
+    for retry in leftovers {
+        confirm(&shared, &client, retry).await;
+    }
+    let sale: Value = client
+        .get(format!("{}/v1/sales/crash", server.base))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders = all_orders(&client, &server.base).await;
+    server.child.kill().unwrap();
+
+    let stock = &sale["stock"];
+    let (total, available, held, sold, allotted) = (
+        stock["total"].as_u64().unwrap(),
+        stock["available"].as_u64().unwrap(),
+        stock["held"].as_u64().unwrap(),
+        stock["sold"].as_u64().unwrap(),
+        stock["allotted"].as_u64().unwrap(),
+    );
+    assert_eq!(total, STOCK);
+    assert_eq!(total, available + allotted + held + sold, "escrow equation");
+    assert!(sold <= total);
+    let sold_in_orders: u64 = orders.iter().map(|o| o["quantity"].as_u64().unwrap()).sum();
+    assert_eq!(sold_in_orders, sold, "orders account for every sold unit");
+
+    let order_ids: HashSet<&str> = orders
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    let hold_ids: HashSet<&str> = orders
+        .iter()
+        .map(|o| o["hold_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order_ids.len(), orders.len(), "an order id appears twice");
+    assert_eq!(hold_ids.len(), orders.len(), "a hold was sold twice");
+
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let by_id: HashMap<&str, &Value> = orders
+        .iter()
+        .map(|o| (o["order_id"].as_str().unwrap(), o))
+        .collect();
+    for ack in &acknowledged {
+        let order = by_id
+            .get(ack.order_id.as_str())
+            .unwrap_or_else(|| panic!("acknowledged order {} lost", ack.order_id));
+        assert_eq!(order["customer_id"], format!("c{}", ack.customer));
+        assert_eq!(order["quantity"], ack.quantity);
+    }
+    let mut per_phone: HashMap<String, u64> = HashMap::new();
+    for order in &orders {
+        let customer: usize = order["customer_id"].as_str().unwrap()[1..].parse().unwrap();
+        *per_phone.entry(phone_of(customer)).or_default() += order["quantity"].as_u64().unwrap();
+    }
+    assert!(
+        per_phone.values().all(|&units| units <= LIMIT),
+        "a person exceeded the limit"
+    );
+
+    println!(
+        "{KILLS} kills, {rounds_cut_mid_flight} cut requests mid-flight; {} acknowledged orders, {} on the server, {sold} sold",
+        acknowledged.len(),
+        orders.len()
+    );
+    assert!(
+        !acknowledged.is_empty(),
+        "the test must sell something to prove anything"
+    );
+    assert!(
+        rounds_cut_mid_flight >= KILLS / 2,
+        "kills must land mid-traffic: only {rounds_cut_mid_flight}"
+    );
+}
