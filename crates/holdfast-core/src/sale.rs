@@ -289,6 +289,11 @@ impl Sale {
     pub fn usage(&self, key: &IdentityKey) -> u32 {
         self.usage.get(key).copied().unwrap_or(0)
     }
+    /// How many records (holds, ended holds, orders) a snapshot of this sale would carry.
+    pub fn record_count(&self) -> usize {
+        self.active.len() + self.ended.len() + self.orders.len()
+    }
+
     pub fn closed_at(&self) -> Option<Timestamp> {
         self.closed_at
     }

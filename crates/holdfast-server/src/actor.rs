@@ -51,7 +51,11 @@ enum Request {
         idempotent: Option<Idempotent>,
         reply: Option<PendingReply>,
     },
-    Read(ReadFn),
+    Read {
+        read: ReadFn,
+        /// Whether the answer must wait until everything decided before it is durable.
+        durable_only: bool,
+    },
 }
 
 /// A decided batch waiting for its durability before its answers go out.
@@ -129,18 +133,38 @@ impl SaleHandle {
         answer.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Reads from the sale's full state inside its actor, after every earlier command is durable.
+    /// Reads from the sale's full state inside its actor; answers once every earlier command
+    /// is durable, so the answer never shows what a crash could still undo.
     pub async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Sale) -> T + Send + 'static,
     ) -> Result<T, LedgerError> {
+        self.read_with(read, true).await
+    }
+
+    /// Reads the latest decided state without waiting for it to be durable. Only for checks
+    /// whose answer is confirmed by a later command anyway (such as whether to ask the card
+    /// network for money before confirming a hold).
+    pub async fn read_latest<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Sale) -> T + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        self.read_with(read, false).await
+    }
+
+    async fn read_with<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Sale) -> T + Send + 'static,
+        durable_only: bool,
+    ) -> Result<T, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        let request = Request::Read(Box::new(move |sale| {
+        let read: ReadFn = Box::new(move |sale| {
             let value = read(sale);
             Box::new(move || {
                 let _ = reply.send(value);
             })
-        }));
+        });
+        let request = Request::Read { read, durable_only };
         self.sender.try_send(request).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
             mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
@@ -295,7 +319,14 @@ impl SaleActor {
                         ));
                     }
                 }
-                Request::Read(read) => reads.push(read(&self.sale)),
+                Request::Read {
+                    read,
+                    durable_only: true,
+                } => reads.push(read(&self.sale)),
+                Request::Read {
+                    read,
+                    durable_only: false,
+                } => read(&self.sale)(),
             }
         }
         counts.publish();
@@ -337,7 +368,13 @@ impl SaleActor {
             stream: self.spec.id.clone(),
             payload: entry.encode(),
         });
-        if self.events_since_snapshot >= self.limits.snapshot_every_events {
+        // A snapshot costs time in proportion to the sale's records; waiting at least that many
+        // events between snapshots keeps the cost per event constant as the sale grows.
+        let snapshot_due = self
+            .limits
+            .snapshot_every_events
+            .max(self.sale.record_count() as u64);
+        if self.events_since_snapshot >= snapshot_due {
             let state = serde_json::to_vec(&self.sale.snapshot()).expect("snapshots serialise");
             batch.snapshots.push(Snapshot {
                 stream: self.spec.id.clone(),

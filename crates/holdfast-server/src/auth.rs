@@ -2,7 +2,9 @@
 //! or a shopper (a customer token signed by this server for the storefront that vouches for
 //! the shopper's account, phone and address).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -17,6 +19,9 @@ use crate::error::ApiError;
 
 const SECRET_FILE: &str = "token-secret";
 const SECRET_BYTES: usize = 32;
+/// Tokens remembered as verified. Checking a signature costs more than the rest of a hold, and
+/// a shopper presents the same token many times; the cache is emptied when full.
+const VERIFIED_TOKENS_MAX: usize = 100_000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CustomerClaims {
@@ -34,6 +39,8 @@ struct CustomerClaims {
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Token → (shopper, expiry): only tokens whose signature verified are ever inserted.
+    verified: Mutex<HashMap<String, (Shopper, Timestamp)>>,
 }
 
 impl TokenKeys {
@@ -58,6 +65,7 @@ impl TokenKeys {
         Ok(TokenKeys {
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -73,6 +81,28 @@ impl TokenKeys {
     }
 
     fn verify(&self, token: &str, now: Timestamp) -> Option<Shopper> {
+        let cached = self
+            .verified
+            .lock()
+            .expect("token cache")
+            .get(token)
+            .cloned();
+        let (shopper, expires_at) = match cached {
+            Some(entry) => entry,
+            None => {
+                let entry = self.verify_signature(token)?;
+                let mut verified = self.verified.lock().expect("token cache");
+                if verified.len() >= VERIFIED_TOKENS_MAX {
+                    verified.clear();
+                }
+                verified.insert(token.to_owned(), entry.clone());
+                entry
+            }
+        };
+        (now < expires_at).then_some(shopper)
+    }
+
+    fn verify_signature(&self, token: &str) -> Option<(Shopper, Timestamp)> {
         let mut validation = Validation::new(Algorithm::HS256);
         // Expiry is checked against the server's injected clock below, not the library's.
         validation.validate_exp = false;
@@ -80,14 +110,14 @@ impl TokenKeys {
         let data =
             jsonwebtoken::decode::<CustomerClaims>(token, &self.decoding, &validation).ok()?;
         let claims = data.claims;
-        if claims.exp.saturating_mul(1000) <= u64::try_from(now.0).unwrap_or(0) {
-            return None;
-        }
-        Some(Shopper::new(
+        let expires_at =
+            Timestamp(i64::try_from(claims.exp.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let shopper = Shopper::new(
             &claims.sub,
             claims.phone.as_deref(),
             claims.address.as_deref(),
-        ))
+        );
+        Some((shopper, expires_at))
     }
 }
 

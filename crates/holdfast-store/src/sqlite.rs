@@ -26,8 +26,7 @@ CREATE TABLE IF NOT EXISTS snapshot (
 );
 CREATE TABLE IF NOT EXISTS value_log (
     seq INTEGER PRIMARY KEY,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
+    entries BLOB NOT NULL,
     crc INTEGER NOT NULL
 );
 ";
@@ -87,10 +86,11 @@ impl LogBackend for SqliteLog {
                 )
                 .map_err(io)?;
             // Values are appended, not updated in place: a keyed update dirties a random B-tree
-            // page per value, and every dirty page is written to the WAL and synced. The
-            // newest value for a key wins when read back.
-            let mut value = tx
-                .prepare_cached("INSERT INTO value_log (key, value, crc) VALUES (?1, ?2, ?3)")
+            // page per value, and every dirty page is written to the WAL and synced. All of a
+            // batch's values share one row, so a busy commit costs one insert, not hundreds.
+            // The newest value for a key wins when read back.
+            let mut values = tx
+                .prepare_cached("INSERT INTO value_log (entries, crc) VALUES (?1, ?2)")
                 .map_err(io)?;
             for batch in batches {
                 for record in &batch.records {
@@ -106,10 +106,10 @@ impl LogBackend for SqliteLog {
                         .execute(params![snap.stream, last as i64, snap.payload, crc])
                         .map_err(io)?;
                 }
-                for (key, bytes) in &batch.values {
-                    value
-                        .execute(params![key, bytes, checksum(key, bytes)])
-                        .map_err(io)?;
+                if !batch.values.is_empty() {
+                    let entries = pack_values(&batch.values);
+                    let crc = checksum("values", &entries);
+                    values.execute(params![entries, crc]).map_err(io)?;
                 }
                 ends.push(last);
             }
@@ -146,21 +146,27 @@ impl LogBackend for SqliteLog {
         }
         let mut values = self
             .connection
-            .prepare("SELECT key, value, crc FROM value_log ORDER BY seq")
+            .prepare("SELECT seq, entries, crc FROM value_log ORDER BY seq")
             .map_err(io)?;
         let rows = values
             .query_map([], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(0)?,
                     row.get::<_, Vec<u8>>(1)?,
                     row.get::<_, u32>(2)?,
                 ))
             })
             .map_err(io)?;
         for row in rows {
-            let (key, value, crc) = row.map_err(io)?;
-            verify("value", &key, &value, crc)?;
-            recovery.values.push((key, value));
+            let (seq, entries, crc) = row.map_err(io)?;
+            let corrupt = || StoreError::Corrupt {
+                what: "values",
+                key: seq.to_string(),
+            };
+            if checksum("values", &entries) != crc {
+                return Err(corrupt());
+            }
+            unpack_values(&entries, &mut recovery.values).ok_or_else(corrupt)?;
         }
         // Streams without a snapshot need the log from its start.
         let streams_without_snapshot: Option<i64> = self
@@ -223,4 +229,33 @@ fn verify(what: &'static str, key: &str, payload: &[u8], crc: u32) -> Result<(),
             key: key.to_owned(),
         })
     }
+}
+
+/// `(u32 key length, key, u32 value length, value)*`, little-endian.
+fn pack_values(values: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let size: usize = values.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let mut packed = Vec::with_capacity(size);
+    for (key, value) in values {
+        for part in [key.as_bytes(), value.as_slice()] {
+            let len = u32::try_from(part.len()).expect("a value fits in 4 GiB");
+            packed.extend_from_slice(&len.to_le_bytes());
+            packed.extend_from_slice(part);
+        }
+    }
+    packed
+}
+
+fn unpack_values(mut packed: &[u8], into: &mut Vec<(String, Vec<u8>)>) -> Option<()> {
+    fn take<'a>(packed: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(packed.get(..4)?.try_into().ok()?) as usize;
+        let part = packed.get(4..4 + len)?;
+        *packed = &packed[4 + len..];
+        Some(part)
+    }
+    while !packed.is_empty() {
+        let key = String::from_utf8(take(&mut packed)?.to_vec()).ok()?;
+        let value = take(&mut packed)?.to_vec();
+        into.push((key, value));
+    }
+    Some(())
 }

@@ -43,6 +43,10 @@ fn records_snapshots_and_values_survive_reopening() {
         assert_eq!(log.commit(&[first, second]).unwrap(), vec![2, 3]);
         let third = Batch {
             records: vec![record("a", "a3")],
+            values: vec![
+                ("idem/k".into(), b"second answer".to_vec()),
+                ("idem/other".into(), Vec::new()),
+            ],
             ..Batch::default()
         };
         assert_eq!(log.commit(&[third]).unwrap(), vec![4]);
@@ -51,9 +55,19 @@ fn records_snapshots_and_values_survive_reopening() {
     let recovery = log.recover().unwrap();
     assert_eq!(recovery.snapshots.len(), 1);
     assert_eq!(recovery.snapshots[0].through, 3);
+    // Values come back in the order written: the caller keeps the last one per key.
+    let values: Vec<(&str, &[u8])> = recovery
+        .values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
     assert_eq!(
-        recovery.values,
-        vec![("idem/k".to_string(), b"answer".to_vec())]
+        values,
+        [
+            ("idem/k", &b"answer"[..]),
+            ("idem/k", b"second answer"),
+            ("idem/other", b"")
+        ]
     );
     // Stream "b" has no snapshot, so the log is read from the start.
     assert_eq!(payloads(&recovery), ["a1", "b1", "a2", "a3"]);

@@ -158,8 +158,10 @@ async fn confirm_hold(
     };
     let customer_id = shopper.customer_id().to_owned();
     let owner = customer_id.clone();
+    // The ledger re-checks the hold when confirming; this early look only decides whether to
+    // ask the card network for money, and how much.
     let active_quantity = sale
-        .read(move |s| {
+        .read_latest(move |s| {
             s.active_hold(hold)
                 .filter(|h| h.shopper.customer_id() == owner)
                 .map(|h| h.quantity)

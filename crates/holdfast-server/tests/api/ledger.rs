@@ -98,6 +98,12 @@ async fn a_refusal_is_remembered_under_its_key_too() {
     );
 }
 
+fn snapshot_count(app: &TestApp) -> i64 {
+    let db = rusqlite::Connection::open(app.dir.path().join("holdfast.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM snapshot", [], |row| row.get(0))
+        .unwrap()
+}
+
 async fn buy(app: &TestApp, customer: &str) -> Value {
     let token = app.token(customer, None, None).await;
     let hold = app.hold("masks", &token, 1).await;
@@ -139,6 +145,12 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
             before,
             "snapshot every {snapshot_every_events}"
         );
+        let snapshots = snapshot_count(&app);
+        if snapshot_every_events == 3 {
+            assert!(snapshots > 0, "this pass must restore from a snapshot");
+        } else {
+            assert_eq!(snapshots, 0, "this pass must replay the log alone");
+        }
         let listed = app
             .call(
                 Method::GET,
