@@ -115,7 +115,14 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     HoldPlaced(Hold),
-    HoldConfirmed(Order),
+    /// The hold became an order. The order's other fields follow from the hold and the sale,
+    /// so the log does not repeat them.
+    HoldConfirmed {
+        hold: HoldId,
+        order: OrderId,
+        payment_ref: String,
+        at: Timestamp,
+    },
     HoldReleased {
         hold: HoldId,
     },
@@ -489,22 +496,15 @@ impl Sale {
             if hold.shopper.customer_id() != customer_id {
                 return Err(Rejection::HoldNotFound);
             }
-            let order = Order {
-                id: OrderId(self.orders.len() as u64 + 1),
+            let id_of_order = OrderId(self.orders.len() as u64 + 1);
+            let order = self.order_for(hold, id_of_order, payment_ref, now);
+            let event = Event::HoldConfirmed {
                 hold: id,
-                shopper: hold.shopper.clone(),
-                quantity: hold.quantity,
-                channel: hold.channel,
-                amount: self.spec.price * u64::from(hold.quantity),
-                payment_ref: payment_ref.to_owned(),
-                created_at: now,
-                deliver_by: hold.deliver_by,
-                rehearsal: self.spec.rehearsal,
+                order: order.id,
+                payment_ref: order.payment_ref.clone(),
+                at: now,
             };
-            return Ok((
-                vec![Event::HoldConfirmed(order.clone())],
-                Reply::Confirmed(order),
-            ));
+            return Ok((vec![event], Reply::Confirmed(order)));
         }
         match self.hold_end_for(id, customer_id) {
             Some(HoldEnd::Confirmed(order_id)) => {
@@ -560,17 +560,22 @@ impl Sale {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::HoldPlaced(hold) => self.apply_hold_placed(hold),
-            Event::HoldConfirmed(order) => {
-                let hold = self.end_hold(order.hold, HoldEnd::Confirmed(order.id));
+            Event::HoldConfirmed {
+                hold,
+                order,
+                payment_ref,
+                at,
+            } => {
                 assert_eq!(
-                    order.id.0,
+                    order.0,
                     self.orders.len() as u64 + 1,
                     "orders are numbered in order"
                 );
-                assert_eq!(order.quantity, hold.quantity);
+                let hold = self.end_hold(*hold, HoldEnd::Confirmed(*order));
                 self.held -= hold.quantity;
                 self.sold += hold.quantity;
-                self.orders.push(order.clone());
+                let order = self.order_for(&hold, *order, payment_ref, *at);
+                self.orders.push(order);
             }
             Event::HoldReleased { hold } => self.return_hold(*hold, HoldEnd::Released),
             Event::HoldExpired { hold } => self.return_hold(*hold, HoldEnd::Expired),
@@ -605,6 +610,23 @@ impl Sale {
                 self.take_from_allotment(holder, *quantity);
                 self.sold += quantity;
             }
+        }
+    }
+
+    /// The order a confirmed hold becomes: the one construction that deciding and replaying
+    /// share, so a replayed order is the order that was answered.
+    fn order_for(&self, hold: &Hold, id: OrderId, payment_ref: &str, at: Timestamp) -> Order {
+        Order {
+            id,
+            hold: hold.id,
+            shopper: hold.shopper.clone(),
+            quantity: hold.quantity,
+            channel: hold.channel,
+            amount: self.spec.price * u64::from(hold.quantity),
+            payment_ref: payment_ref.to_owned(),
+            created_at: at,
+            deliver_by: hold.deliver_by,
+            rehearsal: self.spec.rehearsal,
         }
     }
 

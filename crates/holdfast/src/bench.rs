@@ -31,8 +31,8 @@ pub struct BenchArgs {
     /// Seconds each measured run lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Concurrent keep-alive connections driving the load.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent keep-alive connections driving the load (shoppers in flight at once).
+    #[arg(long, default_value_t = 256)]
     connections: usize,
     /// Runs of each scenario, interleaved; the report gives medians.
     #[arg(long, default_value_t = 3)]
