@@ -4,19 +4,22 @@
 //! out; replaying those events rebuilds the same state.
 
 mod person;
+mod queue;
 mod rejection;
 mod sale;
 mod spec;
 mod time;
 
 pub use person::{IdentityKey, Shopper, normalise_address, normalise_phone};
+pub use queue::{ENTRIES_MAX, EntryId, Queue, QueueView, Standing, draw, seed_commitment};
 pub use rejection::Rejection;
 pub use sale::{
     Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Reply, Sale,
     SaleSnapshot, SaleStatus,
 };
 pub use spec::{
-    Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HOLD_TTL_MILLIS_MAX, PER_CUSTOMER_LIMIT_MAX,
-    QueueMode, STOCK_MAX, SaleSpec, SpecError, is_valid_sale_id,
+    ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT,
+    HOLD_TTL_MILLIS_MAX, PASS_TTL_MILLIS_DEFAULT, PER_CUSTOMER_LIMIT_MAX, QueueMode, STOCK_MAX,
+    SaleSpec, SpecError, is_valid_sale_id,
 };
 pub use time::{Day, Timestamp};

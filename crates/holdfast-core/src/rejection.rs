@@ -27,6 +27,14 @@ pub enum Rejection {
     ShareAlreadyReleased { channel: &'static str },
     #[error("holder has only {allotted} unit(s) allotted")]
     AllotmentExceeded { allotted: u32 },
+    #[error("this sale has a waiting room: join the queue and hold with the admission pass")]
+    PassRequired,
+    #[error("the admission pass cannot be used: {reason}")]
+    PassInvalid { reason: &'static str },
+    #[error("this sale has no waiting room; hold directly")]
+    NoQueue,
+    #[error("the waiting room is full")]
+    QueueFull,
 }
 
 impl Rejection {
@@ -43,6 +51,10 @@ impl Rejection {
             Rejection::HoldConfirmed => "hold_confirmed",
             Rejection::ShareAlreadyReleased { .. } => "share_already_released",
             Rejection::AllotmentExceeded { .. } => "allotment_exceeded",
+            Rejection::PassRequired => "pass_required",
+            Rejection::PassInvalid { .. } => "pass_invalid",
+            Rejection::NoQueue => "no_queue",
+            Rejection::QueueFull => "queue_full",
         }
     }
 }

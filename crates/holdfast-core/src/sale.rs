@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::person::{IdentityKey, Shopper};
+use crate::queue::{EntryId, Queue, QueueSnapshot, key_digest};
 use crate::rejection::Rejection;
-use crate::spec::{Channel, STOCK_MAX, SaleSpec};
+use crate::spec::{Channel, QueueMode, STOCK_MAX, SaleSpec};
 use crate::time::{Day, Timestamp};
 
 /// A hold's number within its sale, assigned in order from 1.
@@ -45,6 +46,8 @@ pub struct Hold {
     pub expires_at: Timestamp,
     /// The delivery day booked for this hold, when the sale has a delivery plan.
     pub deliver_by: Option<Day>,
+    /// The waiting-room position whose admission pass this hold used.
+    pub pass: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +78,13 @@ pub enum Command {
         shopper: Shopper,
         quantity: u32,
         channel: Channel,
+        /// The admitted position, on a sale with a waiting room. The caller has checked that
+        /// the pass was issued to this shopper.
+        pass: Option<u32>,
+    },
+    /// Takes a place in the waiting room (or finds the one this person already has).
+    Join {
+        shopper: Shopper,
     },
     /// Payment was already authorised by the caller; `payment_ref` names that authorisation.
     ConfirmHold {
@@ -152,6 +162,21 @@ pub enum Event {
         holder: HolderId,
         quantity: u32,
     },
+    Joined {
+        entry: EntryId,
+        keys: Vec<u64>,
+    },
+    /// The lottery was drawn over the first `entrants` entries, from the sale's seed.
+    LotteryDrawn {
+        entrants: u32,
+    },
+    Admitted {
+        through: u32,
+        at: Timestamp,
+    },
+    PassesExpired {
+        through: u32,
+    },
 }
 
 /// The answer to an accepted command.
@@ -162,11 +187,19 @@ pub enum Reply {
     Released,
     Restocked,
     Closed,
-    ShareReleased { quantity: u32 },
-    Granted { quantity: u32 },
+    ShareReleased {
+        quantity: u32,
+    },
+    Granted {
+        quantity: u32,
+    },
     Returned,
     AllottedSaleRecorded,
     Ticked,
+    /// The entry index (join order, from 0) of the shopper's place in line.
+    Joined {
+        entry: u32,
+    },
 }
 
 /// Everything one `handle` call did: the events to log (expiries first), and the answer.
@@ -222,6 +255,7 @@ pub struct Sale {
     orders: Vec<Order>,
     deliveries_booked: BTreeMap<Day, u32>,
     last_hold: u64,
+    queue: Queue,
 }
 
 impl Sale {
@@ -247,6 +281,7 @@ impl Sale {
             orders: Vec::new(),
             deliveries_booked: BTreeMap::new(),
             last_hold: 0,
+            queue: Queue::default(),
             spec,
         };
         sale.assert_balanced();
@@ -301,6 +336,10 @@ impl Sale {
         self.active.len() + self.ended.len() + self.orders.len()
     }
 
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
     pub fn closed_at(&self) -> Option<Timestamp> {
         self.closed_at
     }
@@ -326,6 +365,7 @@ impl Sale {
     /// Expires due holds, then decides and applies `command`.
     pub fn handle(&mut self, command: &Command, now: Timestamp) -> Handled {
         let mut events = self.expire_due(now);
+        events.extend(self.advance_queue(now));
         let outcome = self.decide(command, now).map(|(decided, reply)| {
             for event in &decided {
                 self.apply(event);
@@ -354,13 +394,111 @@ impl Sale {
             .collect()
     }
 
+    /// Brings the waiting room up to `now`: the lottery draw at the opening, expiry of unused
+    /// passes, and admission of the next positions — as many as the rate allows and never more
+    /// than the stock left for those already holding a pass.
+    fn advance_queue(&mut self, now: Timestamp) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.spec.queue == QueueMode::None {
+            return events;
+        }
+        if self.spec.queue == QueueMode::Lottery
+            && self.queue.drawn().is_none()
+            && now >= self.spec.opens_at
+        {
+            events.push(Event::LotteryDrawn {
+                entrants: self.queue.entries().len() as u32,
+            });
+        }
+        if let Some(through) = self.queue.next_expiry(now, self.spec.pass_ttl_millis) {
+            events.push(Event::PassesExpired { through });
+        }
+        for event in &events {
+            self.apply(event);
+        }
+        if let Some(admitted) = self.admission_due(now) {
+            let event = Event::Admitted {
+                through: self.queue.admitted_through() + admitted,
+                at: now,
+            };
+            self.apply(&event);
+            events.push(event);
+        }
+        events
+    }
+
+    fn admission_due(&self, now: Timestamp) -> Option<u32> {
+        if now < self.spec.opens_at || self.is_closed(now) {
+            return None;
+        }
+        let rate = u64::from(self.spec.admission_per_s);
+        let since = self
+            .queue
+            .admit_clock()
+            .unwrap_or(self.spec.opens_at)
+            .max(self.spec.opens_at);
+        let elapsed_ms = u64::try_from(now.0 - since.0).unwrap_or(0);
+        // At most one second's worth at once, so a pause (or a restart) does not release a burst.
+        let budget = (elapsed_ms * rate / 1000).min(rate) as u32;
+        let room = self.available().saturating_sub(self.queue.outstanding());
+        let admitted = budget.min(room).min(self.queue.waiting());
+        (admitted > 0).then_some(admitted)
+    }
+
+    fn check_pass(&self, pass: Option<u32>) -> Result<(), Rejection> {
+        if self.spec.queue == QueueMode::None {
+            return Ok(());
+        }
+        let Some(position) = pass else {
+            return Err(Rejection::PassRequired);
+        };
+        let reason = if position == 0 || position > self.queue.admitted_through() {
+            "this position has not been admitted"
+        } else if self.queue.is_redeemed(position) {
+            "this pass was already used"
+        } else if position <= self.queue.expired_through() {
+            "this pass expired"
+        } else {
+            return Ok(());
+        };
+        Err(Rejection::PassInvalid { reason })
+    }
+
+    fn decide_join(
+        &self,
+        shopper: &Shopper,
+        now: Timestamp,
+    ) -> Result<(Vec<Event>, Reply), Rejection> {
+        if self.spec.queue == QueueMode::None {
+            return Err(Rejection::NoQueue);
+        }
+        if self.is_closed(now) {
+            return Err(Rejection::Closed);
+        }
+        let keys: Vec<u64> = shopper.keys().iter().map(key_digest).collect();
+        if let Some(entry) = self.queue.find(&keys) {
+            return Ok((vec![], Reply::Joined { entry }));
+        }
+        let entry = self.queue.entries().len() as u32;
+        if entry >= crate::queue::ENTRIES_MAX {
+            return Err(Rejection::QueueFull);
+        }
+        let id = EntryId::of(&self.spec.id, &shopper.keys()[0]);
+        Ok((
+            vec![Event::Joined { entry: id, keys }],
+            Reply::Joined { entry },
+        ))
+    }
+
     fn decide(&self, command: &Command, now: Timestamp) -> Result<(Vec<Event>, Reply), Rejection> {
         match command {
             Command::PlaceHold {
                 shopper,
                 quantity,
                 channel,
-            } => self.decide_hold(shopper, *quantity, *channel, now),
+                pass,
+            } => self.decide_hold(shopper, *quantity, *channel, *pass, now),
+            Command::Join { shopper } => self.decide_join(shopper, now),
             Command::ConfirmHold {
                 hold,
                 customer_id,
@@ -443,6 +581,7 @@ impl Sale {
         shopper: &Shopper,
         quantity: u32,
         channel: Channel,
+        pass: Option<u32>,
         now: Timestamp,
     ) -> Result<(Vec<Event>, Reply), Rejection> {
         if self.is_closed(now) {
@@ -453,6 +592,7 @@ impl Sale {
                 opens_at: self.spec.opens_at,
             });
         }
+        self.check_pass(pass)?;
         if quantity == 0 {
             return Err(Rejection::InvalidQuantity {
                 max: self.spec.per_customer_limit,
@@ -481,6 +621,7 @@ impl Sale {
             placed_at: now,
             expires_at: now.plus_millis(self.spec.hold_ttl_millis),
             deliver_by: self.delivery_quote(now),
+            pass,
         };
         Ok((vec![Event::HoldPlaced(hold.clone())], Reply::Held(hold)))
     }
@@ -610,6 +751,13 @@ impl Sale {
                 self.take_from_allotment(holder, *quantity);
                 self.sold += quantity;
             }
+            Event::Joined { entry, keys } => self.queue.apply_joined(*entry, keys),
+            Event::LotteryDrawn { entrants } => {
+                let seed = self.spec.lottery_seed.expect("only a lottery is drawn");
+                self.queue.apply_drawn(*entrants, &seed);
+            }
+            Event::Admitted { through, at } => self.queue.apply_admitted(*through, *at),
+            Event::PassesExpired { through } => self.queue.apply_passes_expired(*through),
         }
     }
 
@@ -640,6 +788,9 @@ impl Sale {
         self.book(hold, 1);
         self.expiry_queue.insert((hold.expires_at, hold.id));
         self.active.insert(hold.id, hold.clone());
+        if let Some(position) = hold.pass {
+            self.queue.apply_redeemed(position);
+        }
     }
 
     /// Puts a released or expired hold's units back where they came from, and frees its
@@ -756,6 +907,7 @@ impl Sale {
         {
             return Err("usage counts a key no record carries".into());
         }
+        self.queue.check()?;
         self.assert_balanced();
         Ok(())
     }
@@ -779,6 +931,7 @@ impl Sale {
                 .collect(),
             orders: self.orders.clone(),
             last_hold: self.last_hold,
+            queue: self.queue.snapshot(),
         }
     }
 
@@ -786,6 +939,7 @@ impl Sale {
     /// snapshot that does not add up is refused rather than trusted.
     pub fn restore(snapshot: SaleSnapshot) -> Result<Sale, String> {
         snapshot.spec.validate().map_err(|e| e.to_string())?;
+        let seed = snapshot.spec.lottery_seed;
         let mut sale = Sale {
             spec: snapshot.spec,
             total: snapshot.total,
@@ -808,6 +962,7 @@ impl Sale {
             orders: Vec::new(),
             deliveries_booked: BTreeMap::new(),
             last_hold: snapshot.last_hold,
+            queue: Queue::restore(snapshot.queue, seed.as_ref()),
         };
         for hold in snapshot.active {
             sale.book(&hold, 1);
@@ -854,4 +1009,5 @@ pub struct SaleSnapshot {
     ended: Vec<(HoldId, String, HoldEnd)>,
     orders: Vec<Order>,
     last_hold: u64,
+    queue: QueueSnapshot,
 }

@@ -10,6 +10,10 @@ pub const STOCK_MAX: u32 = 100_000_000;
 pub const PER_CUSTOMER_LIMIT_MAX: u32 = 1_000_000;
 pub const HOLD_TTL_MILLIS_MAX: u64 = 24 * 3_600_000;
 pub const HOLD_TTL_MILLIS_DEFAULT: u64 = 10 * 60_000;
+pub const ADMISSION_PER_S_MAX: u32 = 100_000;
+pub const ADMISSION_PER_S_DEFAULT: u32 = 200;
+pub const PASS_TTL_MILLIS_DEFAULT: u64 = 2 * 60_000;
+pub const PASS_TTL_MILLIS_RANGE: std::ops::RangeInclusive<u64> = 10_000..=3_600_000;
 
 /// The channels a sale is offered on. Each may be given a reserved share of the stock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +82,12 @@ pub struct SaleSpec {
     pub channel_shares: [u32; 4],
     pub price_ceiling: Option<u64>,
     pub delivery: Option<DeliveryPlan>,
+    /// Waiting room: how many positions are admitted per second at most.
+    pub admission_per_s: u32,
+    /// Waiting room: how long an admission pass stays good.
+    pub pass_ttl_millis: u64,
+    /// Lottery only: the seed the draw is made from, committed to by hash at creation.
+    pub lottery_seed: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -102,6 +112,12 @@ pub enum SpecError {
     SharesExceedStock { shares: u64, stock: u32 },
     #[error("delivery capacity_per_day must be at least 1")]
     DeliveryCapacityZero,
+    #[error("admission_per_s must be between 1 and {ADMISSION_PER_S_MAX}")]
+    AdmissionRateOutOfRange,
+    #[error("pass_ttl_s must be between 10 seconds and 1 hour")]
+    PassTtlOutOfRange,
+    #[error("a lottery needs a seed, and only a lottery has one")]
+    LotterySeed,
 }
 
 impl SpecError {
@@ -117,6 +133,9 @@ impl SpecError {
             SpecError::HoldTtlOutOfRange => "invalid_hold_ttl",
             SpecError::SharesExceedStock { .. } => "invalid_channel_shares",
             SpecError::DeliveryCapacityZero => "invalid_delivery",
+            SpecError::AdmissionRateOutOfRange => "invalid_admission_rate",
+            SpecError::PassTtlOutOfRange => "invalid_pass_ttl",
+            SpecError::LotterySeed => "invalid_lottery",
         }
     }
 }
@@ -180,6 +199,15 @@ impl SaleSpec {
             && plan.capacity_per_day == 0
         {
             return Err(SpecError::DeliveryCapacityZero);
+        }
+        if !(1..=ADMISSION_PER_S_MAX).contains(&self.admission_per_s) {
+            return Err(SpecError::AdmissionRateOutOfRange);
+        }
+        if !PASS_TTL_MILLIS_RANGE.contains(&self.pass_ttl_millis) {
+            return Err(SpecError::PassTtlOutOfRange);
+        }
+        if (self.queue == QueueMode::Lottery) != self.lottery_seed.is_some() {
+            return Err(SpecError::LotterySeed);
         }
         Ok(())
     }

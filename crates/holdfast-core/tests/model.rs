@@ -151,6 +151,7 @@ impl Model {
                 shopper,
                 quantity,
                 channel,
+                ..
             } => {
                 if self.is_closed() || now < self.opens_at {
                     return "not_open".into();
@@ -278,6 +279,7 @@ impl Model {
                 self.move_allotted(holder, *quantity, Place::Sold, "ok:allotted sold")
             }
             Command::Tick => "ok:ticked".into(),
+            Command::Join { .. } => "no_queue".into(),
         }
     }
 
@@ -323,6 +325,7 @@ fn describe(outcome: &Result<Reply, holdfast_core::Rejection>) -> String {
         Ok(Reply::Returned) => "ok:returned".into(),
         Ok(Reply::AllottedSaleRecorded) => "ok:allotted sold".into(),
         Ok(Reply::Ticked) => "ok:ticked".into(),
+        Ok(Reply::Joined { entry }) => format!("ok:joined {entry}"),
     }
 }
 
@@ -346,7 +349,7 @@ fn command() -> impl Strategy<Value = Command> {
     let holder = prop::sample::select(vec!["t1", "t2"]).prop_map(|h| HolderId(h.into()));
     prop_oneof![
         6 => (customer.clone(), 0..4u32, channel()).prop_map(|(c, quantity, channel)| {
-            Command::PlaceHold { shopper: shopper(c), quantity, channel }
+            Command::PlaceHold { shopper: shopper(c), quantity, channel, pass: None }
         }),
         4 => (customer.clone(), hold_id.clone()).prop_map(|(c, hold)| Command::ConfirmHold {
             hold,
@@ -392,6 +395,9 @@ fn spec(stock: u32, shares: [u32; 4]) -> SaleSpec {
             capacity_per_day: DELIVERY_PER_DAY,
             first_day: holdfast_core::Day(OPENS_AT / DAY_MILLIS),
         }),
+        admission_per_s: holdfast_core::ADMISSION_PER_S_DEFAULT,
+        pass_ttl_millis: holdfast_core::PASS_TTL_MILLIS_DEFAULT,
+        lottery_seed: None,
     }
 }
 
@@ -458,6 +464,7 @@ fn expiry_is_logged_before_the_command_that_noticed_it() {
         shopper: shopper(0),
         quantity: 1,
         channel: Channel::Web,
+        pass: None,
     };
     assert!(sale.handle(&hold, opens).outcome.is_ok());
     let later = Timestamp(OPENS_AT + HOLD_TTL as i64);
@@ -465,6 +472,7 @@ fn expiry_is_logged_before_the_command_that_noticed_it() {
         shopper: shopper(2),
         quantity: 1,
         channel: Channel::Web,
+        pass: None,
     };
     let handled = sale.handle(&other, later);
     assert!(matches!(

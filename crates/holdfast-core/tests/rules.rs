@@ -24,6 +24,9 @@ fn spec(stock: u32, limit: u32) -> SaleSpec {
         channel_shares: [0; 4],
         price_ceiling: None,
         delivery: None,
+        admission_per_s: holdfast_core::ADMISSION_PER_S_DEFAULT,
+        pass_ttl_millis: holdfast_core::PASS_TTL_MILLIS_DEFAULT,
+        lottery_seed: None,
     }
 }
 
@@ -55,6 +58,7 @@ fn hold_on(
         shopper: who.clone(),
         quantity,
         channel,
+        pass: None,
     };
     match sale.handle(&command, now).outcome? {
         Reply::Held(h) => Ok(h.id),
@@ -274,6 +278,7 @@ fn delivery_day_is_quoted_at_hold_and_kept_at_confirm() {
             shopper: who.clone(),
             quantity: 1,
             channel: Channel::Web,
+            pass: None,
         };
         let Ok(Reply::Held(h)) = sale.handle(&command, at(n)).outcome else {
             panic!()

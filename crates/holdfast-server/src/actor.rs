@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use holdfast_core::{Command, Event, Rejection, Reply, Sale, SaleSpec, SaleStatus, Timestamp};
+use holdfast_core::{
+    Command, Event, QueueMode, QueueView, Rejection, Reply, Sale, SaleSpec, SaleStatus, Timestamp,
+};
 use holdfast_store::{Batch, Durable, LogHandle, Record, Snapshot, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -79,6 +81,7 @@ pub struct SaleView {
     pub shares_left: [u32; 4],
     pub closed: bool,
     pub orders: usize,
+    pub queue: QueueView,
 }
 
 impl SaleView {
@@ -93,6 +96,9 @@ impl SaleView {
             shares_left: holdfast_core::Channel::ALL.map(|c| sale.share_left(c)),
             closed: sale.closed_at().is_some(),
             orders: sale.orders().len(),
+            queue: sale
+                .queue()
+                .view(spec.queue == QueueMode::Lottery, spec.pass_ttl_millis),
         }
     }
 
@@ -435,6 +441,7 @@ fn command_name(command: &Command) -> Option<&'static str> {
         Command::ClaimAllotment { .. } => "claim_allotment",
         Command::ReturnAllotment { .. } => "return_allotment",
         Command::RecordAllottedSale { .. } => "allotted_sale",
+        Command::Join { .. } => "join",
         Command::Tick => return None,
     };
     Some(name)

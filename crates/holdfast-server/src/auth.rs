@@ -23,8 +23,21 @@ const SECRET_BYTES: usize = 32;
 /// a shopper presents the same token many times; the cache is emptied when full.
 const VERIFIED_TOKENS_MAX: usize = 100_000;
 
+/// What a signed token stands for. Every token carries its kind, so a ticket or a pass can
+/// never be presented as a customer token, or the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum TokenKind {
+    #[default]
+    Customer,
+    Ticket,
+    Pass,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct CustomerClaims {
+    #[serde(default)]
+    typ: TokenKind,
     sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     phone: Option<String>,
@@ -71,6 +84,7 @@ impl TokenKeys {
 
     pub fn issue(&self, shopper: &CustomerIdentity, expires_at: Timestamp) -> String {
         let claims = CustomerClaims {
+            typ: TokenKind::Customer,
             sub: shopper.customer_id.clone(),
             phone: shopper.phone.clone(),
             address: shopper.address.clone(),
@@ -110,6 +124,9 @@ impl TokenKeys {
         let data =
             jsonwebtoken::decode::<CustomerClaims>(token, &self.decoding, &validation).ok()?;
         let claims = data.claims;
+        if claims.typ != TokenKind::Customer {
+            return None;
+        }
         let expires_at =
             Timestamp(i64::try_from(claims.exp.saturating_mul(1000)).unwrap_or(i64::MAX));
         let shopper = Shopper::new(
@@ -204,5 +221,71 @@ impl FromRequestParts<AppState> for Caller {
         }
         let Customer(shopper) = Customer::from_request_parts(parts, state).await?;
         Ok(Caller::Customer(shopper))
+    }
+}
+
+/// A place in a sale's waiting room, signed: `entry` is the join-order index.
+#[derive(Debug, Serialize, Deserialize)]
+struct PlaceClaims {
+    typ: TokenKind,
+    sub: String,
+    sale: String,
+    /// Ticket: the entry index. Pass: the admitted position.
+    n: u32,
+    exp: u64,
+}
+
+/// What a verified ticket or pass says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub customer_id: String,
+    pub sale_id: String,
+    pub n: u32,
+}
+
+impl TokenKeys {
+    fn sign_place(&self, kind: TokenKind, place: &Place, expires_at: Timestamp) -> String {
+        let claims = PlaceClaims {
+            typ: kind,
+            sub: place.customer_id.clone(),
+            sale: place.sale_id.clone(),
+            n: place.n,
+            exp: u64::try_from(expires_at.0 / 1000).unwrap_or(0),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+
+    fn verify_place(&self, kind: TokenKind, token: &str, now: Timestamp) -> Option<Place> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<PlaceClaims>(token, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        let live = claims.exp.saturating_mul(1000) > u64::try_from(now.0).unwrap_or(0);
+        (claims.typ == kind && live).then_some(Place {
+            customer_id: claims.sub,
+            sale_id: claims.sale,
+            n: claims.n,
+        })
+    }
+
+    /// A ticket is the same string every time it is issued for the same place, so joining
+    /// twice returns the same ticket.
+    pub fn issue_ticket(&self, place: &Place, expires_at: Timestamp) -> String {
+        self.sign_place(TokenKind::Ticket, place, expires_at)
+    }
+
+    pub fn verify_ticket(&self, token: &str, now: Timestamp) -> Option<Place> {
+        self.verify_place(TokenKind::Ticket, token, now)
+    }
+
+    pub fn issue_pass(&self, place: &Place, expires_at: Timestamp) -> String {
+        self.sign_place(TokenKind::Pass, place, expires_at)
+    }
+
+    pub fn verify_pass(&self, token: &str, now: Timestamp) -> Option<Place> {
+        self.verify_place(TokenKind::Pass, token, now)
     }
 }

@@ -94,6 +94,9 @@ impl From<Rejection> for ApiError {
             Rejection::HoldConfirmed
             | Rejection::ShareAlreadyReleased { .. }
             | Rejection::AllotmentExceeded { .. } => StatusCode::CONFLICT,
+            Rejection::PassRequired | Rejection::PassInvalid { .. } => StatusCode::FORBIDDEN,
+            Rejection::NoQueue => StatusCode::CONFLICT,
+            Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, rejection.code(), rejection.to_string())
     }

@@ -383,6 +383,9 @@ fn core_commands_per_s(duration: Duration) -> f64 {
         channel_shares: [0; 4],
         price_ceiling: None,
         delivery: None,
+        admission_per_s: holdfast_core::ADMISSION_PER_S_DEFAULT,
+        pass_ttl_millis: holdfast_core::PASS_TTL_MILLIS_DEFAULT,
+        lottery_seed: None,
     };
     let mut sale = Sale::new(spec);
     let shoppers: Vec<Shopper> = (0..1000)
@@ -398,6 +401,7 @@ fn core_commands_per_s(duration: Duration) -> f64 {
                 shopper: shopper.clone(),
                 quantity: 1,
                 channel: Channel::Web,
+                pass: None,
             };
             let Ok(Reply::Held(h)) = sale.handle(&hold, now).outcome else {
                 continue;

@@ -2,6 +2,7 @@
 
 mod extract;
 mod ops;
+mod queue;
 mod sales;
 mod shopper;
 pub mod wire;
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sales::router())
         .merge(shopper::router())
         .merge(ops::router())
+        .merge(queue::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -38,6 +38,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/customer-tokens", post(issue_customer_token))
 }
 
+fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+    seed
+}
+
 pub fn find_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiError> {
     state
         .ledger
@@ -54,7 +60,12 @@ async fn create_sale(
     _: Operator,
     ApiJson(body): ApiJson<CreateSale>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let spec = body.into_spec()?;
+    // A retry of the same creation must compare equal, so it reuses the existing sale's seed.
+    let existing_seed = state
+        .ledger
+        .sale(&body.id)
+        .and_then(|s| s.view().spec.lottery_seed);
+    let spec = body.into_spec(existing_seed.unwrap_or_else(random_seed))?;
     match state.ledger.create(spec.clone()).await? {
         Created::New(sale) => Ok((StatusCode::CREATED, sale_json(&state, &sale))),
         // Creating the same sale again is a retry: answer as before, change nothing.

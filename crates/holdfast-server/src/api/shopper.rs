@@ -110,13 +110,38 @@ async fn place_hold(
         Start::Replay(response) => return Ok(response),
         Start::Run(guard) => guard,
     };
+    let pass = match body.pass.as_deref() {
+        None => None,
+        Some(token) => Some(pass_position(&state, token, &sale_id, &shopper)?),
+    };
     let command = Command::PlaceHold {
         shopper,
         quantity,
         channel,
+        pass,
     };
     let (response, _) = execute(&sale, command, guard, fingerprint, render_hold).await?;
     Ok(response)
+}
+
+/// The admitted position a pass stands for, if it is genuine, unexpired, for this sale and
+/// issued to this shopper. Whether it is still unused is the ledger's to say.
+fn pass_position(
+    state: &AppState,
+    token: &str,
+    sale_id: &str,
+    shopper: &Shopper,
+) -> Result<u32, ApiError> {
+    state
+        .tokens
+        .verify_pass(token, state.clock.now())
+        .filter(|p| p.sale_id == sale_id && p.customer_id == shopper.customer_id())
+        .map(|p| p.n)
+        .ok_or_else(|| {
+            ApiError::from(holdfast_core::Rejection::PassInvalid {
+                reason: "the pass is forged, expired, or not yours",
+            })
+        })
 }
 
 fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {

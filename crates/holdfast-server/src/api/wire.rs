@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use holdfast_core::{
-    Channel, Day, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HoldId, Order, OrderId,
-    PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, SaleSpec, Timestamp,
+    ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, Day, DeliveryPlan,
+    HOLD_TTL_MILLIS_DEFAULT, HoldId, Order, OrderId, PASS_TTL_MILLIS_DEFAULT,
+    PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, SaleSpec, Timestamp, seed_commitment,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -108,18 +109,20 @@ pub struct CreateSale {
     pub channels: Option<ChannelShares>,
     pub price_ceiling: Option<i64>,
     pub delivery: Option<DeliveryRequest>,
+    /// Waiting room: positions admitted per second at most.
+    pub admission_per_s: Option<i64>,
+    /// Waiting room: seconds an admission pass stays good.
+    pub pass_ttl_s: Option<i64>,
 }
 
 impl CreateSale {
-    pub fn into_spec(self) -> Result<SaleSpec, ApiError> {
+    /// Validates the request into a spec. `lottery_seed` is used only for a lottery: the
+    /// server draws it at random, and publishes its hash with the sale.
+    pub fn into_spec(self, lottery_seed: [u8; 32]) -> Result<SaleSpec, ApiError> {
         let queue = match self.queue.as_deref().unwrap_or("none") {
             "none" => QueueMode::None,
-            "fifo" | "lottery" => {
-                return Err(ApiError::bad_request(
-                    "queue_mode_unavailable",
-                    "this server has no waiting room yet; create the sale with \"queue\": \"none\"",
-                ));
-            }
+            "fifo" => QueueMode::Fifo,
+            "lottery" => QueueMode::Lottery,
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_queue",
@@ -182,6 +185,22 @@ impl CreateSale {
                 .transpose()?
                 .map(|c| c as u64),
             delivery,
+            admission_per_s: in_range(
+                "admission_per_s",
+                self.admission_per_s
+                    .unwrap_or(i64::from(ADMISSION_PER_S_DEFAULT)),
+                1,
+                i64::from(ADMISSION_PER_S_MAX),
+            )? as u32,
+            pass_ttl_millis: in_range(
+                "pass_ttl_s",
+                self.pass_ttl_s
+                    .unwrap_or((PASS_TTL_MILLIS_DEFAULT / 1000) as i64),
+                10,
+                3600,
+            )? as u64
+                * 1000,
+            lottery_seed: (queue == QueueMode::Lottery).then_some(lottery_seed),
         };
         spec.validate()?;
         Ok(spec)
@@ -218,7 +237,20 @@ pub fn sale_body(view: &SaleView, now: Timestamp) -> serde_json::Value {
             "sold": view.sold,
             "allotted": view.allotted,
         },
-        "queue": {"waiting": 0, "admitted": 0},
+        "queue": {
+            "waiting": view.queue.entries.saturating_sub(view.queue.admitted_through),
+            "admitted": view.queue.admitted_through,
+            "entries": view.queue.entries,
+            "passes_outstanding": view.queue.outstanding,
+            "admission_per_s": spec.admission_per_s,
+            "pass_ttl_s": spec.pass_ttl_millis / 1000,
+        },
+        "lottery": spec.lottery_seed.map(|seed| json!({
+            "seed_commitment": seed_commitment(&seed),
+            // The seed is revealed only once the draw it decides has been made.
+            "seed": view.queue.drawn.map(|_| hex::encode(seed)),
+            "entrants": view.queue.drawn,
+        })),
         "channels": channels,
         "delivery": spec.delivery.map(|d| json!({
             "capacity_per_day": d.capacity_per_day,
