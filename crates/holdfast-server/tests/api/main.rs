@@ -3,6 +3,7 @@
 mod bad_input;
 mod helpers;
 mod ledger;
+mod queue;
 
 use helpers::*;
 use reqwest::{Method, StatusCode};
