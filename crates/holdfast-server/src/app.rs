@@ -27,6 +27,8 @@ pub struct AppInner {
     pub idempotency: Idempotency,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
+    /// One permit per write request in flight (see `api::overload`).
+    pub write_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The one state struct every handler gets.
@@ -106,6 +108,9 @@ impl Application {
             idempotency,
             limits: config.limits,
             metrics: prometheus(),
+            write_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.writes_in_flight_max,
+            )),
         }));
         let router = crate::api::router(state);
         let listener = TcpListener::bind(config.listen).await?;

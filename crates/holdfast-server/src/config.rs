@@ -28,6 +28,8 @@ pub struct Limits {
     pub sale_batches_in_flight_max: usize,
     /// Events in a sale's log between two snapshots.
     pub snapshot_every_events: u64,
+    /// Write requests being served at once; more are answered 429 at once.
+    pub writes_in_flight_max: usize,
     /// Sales one server keeps.
     pub sales_max: usize,
     /// Largest request body accepted.
@@ -44,6 +46,7 @@ impl Default for Limits {
             sale_batches_in_flight_max: 4,
             snapshot_every_events: 100_000,
             sales_max: 10_000,
+            writes_in_flight_max: 2_048,
             body_bytes_max: 16 * 1024,
             customer_token_ttl_s_default: 24 * 3600,
         }

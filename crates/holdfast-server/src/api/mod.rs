@@ -2,6 +2,7 @@
 
 mod extract;
 mod ops;
+mod overload;
 mod queue;
 mod sales;
 mod shopper;
@@ -30,5 +31,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            overload::shed_writes,
+        ))
         .with_state(state)
 }

@@ -2,7 +2,9 @@ use std::sync::Arc;
 
 use holdfast_core::Timestamp;
 use holdfast_server::clock::ManualClock;
-use holdfast_server::payments::SimulatedAcquirer;
+use holdfast_server::payments::{
+    Authorization, AuthorizeRequest, PaymentFuture, PaymentProvider, SimulatedAcquirer,
+};
 use holdfast_server::{Application, Config, Limits};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -41,18 +43,67 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(limits: Limits) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
+    let acquirer = Arc::new(SimulatedAcquirer::default());
     start(
         dir,
         ManualClock::new(START),
-        Arc::new(SimulatedAcquirer::default()),
+        acquirer.clone(),
+        acquirer,
         limits,
     )
     .await
 }
 
+/// An app whose card network stops inside `authorize` until the test opens the gate.
+pub async fn spawn_app_gated(limits: Limits) -> (TestApp, Gate) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let acquirer = Arc::new(SimulatedAcquirer::default());
+    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let gated = Arc::new(GatedAcquirer {
+        inner: acquirer.clone(),
+        entered: entered_tx,
+        gate,
+    });
+    let app = start(dir, ManualClock::new(START), gated, acquirer, limits).await;
+    (app, Gate { entered, release })
+}
+
+pub struct Gate {
+    pub entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub release: tokio::sync::watch::Sender<bool>,
+}
+
+struct GatedAcquirer {
+    inner: Arc<SimulatedAcquirer>,
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+impl PaymentProvider for GatedAcquirer {
+    fn authorize(&self, request: AuthorizeRequest) -> PaymentFuture<'_, Authorization> {
+        let _ = self.entered.send(());
+        let mut gate = self.gate.clone();
+        Box::pin(async move {
+            gate.wait_for(|open| *open).await.unwrap();
+            self.inner.authorize(request).await
+        })
+    }
+    fn capture(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
+        self.inner.capture(id, key)
+    }
+    fn void(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
+        self.inner.void(id, key)
+    }
+    fn refund(&self, id: &str, amount: u64, key: &str) -> PaymentFuture<'_, ()> {
+        self.inner.refund(id, amount, key)
+    }
+}
+
 async fn start(
     dir: Arc<tempfile::TempDir>,
     clock: ManualClock,
+    payments: Arc<dyn PaymentProvider>,
     acquirer: Arc<SimulatedAcquirer>,
     limits: Limits,
 ) -> TestApp {
@@ -62,7 +113,7 @@ async fn start(
         Some(OPERATOR.into()),
     );
     config.clock = Arc::new(clock.clone());
-    config.payments = acquirer.clone();
+    config.payments = payments;
     config.limits = limits;
     let app = Application::build(config).await.expect("app starts");
     let base = format!("http://{}", app.local_addr());
@@ -94,10 +145,12 @@ impl TestApp {
     /// Stops the server and starts a new one on the same data directory and clock.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
+        let acquirer = self.acquirer.clone();
         start(
             self.dir.clone(),
             self.clock.clone(),
-            self.acquirer.clone(),
+            acquirer.clone(),
+            acquirer,
             self.limits,
         )
         .await

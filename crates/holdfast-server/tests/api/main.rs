@@ -340,3 +340,43 @@ async fn health_and_metrics_answer() {
     let text = metrics.body.as_str().unwrap();
     assert!(text.contains("holdfast_commands_total"), "{text}");
 }
+
+#[tokio::test]
+async fn writes_beyond_the_in_flight_bound_are_shed_at_once_and_reads_still_answer() {
+    let limits = holdfast_server::Limits {
+        writes_in_flight_max: 1,
+        ..holdfast_server::Limits::default()
+    };
+    let (app, mut gate) = spawn_app_gated(limits).await;
+    app.create_sale(sale_json("masks", 5, 1, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let bob = app.token("bob", None, None).await;
+    let hold_id = app.hold("masks", &alice, 1).await.body["hold_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let app = std::sync::Arc::new(app);
+    // Alice's confirm occupies the only write slot, parked inside the card network.
+    let confirming = tokio::spawn({
+        let app = app.clone();
+        let alice = alice.clone();
+        async move { app.confirm(&hold_id, &alice).await }
+    });
+    gate.entered.recv().await.unwrap();
+    let shed = app.hold("masks", &bob, 1).await;
+    assert_eq!(
+        (shed.status, shed.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+    );
+    let read = app
+        .call(Method::GET, "/v1/sales/masks", Some(&bob), None)
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "reads are never shed");
+    gate.release.send(true).unwrap();
+    assert_eq!(confirming.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        app.hold("masks", &bob, 1).await.status,
+        StatusCode::CREATED,
+        "the slot is free again"
+    );
+}
