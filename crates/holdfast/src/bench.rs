@@ -18,12 +18,10 @@ use holdfast_core::{
     Channel, Command, HoldId, PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, Sale, SaleSpec,
     Shopper, Timestamp,
 };
-use holdfast_server::{Application, Config};
-use http_body_util::{BodyExt, Full};
+use hyper::Method;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::http::{HttpClient, InProcessServer, send_json, send_raw};
 use serde_json::{Value, json};
 
 #[derive(Args)]
@@ -55,8 +53,6 @@ enum Scenario {
 
 const OPERATOR: &str = "bench-operator";
 const WARM_UP: Duration = Duration::from_secs(1);
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct RunResult {
     requests_per_s: f64,
@@ -92,9 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()?,
     };
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.connections)
-        .build_http();
+    let client = crate::http::client(args.connections);
     let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs {
         let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
@@ -152,21 +146,11 @@ fn ledger_run(
     client: &HttpClient,
     args: &BenchArgs,
 ) -> anyhow::Result<RunResult> {
-    let _ = std::fs::remove_dir_all(&args.data);
-    let config = Config::new(
-        "127.0.0.1:0".parse()?,
-        args.data.clone(),
-        Some(OPERATOR.into()),
-    );
-    let app = runtimes.server.block_on(Application::build(config))?;
-    let address = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtimes.server.spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    let result = runtimes.client.block_on(ledger_load(client, address, args));
-    let _ = stop.send(());
-    let _ = runtimes.server.block_on(server);
+    let server = InProcessServer::start(&runtimes.server, &args.data, OPERATOR)?;
+    let result = runtimes
+        .client
+        .block_on(ledger_load(client, server.address, args));
+    server.stop(&runtimes.server);
     result
 }
 
@@ -180,7 +164,7 @@ async fn ledger_load(
         "stock": STOCK_MAX, "per_customer_limit": PER_CUSTOMER_LIMIT_MAX,
         "opens_at": "2020-01-01T00:00:00Z", "queue": "none",
     });
-    let (status, body) = send(client, address, "/v1/sales", OPERATOR, None, &sale).await?;
+    let (status, body) = send(client, address, "/v1/sales", OPERATOR, &sale).await?;
     anyhow::ensure!(
         status == 201,
         "creating the bench sale answered {status}: {body}"
@@ -188,15 +172,7 @@ async fn ledger_load(
     let mut tokens = Vec::with_capacity(args.connections);
     for n in 0..args.connections {
         let request = json!({"customer_id": format!("bench-{n}")});
-        let (_, body) = send(
-            client,
-            address,
-            "/v1/customer-tokens",
-            OPERATOR,
-            None,
-            &request,
-        )
-        .await?;
+        let (_, body) = send(client, address, "/v1/customer-tokens", OPERATOR, &request).await?;
         tokens.push(body["token"].as_str().context("token")?.to_owned());
     }
     let workload = Workload::Ledger {
@@ -210,40 +186,16 @@ async fn send(
     address: SocketAddr,
     path: &str,
     token: &str,
-    idempotency_key: Option<&str>,
     body: &Value,
 ) -> anyhow::Result<(u16, Value)> {
-    let authorization = format!("Bearer {token}");
-    let body = Bytes::from(serde_json::to_vec(body)?);
-    let (status, bytes) =
-        send_raw(client, address, path, &authorization, idempotency_key, body).await?;
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)?
-    };
-    Ok((status, body))
-}
-
-/// The load loop's request: body and headers prepared by the caller, answer left unparsed, so
-/// the generator spends as little of the shared CPU as it can in both scenarios.
-async fn send_raw(
-    client: &HttpClient,
-    address: SocketAddr,
-    path: &str,
-    authorization: &str,
-    idempotency_key: Option<&str>,
-    body: Bytes,
-) -> anyhow::Result<(u16, Bytes)> {
-    let mut request = hyper::Request::post(format!("http://{address}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", authorization);
-    if let Some(key) = idempotency_key {
-        request = request.header("idempotency-key", key);
-    }
-    let response = client.request(request.body(Full::new(body))?).await?;
-    let status = response.status().as_u16();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
+    send_json(
+        client,
+        Method::POST,
+        &format!("http://{address}{path}"),
+        Some(token),
+        Some(body),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -270,6 +222,8 @@ async fn connection_loop(
             }
         }
     };
+    let bare_url = format!("http://{address}/bare");
+    let hold_url = format!("http://{address}/v1/sales/bench/holds");
     let empty = Bytes::from_static(b"{}");
     let hold = Bytes::from_static(br#"{"quantity":1,"channel":"web"}"#);
     let confirm = Bytes::from_static(br#"{"payment":{"method":"card","token":"tok_visa"}}"#);
@@ -286,9 +240,9 @@ async fn connection_loop(
                 let started = Instant::now();
                 let (status, _) = send_raw(
                     &client,
-                    address,
-                    "/bare",
-                    &authorization,
+                    Method::POST,
+                    &bare_url,
+                    Some(&authorization),
                     None,
                     empty.clone(),
                 )
@@ -298,12 +252,11 @@ async fn connection_loop(
             Workload::Ledger { .. } => {
                 let key = format!("h-{connection}-{n}");
                 let started = Instant::now();
-                let path = "/v1/sales/bench/holds";
                 let (status, body) = send_raw(
                     &client,
-                    address,
-                    path,
-                    &authorization,
+                    Method::POST,
+                    &hold_url,
+                    Some(&authorization),
                     Some(&key),
                     hold.clone(),
                 )
@@ -313,13 +266,13 @@ async fn connection_loop(
                     continue;
                 };
                 let key = format!("c-{connection}-{n}");
-                let path = format!("/v1/holds/{}/confirm", answer.hold_id);
+                let url = format!("http://{address}/v1/holds/{}/confirm", answer.hold_id);
                 let started = Instant::now();
                 let (status, _) = send_raw(
                     &client,
-                    address,
-                    &path,
-                    &authorization,
+                    Method::POST,
+                    &url,
+                    Some(&authorization),
                     Some(&key),
                     confirm.clone(),
                 )

@@ -1,6 +1,9 @@
 //! `holdfast`: one binary for the server and its tools.
 
 mod bench;
+mod http;
+mod load;
+mod verify;
 
 /// The server allocates small, short-lived objects per request on several threads, the case
 /// glibc's allocator handles worst; mimalloc cut CPU per request measurably (docs/BENCHMARKS.md).
@@ -44,6 +47,10 @@ enum Commands {
     },
     /// Measure hold+confirm over HTTP against a bare endpoint, and the core alone.
     Bench(bench::BenchArgs),
+    /// Drive simulated shoppers through join, poll, hold and confirm, and report.
+    Load(load::LoadArgs),
+    /// Recompute a sale's lottery from its published draw and check it.
+    VerifyDraw(verify::VerifyDrawArgs),
 }
 
 fn init_tracing() {
@@ -98,5 +105,7 @@ fn main() -> anyhow::Result<()> {
             operator_token,
         } => tokio::runtime::Runtime::new()?.block_on(serve(listen, data, operator_token)),
         Commands::Bench(args) => bench::run(args),
+        Commands::Load(args) => load::run(args),
+        Commands::VerifyDraw(args) => verify::run(args),
     }
 }
