@@ -46,7 +46,7 @@ impl Default for Limits {
             sale_batches_in_flight_max: 4,
             snapshot_every_events: 100_000,
             sales_max: 10_000,
-            writes_in_flight_max: 2_048,
+            writes_in_flight_max: 512,
             body_bytes_max: 16 * 1024,
             customer_token_ttl_s_default: 24 * 3600,
         }
