@@ -221,7 +221,15 @@ async fn until_answered(
 ) -> anyhow::Result<Option<(u16, Bytes, Instant)>> {
     loop {
         let started = Instant::now();
-        let (status, answer) = send_raw(client, Method::POST, url, Some(authorization), Some(key), body.clone()).await?;
+        let (status, answer) = send_raw(
+            client,
+            Method::POST,
+            url,
+            Some(authorization),
+            Some(key),
+            body.clone(),
+        )
+        .await?;
         if status != 429 {
             return Ok(Some((status, answer, started)));
         }
@@ -285,16 +293,38 @@ async fn connection_loop(
             }
             Workload::Ledger { .. } => {
                 let key = format!("h-{connection}-{n}");
-                let sent = until_answered(&client, &hold_url, &authorization, &key, hold.clone(), until, &mut shed).await?;
-                let Some((status, body, started)) = sent else { break };
+                let sent = until_answered(
+                    &client,
+                    &hold_url,
+                    &authorization,
+                    &key,
+                    hold.clone(),
+                    until,
+                    &mut shed,
+                )
+                .await?;
+                let Some((status, body, started)) = sent else {
+                    break;
+                };
                 record(started, status == 201);
                 let Ok(answer) = serde_json::from_slice::<HoldAnswer>(&body) else {
                     continue;
                 };
                 let key = format!("c-{connection}-{n}");
                 let url = format!("http://{address}/v1/holds/{}/confirm", answer.hold_id);
-                let sent = until_answered(&client, &url, &authorization, &key, confirm.clone(), until, &mut shed).await?;
-                let Some((status, _, started)) = sent else { break };
+                let sent = until_answered(
+                    &client,
+                    &url,
+                    &authorization,
+                    &key,
+                    confirm.clone(),
+                    until,
+                    &mut shed,
+                )
+                .await?;
+                let Some((status, _, started)) = sent else {
+                    break;
+                };
                 record(started, status == 200);
                 if status == 200 && started >= measure_from {
                     purchases += 1;
@@ -444,9 +474,16 @@ fn report(args: &BenchArgs, bare: &[RunResult], ledger: &[RunResult], core: &[f6
         .map(|c| format!("{c:.0}"))
         .collect::<Vec<_>>()
         .join(", ");
-    println!("\nledger / bare (ratio of medians): {:.3}", rate(ledger) / rate(bare));
+    println!(
+        "\nledger / bare (ratio of medians): {:.3}",
+        rate(ledger) / rate(bare)
+    );
     let purchases = median(ledger.iter().map(|x| x.purchases_per_s).collect());
-    let purchase_runs = ledger.iter().map(|x| format!("{:.0}", x.purchases_per_s)).collect::<Vec<_>>().join(", ");
+    let purchase_runs = ledger
+        .iter()
+        .map(|x| format!("{:.0}", x.purchases_per_s))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!("ledger completed purchases/s: median {purchases:.0} (runs: {purchase_runs})");
     let shed: u64 = ledger.iter().map(|x| x.shed).sum();
     println!("ledger requests shed with 429 and retried: {shed}");

@@ -363,7 +363,9 @@ async fn drive(args: &LoadArgs, base: String, operator: &str) -> anyhow::Result<
         in_flight: Semaphore::new(args.in_flight),
         stats: Mutex::new(Stats::default()),
         deadline: started + Duration::from_secs(args.deadline_s),
-        poll_until: args.poll_only.then(|| started + Duration::from_secs(args.poll_for_s)),
+        poll_until: args
+            .poll_only
+            .then(|| started + Duration::from_secs(args.poll_for_s)),
         poll_every: args.poll_every_ms.map(Duration::from_millis),
         queued: args.queue != QueueArg::None,
     });
