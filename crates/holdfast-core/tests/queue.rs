@@ -303,3 +303,99 @@ fn joining_needs_a_waiting_room_and_an_open_door() {
         .outcome;
     assert_eq!(closed, Err(Rejection::Closed));
 }
+
+mod properties {
+    use super::*;
+    use holdfast_core::HoldId;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Join(usize),
+        /// Hold with the pass the shopper's standing gives, if any.
+        HoldAdmitted(usize),
+        /// Hold naming any position at all, as a forger would.
+        HoldForged(usize, u32),
+        Confirm(usize, u64),
+        Release(usize, u64),
+        Restock(u32),
+        Wait(i64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0..8usize).prop_map(Step::Join),
+            4 => (0..8usize).prop_map(Step::HoldAdmitted),
+            1 => (0..8usize, 0..12u32).prop_map(|(s, p)| Step::HoldForged(s, p)),
+            2 => (0..8usize, 1..10u64).prop_map(|(s, h)| Step::Confirm(s, h)),
+            1 => (0..8usize, 1..10u64).prop_map(|(s, h)| Step::Release(s, h)),
+            1 => (1..3u32).prop_map(Step::Restock),
+            3 => (0..90_000i64).prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_waiting_room_keeps_its_promises(
+            lottery in any::<bool>(),
+            stock in 0..5u32,
+            rate in 1..4u32,
+            steps in prop::collection::vec(step(), 1..80),
+        ) {
+            let mode = if lottery { QueueMode::Lottery } else { QueueMode::Fifo };
+            let mut sale = Sale::new(spec(stock, mode, rate));
+            let mut replica = Sale::new(spec(stock, mode, rate));
+            let mut entries: Vec<Option<u32>> = vec![None; 8];
+            let mut now = Timestamp(OPENS.0 - 30_000);
+            for step in steps {
+                let command = match &step {
+                    Step::Join(s) => Command::Join { shopper: shopper(*s) },
+                    Step::HoldAdmitted(s) => {
+                        let pass = entries[*s].and_then(|e| match view(&sale).standing(e) {
+                            Standing::Admitted { position, .. } => Some(position),
+                            _ => None,
+                        });
+                        Command::PlaceHold { shopper: shopper(*s), quantity: 1, channel: Channel::Web, pass }
+                    }
+                    Step::HoldForged(s, p) => Command::PlaceHold {
+                        shopper: shopper(*s), quantity: 1, channel: Channel::Web, pass: Some(*p),
+                    },
+                    Step::Confirm(s, h) => Command::ConfirmHold {
+                        hold: HoldId(*h), customer_id: format!("c{s}"), payment_ref: "auth".into(),
+                    },
+                    Step::Release(s, h) => Command::ReleaseHold { hold: HoldId(*h), customer_id: format!("c{s}") },
+                    Step::Restock(q) => Command::Restock { quantity: *q },
+                    Step::Wait(ms) => {
+                        now = Timestamp(now.0 + ms);
+                        Command::Tick
+                    }
+                };
+                let outstanding_before = sale.queue().outstanding();
+                let handled = sale.handle(&command, now);
+                if let (Step::Join(s), Ok(Reply::Joined { entry })) = (&step, &handled.outcome) {
+                    entries[*s] = Some(*entry);
+                }
+                for event in &handled.events {
+                    replica.apply(event);
+                    if let Event::Admitted { .. } = event {
+                        // Admission never promises more units than there are.
+                        prop_assert!(sale.queue().outstanding() <= sale.available().max(outstanding_before));
+                    }
+                    if let Event::HoldPlaced(hold) = event {
+                        let position = hold.pass.expect("every hold on a queued sale used a pass");
+                        prop_assert!(position >= 1 && position <= sale.queue().admitted_through());
+                        prop_assert!(now >= OPENS, "nothing is held before the opening");
+                    }
+                }
+                prop_assert!(sale.queue().admitted_through() <= sale.queue().entries().len() as u32);
+                prop_assert_eq!(sale.check_deep(), Ok(()));
+                prop_assert_eq!(sale.total(), sale.available() + sale.held() + sale.sold() + sale.allotted());
+            }
+            prop_assert_eq!(replica.snapshot(), sale.snapshot());
+            let restored = Sale::restore(sale.snapshot()).expect("snapshot restores");
+            prop_assert_eq!(restored.snapshot(), sale.snapshot());
+        }
+    }
+}
