@@ -8,6 +8,7 @@ mod queue;
 mod rejection;
 mod sale;
 mod spec;
+pub mod terminal;
 mod time;
 
 pub use person::{IdentityKey, Shopper, normalise_address, normalise_phone};
