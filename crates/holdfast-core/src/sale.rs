@@ -117,6 +117,9 @@ pub enum Command {
     RecordAllottedSale {
         holder: HolderId,
         quantity: u32,
+        /// The holder's journal entry this sale comes from. A sale from an entry at or below
+        /// the last one applied for this holder is a repeat and changes nothing.
+        journal_seq: Option<u64>,
     },
     /// Does nothing but bring the sale up to `now`: expires due holds.
     Tick,
@@ -161,6 +164,7 @@ pub enum Event {
     AllottedSold {
         holder: HolderId,
         quantity: u32,
+        journal_seq: Option<u64>,
     },
     Joined {
         entry: EntryId,
@@ -256,6 +260,8 @@ pub struct Sale {
     deliveries_booked: BTreeMap<Day, u32>,
     last_hold: u64,
     queue: Queue,
+    /// The last journal entry applied per holder, so terminal syncs apply exactly once.
+    journal_applied: BTreeMap<HolderId, u64>,
 }
 
 impl Sale {
@@ -282,6 +288,7 @@ impl Sale {
             deliveries_booked: BTreeMap::new(),
             last_hold: 0,
             queue: Queue::default(),
+            journal_applied: BTreeMap::new(),
             spec,
         };
         sale.assert_balanced();
@@ -564,11 +571,20 @@ impl Sale {
                 };
                 Ok((vec![event], Reply::Returned))
             }
-            Command::RecordAllottedSale { holder, quantity } => {
+            Command::RecordAllottedSale {
+                holder,
+                quantity,
+                journal_seq,
+            } => {
+                let applied = self.journal_applied.get(holder).copied().unwrap_or(0);
+                if journal_seq.is_some_and(|seq| seq <= applied) {
+                    return Ok((vec![], Reply::AllottedSaleRecorded));
+                }
                 self.check_allotment(holder, *quantity)?;
                 let event = Event::AllottedSold {
                     holder: holder.clone(),
                     quantity: *quantity,
+                    journal_seq: *journal_seq,
                 };
                 Ok((vec![event], Reply::AllottedSaleRecorded))
             }
@@ -747,9 +763,16 @@ impl Sale {
                 self.take_from_allotment(holder, *quantity);
                 self.common += quantity;
             }
-            Event::AllottedSold { holder, quantity } => {
+            Event::AllottedSold {
+                holder,
+                quantity,
+                journal_seq,
+            } => {
                 self.take_from_allotment(holder, *quantity);
                 self.sold += quantity;
+                if let Some(seq) = journal_seq {
+                    self.journal_applied.insert(holder.clone(), *seq);
+                }
             }
             Event::Joined { entry, keys } => self.queue.apply_joined(*entry, keys),
             Event::LotteryDrawn { entrants } => {
@@ -932,6 +955,7 @@ impl Sale {
             orders: self.orders.clone(),
             last_hold: self.last_hold,
             queue: self.queue.snapshot(),
+            journal_applied: self.journal_applied.clone().into_iter().collect(),
         }
     }
 
@@ -963,6 +987,7 @@ impl Sale {
             deliveries_booked: BTreeMap::new(),
             last_hold: snapshot.last_hold,
             queue: Queue::restore(snapshot.queue, seed.as_ref()),
+            journal_applied: snapshot.journal_applied.into_iter().collect(),
         };
         for hold in snapshot.active {
             sale.book(&hold, 1);
@@ -1010,4 +1035,5 @@ pub struct SaleSnapshot {
     orders: Vec<Order>,
     last_hold: u64,
     queue: QueueSnapshot,
+    journal_applied: Vec<(HolderId, u64)>,
 }

@@ -275,9 +275,9 @@ impl Model {
                 Place::Pool(Origin::Common),
                 "ok:returned",
             ),
-            Command::RecordAllottedSale { holder, quantity } => {
-                self.move_allotted(holder, *quantity, Place::Sold, "ok:allotted sold")
-            }
+            Command::RecordAllottedSale {
+                holder, quantity, ..
+            } => self.move_allotted(holder, *quantity, Place::Sold, "ok:allotted sold"),
             Command::Tick => "ok:ticked".into(),
             Command::Join { .. } => "no_queue".into(),
         }
@@ -369,7 +369,7 @@ fn command() -> impl Strategy<Value = Command> {
             Command::ReturnAllotment { holder, quantity }
         }),
         1 => (holder, 0..4u32).prop_map(|(holder, quantity)| {
-            Command::RecordAllottedSale { holder, quantity }
+            Command::RecordAllottedSale { holder, quantity, journal_seq: None }
         }),
         1 => Just(Command::Tick),
         1 => Just(Command::Close),

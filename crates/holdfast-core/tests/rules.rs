@@ -313,11 +313,16 @@ fn allotments_leave_the_pool_and_come_back() {
     let sold = Command::RecordAllottedSale {
         holder: holder.clone(),
         quantity: 4,
+        journal_seq: Some(1),
     };
     assert!(sale.handle(&sold, at(2)).outcome.is_ok());
+    // The same journal entry again (a retried sync) changes nothing.
+    assert!(sale.handle(&sold, at(2)).outcome.is_ok());
+    assert_eq!(sale.sold(), 4);
     let over = Command::RecordAllottedSale {
         holder: holder.clone(),
         quantity: 7,
+        journal_seq: Some(2),
     };
     assert_eq!(
         sale.handle(&over, at(3)).outcome,

@@ -17,9 +17,11 @@ use crate::config::{Config, Limits};
 use crate::idempotency::Idempotency;
 use crate::ledger::{Ledger, RecoveryError};
 use crate::payments::PaymentProvider;
+use crate::terminals::Terminals;
 
 pub struct AppInner {
     pub ledger: Ledger,
+    pub terminals: Terminals,
     pub tokens: TokenKeys,
     pub operator_token: String,
     pub clock: Arc<dyn Clock>,
@@ -29,6 +31,8 @@ pub struct AppInner {
     pub metrics: PrometheusHandle,
     /// One permit per write request in flight (see `api::overload`).
     pub write_permits: Arc<tokio::sync::Semaphore>,
+    /// One permit per terminal sync in flight: a reconnect storm gets a slice, not everything.
+    pub sync_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The one state struct every handler gets.
@@ -54,6 +58,8 @@ pub enum StartError {
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::UnreadableAnswer),
+    #[error("cannot read terminal records: {0}")]
+    Terminals(#[from] serde_json::Error),
 }
 
 pub struct Application {
@@ -92,8 +98,10 @@ impl Application {
         let data_lock = File::create(config.data_dir.join("LOCK"))?;
         data_lock.try_lock().map_err(|_| StartError::DataDirInUse)?;
         let backend = holdfast_store::SqliteLog::open(&config.data_dir)?;
-        let (ledger, values) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
-        let idempotency = Idempotency::recover(&values)?;
+        let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
+        let idempotency = Idempotency::recover(&rest.values)?;
+        let terminals =
+            Terminals::recover(ledger.log().clone(), &rest.values, &rest.terminal_snapshots)?;
         let tokens = TokenKeys::load_or_create(&config.data_dir)?;
         let (operator_token, operator_token_generated) = match config.operator_token {
             Some(token) if !token.is_empty() => (token, false),
@@ -101,6 +109,7 @@ impl Application {
         };
         let state = AppState(Arc::new(AppInner {
             ledger,
+            terminals,
             tokens,
             operator_token: operator_token.clone(),
             clock: config.clock,
@@ -110,6 +119,9 @@ impl Application {
             metrics: prometheus(),
             write_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.writes_in_flight_max,
+            )),
+            sync_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.syncs_in_flight_max,
             )),
         }));
         let router = crate::api::router(state);

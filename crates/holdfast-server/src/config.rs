@@ -30,6 +30,8 @@ pub struct Limits {
     pub snapshot_every_events: u64,
     /// Write requests being served at once; more are answered 429 at once.
     pub writes_in_flight_max: usize,
+    /// Terminal syncs being served at once; more are told to retry after a spread-out pause.
+    pub syncs_in_flight_max: usize,
     /// Sales one server keeps.
     pub sales_max: usize,
     /// Largest request body accepted.
@@ -47,6 +49,7 @@ impl Default for Limits {
             snapshot_every_events: 100_000,
             sales_max: 10_000,
             writes_in_flight_max: 512,
+            syncs_in_flight_max: 16,
             body_bytes_max: 16 * 1024,
             customer_token_ttl_s_default: 24 * 3600,
         }

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use holdfast_core::{Sale, SaleSnapshot, SaleSpec};
 use holdfast_store::{
     Batch, GroupCommit, GroupCommitConfig, LogBackend, LogHandle, Record, StoreError,
+    StoredSnapshot,
 };
 use thiserror::Error;
 
@@ -14,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Limits;
 use crate::error::LedgerError;
 use crate::log_entry::LogEntry;
+use crate::terminals;
 
 /// Reasons the server refuses to start: it will not serve from a log it cannot trust.
 #[derive(Debug, Error)]
@@ -42,8 +44,12 @@ pub struct Ledger {
     limits: Limits,
 }
 
-/// What recovery hands back besides the ledger: the keyed values (idempotency answers).
-pub type RecoveredValues = Vec<(String, Vec<u8>)>;
+/// What recovery hands back besides the ledger: keyed values (idempotency answers, terminal
+/// registrations) and the snapshots of terminal streams (their sync progress).
+pub struct RecoveredRest {
+    pub values: Vec<(String, Vec<u8>)>,
+    pub terminal_snapshots: Vec<StoredSnapshot>,
+}
 
 impl Ledger {
     /// Rebuilds every sale from snapshots and the log after them, checks each deeply, then
@@ -52,11 +58,15 @@ impl Ledger {
         mut backend: B,
         clock: Arc<dyn Clock>,
         limits: Limits,
-    ) -> Result<(Ledger, RecoveredValues), RecoveryError> {
+    ) -> Result<(Ledger, RecoveredRest), RecoveryError> {
         let recovery = backend.recover()?;
         let mut sales: BTreeMap<String, (Sale, u64)> = BTreeMap::new();
         let mut through: HashMap<String, u64> = HashMap::new();
-        for snapshot in recovery.snapshots {
+        let (terminal_snapshots, sale_snapshots): (Vec<_>, Vec<_>) = recovery
+            .snapshots
+            .into_iter()
+            .partition(|s| s.stream.starts_with(terminals::STREAM_PREFIX));
+        for snapshot in sale_snapshots {
             let inconsistent = |reason: String| RecoveryError::Inconsistent {
                 stream: snapshot.stream.clone(),
                 reason,
@@ -69,7 +79,9 @@ impl Ledger {
         }
         let replayed = recovery.records.len();
         for record in recovery.records {
-            if record.seq <= through.get(&record.stream).copied().unwrap_or(0) {
+            // Terminal streams are an audit trail; their state comes from their snapshots.
+            let terminal = record.stream.starts_with(terminals::STREAM_PREFIX);
+            if terminal || record.seq <= through.get(&record.stream).copied().unwrap_or(0) {
                 continue;
             }
             let entry =
@@ -122,7 +134,15 @@ impl Ledger {
             clock,
             limits,
         };
-        Ok((ledger, recovery.values))
+        let rest = RecoveredRest {
+            values: recovery.values,
+            terminal_snapshots,
+        };
+        Ok((ledger, rest))
+    }
+
+    pub fn log(&self) -> &LogHandle {
+        &self.log
     }
 
     pub fn sale(&self, id: &str) -> Option<SaleHandle> {

@@ -14,6 +14,7 @@ mod idempotency;
 mod ledger;
 mod log_entry;
 pub mod payments;
+pub mod terminals;
 
 pub use app::{Application, StartError};
 pub use config::{Config, Limits};

@@ -6,6 +6,7 @@ mod overload;
 mod queue;
 mod sales;
 mod shopper;
+mod terminals;
 pub mod wire;
 
 use axum::Router;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(shopper::router())
         .merge(ops::router())
         .merge(queue::router())
+        .merge(terminals::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -4,6 +4,7 @@ mod bad_input;
 mod helpers;
 mod ledger;
 mod queue;
+mod terminals;
 
 use helpers::*;
 use reqwest::{Method, StatusCode};

@@ -1,0 +1,209 @@
+//! Terminal calls: registration (operator), allotments and journal sync (signed by the terminal).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use holdfast_core::terminal::{ChainHash, JournalEntry};
+use holdfast_core::{STOCK_MAX, is_valid_sale_id};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{ApiJson, ApiPath};
+use super::wire::in_range;
+use crate::app::AppState;
+use crate::auth::Operator;
+use crate::error::ApiError;
+use crate::terminals::{SYNC_ENTRIES_MAX, Terminal, signing_input};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/terminals", post(register))
+        .route("/v1/terminals/{id}/allotments", post(allotments))
+        .route("/v1/terminals/{id}/sync", post(sync))
+        .route("/v1/terminals/{id}/quarantine", get(quarantine))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    terminal_id: String,
+    store: String,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !is_valid_sale_id(&body.terminal_id)
+        || body.store.trim().is_empty()
+        || body.store.len() > 128
+    {
+        return Err(ApiError::bad_request(
+            "invalid_terminal",
+            "terminal_id must be 1-64 letters, digits, '-' or '_', and store must be given",
+        ));
+    }
+    match state
+        .terminals
+        .register(&body.terminal_id, &body.store)
+        .await?
+    {
+        Some(secret) => Ok((
+            StatusCode::CREATED,
+            Json(json!({"terminal_id": body.terminal_id, "store": body.store, "secret": secret})),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "terminal_exists",
+            "this terminal is registered already; its secret is not shown again",
+        )),
+    }
+}
+
+/// The terminal named in the path, if the request carries its valid signature.
+fn signed_terminal(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<std::sync::Arc<Terminal>, ApiError> {
+    let refuse = || {
+        ApiError::unauthorized(
+            "this call needs 'Authorization: Terminal <id>:<signature>' from that terminal",
+        )
+    };
+    let value = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refuse)?;
+    let (claimed, signature) = value
+        .strip_prefix("Terminal ")
+        .and_then(|v| v.split_once(':'))
+        .ok_or_else(refuse)?;
+    let terminal = state
+        .terminals
+        .get(id)
+        .filter(|_| claimed == id)
+        .ok_or_else(refuse)?;
+    let input = signing_input("POST", uri.path(), body);
+    terminal
+        .verify(signature, &input)
+        .then_some(terminal)
+        .ok_or_else(refuse)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct AllotmentRequest {
+    sale_id: String,
+    /// The allotment the terminal wants to hold from now on (0 returns everything).
+    quantity: i64,
+}
+
+async fn allotments(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
+    let request: AllotmentRequest = parse(&body)?;
+    let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
+    let granted = terminal
+        .set_allotment(&state.ledger, &request.sale_id, target)
+        .await?;
+    Ok(Json(
+        json!({"sale_id": request.sale_id, "granted": granted}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncRequest {
+    entries: Vec<WireEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireEntry {
+    seq: u64,
+    /// Hex hash of the previous entry (64 zeros before entry 1).
+    prev: String,
+    /// The entry exactly as the terminal journaled it; hashed as these UTF-8 bytes.
+    body: String,
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
+    // Reconnect storms: a few syncs at a time, the rest told to come back at a spread-out time,
+    // so live shoppers keep being answered.
+    let Ok(_slot) = state.sync_permits.clone().try_acquire_owned() else {
+        metrics::counter!("holdfast_syncs_deferred_total").increment(1);
+        return Err(ApiError::overloaded(rand::rng().random_range(1..=5)));
+    };
+    let request: SyncRequest = parse(&body)?;
+    if request.entries.len() > SYNC_ENTRIES_MAX {
+        return Err(ApiError::bad_request(
+            "too_many_entries",
+            format!("send at most {SYNC_ENTRIES_MAX} entries at once"),
+        ));
+    }
+    let entries = request
+        .entries
+        .into_iter()
+        .map(|e| {
+            let prev = ChainHash::from_hex(&e.prev).ok_or_else(|| {
+                ApiError::bad_request("invalid_entry", "prev must be 64 hex digits")
+            })?;
+            Ok(JournalEntry {
+                seq: e.seq,
+                prev,
+                body: e.body.into_bytes(),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let answer = terminal
+        .sync(&state.ledger, state.ledger.log(), &entries)
+        .await?;
+    metrics::counter!("holdfast_sync_entries_total").increment(entries.len() as u64);
+    Ok(Json(json!({
+        "acked_through": answer.acked_through,
+        "head": answer.head.to_hex(),
+        "receipt": answer.receipt,
+        "stopped": answer.stopped,
+        "quarantined": answer.quarantined,
+    })))
+}
+
+async fn quarantine(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let terminal = state
+        .terminals
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("terminal_not_found", format!("no terminal '{id}'")))?;
+    let entries: Vec<Value> = terminal
+        .quarantine()
+        .await
+        .into_iter()
+        .map(|q| json!({"seq": q.seq, "reason": q.reason}))
+        .collect();
+    Ok(Json(
+        json!({"terminal_id": id, "store": terminal.store, "quarantine": entries}),
+    ))
+}

@@ -1,0 +1,359 @@
+//! Shop terminals: registration, request signatures, allotments, and exactly-once journal sync.
+//!
+//! A terminal signs every request with its own secret. Its journal arrives as hash-chained
+//! entries (`holdfast_core::terminal`); each new entry's effects on sales (units sold out of an
+//! allotment) are applied by the sale's actor, idempotently per journal entry, and only then is
+//! the terminal's progress made durable and acknowledged. A crash between the two is safe: the
+//! terminal resends, the sale ignores an entry it already applied, and progress catches up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use hmac::{Hmac, Mac};
+use holdfast_core::terminal::{ChainHash, JournalEntry, Progress};
+use holdfast_core::{Channel, Command, HolderId, Reply};
+use holdfast_store::{Batch, LogHandle, Record, Snapshot, StoredSnapshot};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::{ApiError, LedgerError};
+use crate::ledger::Ledger;
+
+/// Log streams and values under these prefixes belong to terminals, not sales. Sale ids cannot
+/// contain ':' or '/', so the namespaces cannot collide.
+pub const STREAM_PREFIX: &str = "terminal:";
+const REGISTRATION_KEY: &str = "terminal/";
+/// Entries one sync request may carry.
+pub const SYNC_ENTRIES_MAX: usize = 1_000;
+const SECRET_BYTES: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Registration {
+    store: String,
+    secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SyncState {
+    applied_through: u64,
+    head: String,
+    quarantine: Vec<Quarantined>,
+}
+
+impl SyncState {
+    fn progress(&self) -> Progress {
+        Progress {
+            applied_through: self.applied_through,
+            head: ChainHash::from_hex(&self.head).unwrap_or(ChainHash::GENESIS),
+        }
+    }
+}
+
+pub struct Terminal {
+    pub id: String,
+    pub store: String,
+    secret: Vec<u8>,
+    /// One sync or allotment change at a time per terminal.
+    state: tokio::sync::Mutex<SyncState>,
+}
+
+/// A terminal journal entry's body: what was sold, for how much, and how it was paid.
+#[derive(Debug, Deserialize)]
+struct SaleEntry {
+    lines: Vec<Line>,
+    #[allow(dead_code)] // Recorded in the audit trail as sent; tender settlement is the agent's.
+    tender: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    quantity: u32,
+    /// Set when the units came out of the terminal's allotment of a scarce sale.
+    sale_id: Option<String>,
+}
+
+pub struct SyncAnswer {
+    pub acked_through: u64,
+    pub head: ChainHash,
+    pub receipt: String,
+    pub stopped: Option<String>,
+    pub quarantined: Vec<u64>,
+}
+
+pub struct Terminals {
+    registry: RwLock<HashMap<String, Arc<Terminal>>>,
+    registering: tokio::sync::Mutex<()>,
+    log: LogHandle,
+}
+
+fn holder(terminal: &str) -> HolderId {
+    HolderId(format!("{STREAM_PREFIX}{terminal}"))
+}
+
+impl Terminals {
+    /// Rebuilds registrations (keyed values) and sync progress (the terminal streams'
+    /// snapshots, written with every applied batch).
+    pub fn recover(
+        log: LogHandle,
+        values: &[(String, Vec<u8>)],
+        snapshots: &[StoredSnapshot],
+    ) -> Result<Terminals, serde_json::Error> {
+        let mut registrations = BTreeMap::new();
+        for (key, bytes) in values {
+            if let Some(id) = key.strip_prefix(REGISTRATION_KEY) {
+                registrations.insert(
+                    id.to_owned(),
+                    serde_json::from_slice::<Registration>(bytes)?,
+                );
+            }
+        }
+        let mut progress = HashMap::new();
+        for snapshot in snapshots {
+            if let Some(id) = snapshot.stream.strip_prefix(STREAM_PREFIX) {
+                progress.insert(
+                    id.to_owned(),
+                    serde_json::from_slice::<SyncState>(&snapshot.payload)?,
+                );
+            }
+        }
+        let registry = registrations
+            .into_iter()
+            .map(|(id, registration)| {
+                let state = progress.remove(&id).unwrap_or_default();
+                let terminal = Terminal {
+                    secret: hex::decode(&registration.secret).unwrap_or_default(),
+                    store: registration.store,
+                    state: tokio::sync::Mutex::new(state),
+                    id: id.clone(),
+                };
+                (id, Arc::new(terminal))
+            })
+            .collect();
+        Ok(Terminals {
+            registry: RwLock::new(registry),
+            registering: tokio::sync::Mutex::new(()),
+            log,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Terminal>> {
+        self.registry
+            .read()
+            .expect("terminal registry")
+            .get(id)
+            .cloned()
+    }
+
+    /// Registers a terminal durably and returns its secret (shown this once).
+    pub async fn register(&self, id: &str, store: &str) -> Result<Option<String>, LedgerError> {
+        let _one_at_a_time = self.registering.lock().await;
+        if self.get(id).is_some() {
+            return Ok(None);
+        }
+        let mut secret = vec![0u8; SECRET_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let registration = Registration {
+            store: store.to_owned(),
+            secret: hex::encode(&secret),
+        };
+        let value = serde_json::to_vec(&registration).expect("registrations serialise");
+        let batch = Batch {
+            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        let terminal = Terminal {
+            id: id.to_owned(),
+            store: store.to_owned(),
+            secret: secret.clone(),
+            state: tokio::sync::Mutex::new(SyncState::default()),
+        };
+        self.registry
+            .write()
+            .expect("terminal registry")
+            .insert(id.to_owned(), Arc::new(terminal));
+        Ok(Some(hex::encode(secret)))
+    }
+}
+
+/// `METHOD\nPATH\n` followed by the body: what a terminal signs.
+pub fn signing_input(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut input = format!("{method}\n{path}\n").into_bytes();
+    input.extend_from_slice(body);
+    input
+}
+
+pub fn sign(secret: &[u8], input: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(input);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl Terminal {
+    /// Checks `Authorization: Terminal <id>:<hex HMAC-SHA256 of the signing input>`.
+    pub fn verify(&self, signature_hex: &str, input: &[u8]) -> bool {
+        let Ok(signature) = hex::decode(signature_hex) else {
+            return false;
+        };
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(input);
+        mac.verify_slice(&signature).is_ok()
+    }
+
+    pub async fn quarantine(&self) -> Vec<Quarantined> {
+        self.state.lock().await.quarantine.clone()
+    }
+
+    /// Sets this terminal's allotment of a sale to `target` units, claiming or returning the
+    /// difference. Setting (rather than adding) makes a replayed request harmless. Answers the
+    /// allotment held afterwards, which is less than asked when the pool runs short.
+    pub async fn set_allotment(
+        &self,
+        ledger: &Ledger,
+        sale_id: &str,
+        target: u32,
+    ) -> Result<u32, ApiError> {
+        let _exclusive = self.state.lock().await;
+        let sale = ledger.sale(sale_id).ok_or_else(|| {
+            ApiError::not_found("sale_not_found", format!("no sale with id '{sale_id}'"))
+        })?;
+        let holder = holder(&self.id);
+        let current = {
+            let holder = holder.clone();
+            sale.read(move |s| s.allotment(&holder)).await?
+        };
+        let command = match target.cmp(&current) {
+            std::cmp::Ordering::Equal => return Ok(current),
+            std::cmp::Ordering::Greater => Command::ClaimAllotment {
+                holder,
+                channel: Channel::Store,
+                quantity: target - current,
+            },
+            std::cmp::Ordering::Less => Command::ReturnAllotment {
+                holder,
+                quantity: current - target,
+            },
+        };
+        match sale.execute(command, None).await?.outcome? {
+            Reply::Granted { quantity } => Ok(current + quantity),
+            _ => Ok(target),
+        }
+    }
+
+    /// Applies the new entries of `batch` exactly once, then makes the progress durable.
+    pub async fn sync(
+        &self,
+        ledger: &Ledger,
+        log: &LogHandle,
+        batch: &[JournalEntry],
+    ) -> Result<SyncAnswer, LedgerError> {
+        let mut state = self.state.lock().await;
+        let accepted = state.progress().accept(batch);
+        let mut progress = state.progress();
+        let mut stopped = accepted.stopped.map(|b| b.to_string());
+        let mut applied = Vec::new();
+        let mut quarantined = Vec::new();
+        for &index in &accepted.new {
+            let entry = &batch[index];
+            match self.apply(ledger, entry).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => quarantined.push(Quarantined {
+                    seq: entry.seq,
+                    reason,
+                }),
+                Err(error) => {
+                    // The ledger could not take it now: acknowledge up to the entry before.
+                    stopped = Some(format!(
+                        "entry {} could not be applied yet: {error}",
+                        entry.seq
+                    ));
+                    break;
+                }
+            }
+            progress = Progress {
+                applied_through: entry.seq,
+                head: entry.hash(),
+            };
+            applied.push(entry);
+        }
+        if !applied.is_empty() {
+            let mut next = state.clone();
+            next.applied_through = progress.applied_through;
+            next.head = progress.head.to_hex();
+            next.quarantine.extend(quarantined.iter().cloned());
+            let trail: Vec<serde_json::Value> = applied
+                .iter()
+                .map(
+                    |e| serde_json::json!({"seq": e.seq, "body": String::from_utf8_lossy(&e.body)}),
+                )
+                .collect();
+            let stream = format!("{STREAM_PREFIX}{}", self.id);
+            let batch = Batch {
+                records: vec![Record {
+                    stream: stream.clone(),
+                    payload: serde_json::to_vec(&trail).expect("entries serialise"),
+                }],
+                // The progress travels as the stream's snapshot: recovery reads it back and
+                // never needs to replay the trail.
+                snapshots: vec![Snapshot {
+                    stream,
+                    payload: serde_json::to_vec(&next).expect("progress serialises"),
+                }],
+                ..Batch::default()
+            };
+            log.append(batch).await?;
+            *state = next;
+        }
+        let receipt_input = format!(
+            "acked {} {}",
+            progress.applied_through,
+            progress.head.to_hex()
+        );
+        Ok(SyncAnswer {
+            acked_through: progress.applied_through,
+            head: progress.head,
+            receipt: sign(&self.secret, receipt_input.as_bytes()),
+            stopped,
+            quarantined: quarantined.iter().map(|q| q.seq).collect(),
+        })
+    }
+
+    /// Applies one entry's effects. `Ok(Some(reason))` quarantines it: it can never apply.
+    async fn apply(
+        &self,
+        ledger: &Ledger,
+        entry: &JournalEntry,
+    ) -> Result<Option<String>, LedgerError> {
+        let Ok(sale_entry) = serde_json::from_slice::<SaleEntry>(&entry.body) else {
+            return Ok(Some("the entry is not a readable sale".into()));
+        };
+        let mut per_sale: BTreeMap<&str, u32> = BTreeMap::new();
+        for line in &sale_entry.lines {
+            if let Some(sale_id) = &line.sale_id {
+                *per_sale.entry(sale_id).or_default() += line.quantity;
+            }
+        }
+        for (sale_id, quantity) in per_sale {
+            let Some(sale) = ledger.sale(sale_id) else {
+                return Ok(Some(format!("no sale '{sale_id}'")));
+            };
+            let command = Command::RecordAllottedSale {
+                holder: holder(&self.id),
+                quantity,
+                journal_seq: Some(entry.seq),
+            };
+            if let Err(rejection) = sale.execute(command, None).await?.outcome {
+                return Ok(Some(format!("{sale_id}: {rejection}")));
+            }
+        }
+        Ok(None)
+    }
+}

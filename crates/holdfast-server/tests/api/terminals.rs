@@ -1,0 +1,300 @@
+//! Terminals over HTTP: signed calls, allotments, exactly-once journal sync.
+
+use holdfast_core::terminal::{JournalEntry, chain};
+use holdfast_server::Limits;
+use holdfast_server::terminals::{sign, signing_input};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn register(app: &TestApp, id: &str) -> String {
+    let body = json!({"terminal_id": id, "store": "Mapo cafe"});
+    let answer = app
+        .call(Method::POST, "/v1/terminals", Some(OPERATOR), Some(body))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    answer.body["secret"].as_str().unwrap().to_owned()
+}
+
+async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Value) -> Answer {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let signature = sign(
+        &hex::decode(secret).unwrap(),
+        &signing_input("POST", path, &bytes),
+    );
+    let response = app
+        .client
+        .post(format!("{}{path}", app.base))
+        .header("Authorization", format!("Terminal {id}:{signature}"))
+        .header("Content-Type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    Answer {
+        status,
+        body: response.json().await.unwrap_or(Value::Null),
+    }
+}
+
+fn wire(entries: &[JournalEntry]) -> Value {
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8(e.body.clone()).unwrap()}))
+        .collect();
+    json!({"entries": entries})
+}
+
+fn journal() -> Vec<JournalEntry> {
+    chain(&[
+        br#"{"lines":[{"sku":"KF94","quantity":2,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"cash"}}"#,
+        br#"{"lines":[{"sku":"AMERICANO","quantity":1,"unit_price":4500}],"tender":{"kind":"pay_later","phone":"010-1234-5678"}}"#,
+        br#"{"lines":[{"sku":"KF94","quantity":1,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"card_offline"}}"#,
+    ])
+}
+
+fn allotted(sale: &Value) -> (u64, u64, u64) {
+    let s = &sale["stock"];
+    (
+        s["available"].as_u64().unwrap(),
+        s["allotted"].as_u64().unwrap(),
+        s["sold"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    let granted = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/allotments",
+        &json!({"sale_id": "masks", "quantity": 4}),
+    )
+    .await;
+    assert_eq!(granted.body["granted"], 4);
+    assert_eq!(allotted(&app.sale("masks").await), (6, 4, 0));
+
+    let journal = journal();
+    let path = "/v1/terminals/till-1/sync";
+    let first = signed(&app, "till-1", &secret, path, &wire(&journal[..2])).await;
+    assert_eq!(first.body["acked_through"], 2, "{}", first.body);
+    // The answer was lost; the terminal resends everything.
+    let retry = signed(&app, "till-1", &secret, path, &wire(&journal)).await;
+    assert_eq!(
+        (
+            retry.body["acked_through"].as_u64(),
+            retry.body["head"].as_str()
+        ),
+        (Some(3), Some(journal[2].hash().to_hex().as_str()))
+    );
+    let receipt_input = format!("acked 3 {}", journal[2].hash().to_hex());
+    assert_eq!(
+        retry.body["receipt"],
+        sign(&hex::decode(&secret).unwrap(), receipt_input.as_bytes())
+    );
+    signed(&app, "till-1", &secret, path, &wire(&journal)).await;
+    assert_eq!(
+        allotted(&app.sale("masks").await),
+        (6, 1, 3),
+        "2 + 1 units sold, once"
+    );
+
+    let app = app.restart().await;
+    let after = signed(&app, "till-1", &secret, path, &wire(&journal)).await;
+    assert_eq!(after.body["acked_through"], 3);
+    assert_eq!(allotted(&app.sale("masks").await), (6, 1, 3));
+}
+
+#[tokio::test]
+async fn a_gap_acknowledges_only_what_came_before_it() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/allotments",
+        &json!({"sale_id": "masks", "quantity": 5}),
+    )
+    .await;
+    let journal = journal();
+    let gapped = vec![journal[0].clone(), journal[2].clone()];
+    let answer = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/sync",
+        &wire(&gapped),
+    )
+    .await;
+    assert_eq!(answer.body["acked_through"], 1);
+    assert!(
+        answer.body["stopped"].as_str().unwrap().contains("missing"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn selling_beyond_the_allotment_is_quarantined_without_blocking_later_entries() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/allotments",
+        &json!({"sale_id": "masks", "quantity": 1}),
+    )
+    .await;
+    // Entry 1 sells 2 allotted units, but only 1 was allotted.
+    let answer = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/sync",
+        &wire(&journal()),
+    )
+    .await;
+    assert_eq!(
+        (
+            answer.body["acked_through"].as_u64(),
+            answer.body["quarantined"].clone()
+        ),
+        (Some(3), json!([1]))
+    );
+    assert_eq!(
+        allotted(&app.sale("masks").await),
+        (9, 0, 1),
+        "the allotment is never oversold"
+    );
+    let listed = app
+        .call(
+            Method::GET,
+            "/v1/terminals/till-1/quarantine",
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(listed.body["quarantine"][0]["seq"], 1);
+    assert!(
+        listed.body["quarantine"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allotted")
+    );
+}
+
+#[tokio::test]
+async fn setting_an_allotment_twice_claims_once_and_lowering_it_returns_units() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    let path = "/v1/terminals/till-1/allotments";
+    for _ in 0..2 {
+        let answer = signed(
+            &app,
+            "till-1",
+            &secret,
+            path,
+            &json!({"sale_id": "masks", "quantity": 4}),
+        )
+        .await;
+        assert_eq!(answer.body["granted"], 4);
+    }
+    assert_eq!(allotted(&app.sale("masks").await), (6, 4, 0));
+    signed(
+        &app,
+        "till-1",
+        &secret,
+        path,
+        &json!({"sale_id": "masks", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(allotted(&app.sale("masks").await), (9, 1, 0));
+    let greedy = signed(
+        &app,
+        "till-1",
+        &secret,
+        path,
+        &json!({"sale_id": "masks", "quantity": 50}),
+    )
+    .await;
+    assert_eq!(greedy.body["granted"], 10, "never more than the pool");
+}
+
+#[tokio::test]
+async fn unsigned_forged_or_borrowed_signatures_are_refused() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    let other = register(&app, "till-2").await;
+    let body = json!({"sale_id": "masks", "quantity": 4});
+    let wrong_key = signed(
+        &app,
+        "till-1",
+        &other,
+        "/v1/terminals/till-1/allotments",
+        &body,
+    )
+    .await;
+    assert_eq!(wrong_key.status, StatusCode::UNAUTHORIZED);
+    let wrong_path = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-2/allotments",
+        &body,
+    )
+    .await;
+    assert_eq!(wrong_path.status, StatusCode::UNAUTHORIZED);
+    let unsigned = app
+        .call(
+            Method::POST,
+            "/v1/terminals/till-1/sync",
+            None,
+            Some(json!({"entries": []})),
+        )
+        .await;
+    assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
+    let again = app
+        .call(
+            Method::POST,
+            "/v1/terminals",
+            Some(OPERATOR),
+            Some(json!({"terminal_id": "till-1", "store": "x"})),
+        )
+        .await;
+    assert_eq!(again.code(), "terminal_exists");
+    assert_eq!(allotted(&app.sale("masks").await), (10, 0, 0));
+}
+
+#[tokio::test]
+async fn syncs_beyond_their_share_are_told_to_come_back_later() {
+    let app = spawn_app_with(Limits {
+        syncs_in_flight_max: 0,
+        ..Limits::default()
+    })
+    .await;
+    let secret = register(&app, "till-1").await;
+    let deferred = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/sync",
+        &wire(&journal()),
+    )
+    .await;
+    assert_eq!(
+        (deferred.status, deferred.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+    );
+}
