@@ -1,0 +1,275 @@
+//! A till keeps selling through an outage and loses nothing when it ends: a real server on
+//! loopback, really stopped (connections refused) and started again on the same data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use holdfast_pos::counter::{self, Line, OfflineCardLimits, Refusal, Tender};
+use holdfast_pos::journal::{Item, Journal};
+use holdfast_pos::sync::{SyncError, sync_once};
+use holdfast_pos::uplink::{Uplink, UplinkError};
+use holdfast_server::{Application, Config};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = "outage-operator";
+
+struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(dir: &std::path::Path, listen: SocketAddr) -> (Server, SocketAddr) {
+    let app = Application::build(Config::new(
+        listen,
+        dir.to_path_buf(),
+        Some(OPERATOR.into()),
+    ))
+    .await
+    .expect("server starts");
+    let address = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (Server { stop, task }, address)
+}
+
+async fn shut(server: Server) {
+    let _ = server.stop.send(());
+    server.task.await.unwrap();
+}
+
+async fn operator(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Value {
+    let mut request = client.request(method, url).bearer_auth(OPERATOR);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+fn line(sku: &str, quantity: u32) -> Vec<Line> {
+    vec![Line {
+        sku: sku.into(),
+        quantity,
+    }]
+}
+
+#[tokio::test]
+async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let till_dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (server, address) = start(server_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let base = format!("http://{address}");
+    let sale = json!({"id": "masks", "sku": "KF94", "name": "KF94 masks", "price": 39900, "stock": 10,
+        "per_customer_limit": 1, "opens_at": "2020-01-01T00:00:00Z"});
+    operator(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/v1/sales"),
+        Some(sale),
+    )
+    .await;
+    let registered = operator(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/v1/terminals"),
+        Some(json!({"terminal_id": "till-1", "store": "Mapo cafe"})),
+    )
+    .await;
+    let secret = hex::decode(registered["secret"].as_str().unwrap()).unwrap();
+
+    // The shop's line is dead from the start; the mobile backup is the real server.
+    let uplink = Arc::new(Uplink::new(
+        vec!["http://127.0.0.1:9".into(), base.clone()],
+        "till-1".into(),
+        secret,
+    ));
+    let mut journal = Journal::open(till_dir.path()).unwrap();
+    let key = counter::card_key(till_dir.path()).unwrap();
+    journal
+        .set_setting(
+            "offline_card_limits",
+            &OfflineCardLimits {
+                per_sale_max: 50_000,
+                ..OfflineCardLimits::default()
+            },
+        )
+        .unwrap();
+    journal
+        .put_item(&Item {
+            sku: "KF94".into(),
+            name: "KF94 masks".into(),
+            price: 39_900,
+            sale_id: Some("masks".into()),
+        })
+        .unwrap();
+    journal
+        .put_item(&Item {
+            sku: "AMERICANO".into(),
+            name: "Americano".into(),
+            price: 4_500,
+            sale_id: None,
+        })
+        .unwrap();
+    let (status, granted) = uplink
+        .post(
+            "/v1/terminals/till-1/allotments",
+            &json!({"sale_id": "masks", "quantity": 3}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, granted["granted"].as_u64()), (200, Some(3)));
+    journal.set_allotment("masks", 3).unwrap();
+
+    // The outage: the server is gone, connections are refused.
+    shut(server).await;
+    let now = 1_800_000_000_000i64;
+    let sells: Vec<(Vec<Line>, Tender)> = vec![
+        (line("KF94", 2), Tender::Cash),
+        (
+            line("AMERICANO", 1),
+            Tender::PayLater {
+                phone: "010-1234-5678".into(),
+            },
+        ),
+        (line("AMERICANO", 2), Tender::BankTransfer),
+        (
+            line("KF94", 1),
+            Tender::CardOffline {
+                card_token: "tok_visa_4242".into(),
+            },
+        ),
+        (
+            line("AMERICANO", 1),
+            Tender::CardOffline {
+                card_token: "tok_visa_1111".into(),
+            },
+        ),
+    ];
+    for (minute, (lines, tender)) in sells.into_iter().enumerate() {
+        let sold = counter::sell(
+            &mut journal,
+            &key,
+            &lines,
+            tender,
+            now + minute as i64 * 60_000,
+        )
+        .unwrap();
+        assert!(sold.is_ok(), "{sold:?}");
+    }
+    let fourth_mask =
+        counter::sell(&mut journal, &key, &line("KF94", 1), Tender::Cash, now).unwrap();
+    assert_eq!(
+        fourth_mask.unwrap_err(),
+        Refusal::AllotmentExhausted {
+            sku: "KF94".into(),
+            left: 0
+        }
+    );
+    let big_card = counter::sell(
+        &mut journal,
+        &key,
+        &line("AMERICANO", 20),
+        Tender::CardOffline {
+            card_token: "t".into(),
+        },
+        now,
+    )
+    .unwrap();
+    assert!(matches!(big_card, Err(Refusal::OfflineCardLimit(_))));
+    assert!(matches!(
+        sync_once(&mut journal, &uplink).await,
+        Err(SyncError::Uplink(UplinkError::Unreachable))
+    ));
+    assert_eq!(
+        journal.head().unwrap().0,
+        5,
+        "five sales journaled, refusals left no trace"
+    );
+
+    // Stored cards are sealed: not readable on disk, and any change breaks the seal.
+    let sealed: Vec<u8> = journal
+        .read()
+        .query_row("SELECT sealed FROM offline_card WHERE seq = 4", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(!sealed.windows(12).any(|w| w == b"tok_visa_424"));
+    assert_eq!(
+        counter::open(&key, &sealed).as_deref(),
+        Some(&b"tok_visa_4242"[..])
+    );
+    let mut tampered = sealed.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert_eq!(counter::open(&key, &tampered), None);
+    let journal_text: String = journal
+        .read()
+        .query_row("SELECT group_concat(body) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        !journal_text.contains("tok_visa"),
+        "card data never goes into the journal"
+    );
+
+    // The network returns (the same server data, the same address).
+    let (server, _) = start(server_dir.path(), address).await;
+    // An upload whose answer is lost: the server applied entries 1-2, the till never heard.
+    let first_two = journal.after(0, 2).unwrap();
+    let lost: Vec<Value> = first_two.iter().map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)})).collect();
+    uplink
+        .post("/v1/terminals/till-1/sync", &json!({"entries": lost}))
+        .await
+        .unwrap();
+    let report = sync_once(&mut journal, &uplink).await.unwrap();
+    assert_eq!(
+        (
+            report.acked_through,
+            report.quarantined.clone(),
+            report.stopped.clone()
+        ),
+        (5, vec![], None)
+    );
+    assert_eq!(
+        sync_once(&mut journal, &uplink).await.unwrap().uploaded,
+        0,
+        "nothing twice"
+    );
+
+    let sale = operator(
+        &client,
+        reqwest::Method::GET,
+        format!("{base}/v1/sales/masks"),
+        None,
+    )
+    .await;
+    assert_eq!(sale["stock"]["sold"], 3, "2 + 1 allotted masks, each once");
+    assert_eq!(sale["stock"]["allotted"], 0);
+    assert_eq!(sale["stock"]["total"], 10);
+    let (pending, owed): (i64, i64) = journal
+        .read()
+        .query_row(
+            "SELECT COUNT(*), SUM(amount) FROM receivable WHERE settled = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (pending, owed),
+        (1, 4_500),
+        "the pay-later customer is a receivable, not a loss"
+    );
+    shut(server).await;
+}
