@@ -61,3 +61,25 @@ where
         }
     }
 }
+
+/// A raw body (for signed requests, whose exact bytes are verified) whose failures answer in
+/// our error format.
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(ApiBytes(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than this server accepts",
+                ))
+            }
+            Err(rejection) => Err(ApiError::bad_request("invalid_body", rejection.body_text())),
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! Terminal calls: registration (operator), allotments and journal sync (signed by the terminal).
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,18 +10,24 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::wire::in_range;
 use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::terminals::{SYNC_ENTRIES_MAX, Terminal, signing_input};
 
+/// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
+const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/terminals", post(register))
         .route("/v1/terminals/{id}/allotments", post(allotments))
-        .route("/v1/terminals/{id}/sync", post(sync))
+        .route(
+            "/v1/terminals/{id}/sync",
+            post(sync).layer(DefaultBodyLimit::max(SYNC_BODY_BYTES_MAX)),
+        )
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
 }
 
@@ -113,7 +118,7 @@ async fn allotments(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
     let request: AllotmentRequest = parse(&body)?;
@@ -145,7 +150,7 @@ async fn sync(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
     // Reconnect storms: a few syncs at a time, the rest told to come back at a spread-out time,
