@@ -38,6 +38,12 @@ pub struct BenchArgs {
     /// Run only one scenario (for profiling); the report then has no ratio.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
+    /// Storm: terminals reconnecting at once.
+    #[arg(long, default_value_t = 1_000)]
+    terminals: usize,
+    /// Storm: offline sales in each terminal's journal.
+    #[arg(long, default_value_t = 500)]
+    entries: usize,
     /// Where the ledger's data goes. fsync happens here, so keep it off tmpfs.
     #[arg(long, default_value = "./holdfast-bench-data")]
     data: PathBuf,
@@ -49,6 +55,8 @@ enum Scenario {
     Bare,
     Ledger,
     Core,
+    /// Terminals reconnecting at once with journals of offline sales, under live traffic.
+    Storm,
 }
 
 const OPERATOR: &str = "bench-operator";
@@ -77,6 +85,14 @@ enum Workload {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.connections == 0 || args.seconds == 0 {
         bail!("--runs, --connections and --seconds must be at least 1");
+    }
+    if args.scenario == Scenario::Storm {
+        return crate::storm::run(crate::storm::StormArgs {
+            terminals: args.terminals,
+            entries: args.entries,
+            baseline: Duration::from_secs(args.seconds),
+            data: args.data.clone(),
+        });
     }
     // Server and load generator each get their own runtime, so they compete for the cores the
     // same way in both scenarios.

@@ -29,6 +29,20 @@ pub async fn send_raw(
     idempotency_key: Option<&str>,
     body: Bytes,
 ) -> anyhow::Result<(u16, Bytes)> {
+    let (status, _, answer) =
+        send_raw_retry_after(client, method, url, authorization, idempotency_key, body).await?;
+    Ok((status, answer))
+}
+
+/// Like `send_raw`, also returning the `Retry-After` seconds the server asked for, if any.
+pub async fn send_raw_retry_after(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    authorization: Option<&str>,
+    idempotency_key: Option<&str>,
+    body: Bytes,
+) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -41,7 +55,16 @@ pub async fn send_raw(
     }
     let response = client.request(request.body(Full::new(body))?).await?;
     let status = response.status().as_u16();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok((
+        status,
+        retry_after,
+        response.into_body().collect().await?.to_bytes(),
+    ))
 }
 
 /// Sends JSON with a bearer token and parses the JSON answer.

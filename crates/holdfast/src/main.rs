@@ -3,6 +3,7 @@
 mod bench;
 mod http;
 mod load;
+mod storm;
 mod verify;
 
 /// The server allocates small, short-lived objects per request on several threads, the case
