@@ -10,15 +10,21 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::journal::{Journal, append};
+use crate::journal::{Item, Journal, append};
 
 /// How a customer pays.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tender {
     Cash,
-    /// Taken with the network down: the card is sealed on disk and authorised later.
+    /// Authorised and captured online before the sale was journaled.
+    Card {
+        authorization: String,
+    },
+    /// Taken with the network down: the card is sealed on disk and authorised later. The phone
+    /// is how the customer is reached if the card is declined after the fact.
     CardOffline {
         card_token: String,
+        phone: String,
     },
     /// Recorded as pending until the bank confirms it.
     BankTransfer,
@@ -61,7 +67,7 @@ pub enum Refusal {
     AllotmentExhausted { sku: String, left: u32 },
     #[error("offline card limit: {0}")]
     OfflineCardLimit(String),
-    #[error("a pay-later sale needs the customer's phone number")]
+    #[error("a pay-later or offline card sale needs the customer's phone number")]
     PhoneRequired,
 }
 
@@ -133,8 +139,9 @@ pub fn open(key: &Key, sealed: &[u8]) -> Option<Vec<u8>> {
 fn tender_json(tender: &Tender, receivable: Option<&str>) -> serde_json::Value {
     match tender {
         Tender::Cash => json!({"kind": "cash"}),
+        Tender::Card { authorization } => json!({"kind": "card", "authorization": authorization}),
         // The journal (which is synced and may be read) never holds card data.
-        Tender::CardOffline { .. } => json!({"kind": "card_offline"}),
+        Tender::CardOffline { phone, .. } => json!({"kind": "card_offline", "phone": phone}),
         Tender::BankTransfer => json!({"kind": "bank_transfer", "status": "pending"}),
         Tender::PayLater { phone } => {
             json!({"kind": "pay_later", "phone": phone, "receivable": receivable})
@@ -142,15 +149,15 @@ fn tender_json(tender: &Tender, receivable: Option<&str>) -> serde_json::Value {
     }
 }
 
-/// Rings up a sale. Refusals change nothing; an accepted sale is durable when this returns.
-pub fn sell(
-    journal: &mut Journal,
-    card_key: &Key,
-    lines: &[Line],
-    tender: Tender,
-    now_millis: i64,
-) -> anyhow::Result<Result<Sold, Refusal>> {
-    let limits: OfflineCardLimits = journal.setting("offline_card_limits")?.unwrap_or_default();
+/// What `lines` cost at this till's prices, or why they cannot be sold (unknown item, not
+/// enough allotment left).
+pub fn quote(journal: &Journal, lines: &[Line]) -> anyhow::Result<Result<u64, Refusal>> {
+    Ok(price(journal, lines)?.map(|(_, total)| total))
+}
+
+type Priced = (Vec<(Item, u32)>, u64);
+
+fn price(journal: &Journal, lines: &[Line]) -> anyhow::Result<Result<Priced, Refusal>> {
     let mut priced = Vec::new();
     let mut total = 0u64;
     for line in lines {
@@ -177,7 +184,23 @@ pub fn sell(
         total += item.price * u64::from(line.quantity);
         priced.push((item, line.quantity));
     }
-    if let Tender::PayLater { phone } = &tender
+    Ok(Ok((priced, total)))
+}
+
+/// Rings up a sale. Refusals change nothing; an accepted sale is durable when this returns.
+pub fn sell(
+    journal: &mut Journal,
+    card_key: &Key,
+    lines: &[Line],
+    tender: Tender,
+    now_millis: i64,
+) -> anyhow::Result<Result<Sold, Refusal>> {
+    let limits: OfflineCardLimits = journal.setting("offline_card_limits")?.unwrap_or_default();
+    let (priced, total) = match price(journal, lines)? {
+        Ok(priced) => priced,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if let Tender::PayLater { phone } | Tender::CardOffline { phone, .. } = &tender
         && phone.trim().is_empty()
     {
         return Ok(Err(Refusal::PhoneRequired));
@@ -215,13 +238,13 @@ pub fn sell(
                 params![receivable, seq as i64, phone, total as i64, now_millis],
             )?;
         }
-        Tender::CardOffline { card_token } => {
+        Tender::CardOffline { card_token, phone } => {
             tx.execute(
-                "INSERT INTO offline_card (seq, amount, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![seq as i64, total as i64, seal(card_key, card_token.as_bytes()), now_millis],
+                "INSERT INTO offline_card (seq, amount, sealed, phone, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![seq as i64, total as i64, seal(card_key, card_token.as_bytes()), phone, now_millis],
             )?;
         }
-        Tender::Cash | Tender::BankTransfer => {}
+        Tender::Cash | Tender::Card { .. } | Tender::BankTransfer => {}
     }
     tx.commit()?;
     let lines = priced

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS offline_card (
     seq INTEGER PRIMARY KEY,
     amount INTEGER NOT NULL,
     sealed BLOB NOT NULL,
+    phone TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     forwarded INTEGER NOT NULL DEFAULT 0
 );

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use holdfast_pos::counter::{self, Line, OfflineCardLimits, Tender};
 use holdfast_pos::journal::{Item, Journal};
 use holdfast_pos::receipt::receipt;
-use holdfast_pos::sync::sync_once;
+use holdfast_pos::sync::{ForwardReport, forward_cards, sync_once};
 use holdfast_pos::uplink::{Uplink, back_off};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -67,13 +67,13 @@ enum Commands {
         /// Items as SKU or SKU:QUANTITY.
         #[arg(required = true, num_args = 1..)]
         items: Vec<String>,
-        /// cash, card-offline, bank-transfer or pay-later.
+        /// cash, card (online), card-offline, bank-transfer or pay-later.
         #[arg(long, default_value = "cash")]
         tender: String,
-        /// The card token from the terminal's card reader (card-offline).
+        /// The card token from the terminal's card reader (card, card-offline).
         #[arg(long)]
         card_token: Option<String>,
-        /// The customer's phone number (pay-later).
+        /// The customer's phone number (pay-later, card-offline).
         #[arg(long)]
         phone: Option<String>,
     },
@@ -135,12 +135,17 @@ fn tender(kind: &str, card_token: Option<String>, phone: Option<String>) -> anyh
         "cash" => Tender::Cash,
         "card-offline" => Tender::CardOffline {
             card_token: card_token.context("card-offline needs --card-token")?,
+            phone: phone.context(
+                "card-offline needs --phone, to reach the customer if the card is declined later",
+            )?,
         },
         "bank-transfer" => Tender::BankTransfer,
         "pay-later" => Tender::PayLater {
             phone: phone.context("pay-later needs --phone")?,
         },
-        other => bail!("unknown tender '{other}': cash, card-offline, bank-transfer or pay-later"),
+        other => {
+            bail!("unknown tender '{other}': cash, card, card-offline, bank-transfer or pay-later")
+        }
     })
 }
 
@@ -226,7 +231,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|i| parse_line(i))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let tender = tender(&kind, card_token, phone)?;
+            let tender = if kind == "card" {
+                // Online card: authorised before anything is journaled.
+                let total = counter::quote(&journal, &lines)?
+                    .map_err(|r| anyhow::anyhow!("not sold: {r}"))?;
+                let uplink = uplink(&registration)?;
+                let path = format!("/v1/terminals/{}/payments", registration.terminal_id);
+                let reference = format!("online-{}", hex::encode(rand::random::<[u8; 8]>()));
+                let card = card_token.context("card needs --card-token")?;
+                let body = json!({"reference": reference, "amount": total, "card_token": card});
+                match uplink.post(&path, &body).await {
+                    Ok((200, answer)) => Tender::Card {
+                        authorization: answer["authorization_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    },
+                    Ok((402, _)) => bail!("not sold: the card was declined"),
+                    Ok((status, answer)) => {
+                        bail!("not sold: the server answered {status}: {answer}")
+                    }
+                    Err(error) => {
+                        bail!("not sold: {error}; take it as card-offline, cash or pay-later")
+                    }
+                }
+            } else {
+                tender(&kind, card_token, phone)?
+            };
             let key = counter::card_key(&cli.data)?;
             match counter::sell(&mut journal, &key, &lines, tender, now_millis())? {
                 Ok(sold) => print!(
@@ -248,16 +279,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "acknowledged through #{} ({} uploaded now)",
                 report.acked_through, report.uploaded
             );
+            let key = counter::card_key(&cli.data)?;
+            let cards = forward_cards(&mut journal, &key, &uplink).await?;
+            if cards != ForwardReport::default() {
+                println!(
+                    "stored cards: {} approved, {} declined (now receivables), {} waiting",
+                    cards.approved, cards.declined, cards.waiting
+                );
+            }
             if !report.quarantined.is_empty() {
                 println!("quarantined by the server: {:?}", report.quarantined);
             }
         }
         Commands::Run { every_s } => {
             let uplink = uplink(&registration(&journal)?)?;
+            let key = counter::card_key(&cli.data)?;
             let mut failures = 0u32;
             loop {
-                let pause = match sync_once(&mut journal, &uplink).await {
-                    Ok(_) => {
+                let synced = match sync_once(&mut journal, &uplink).await {
+                    Ok(_) => forward_cards(&mut journal, &key, &uplink).await.map(|_| ()),
+                    Err(error) => Err(error),
+                };
+                let pause = match synced {
+                    Ok(()) => {
                         failures = 0;
                         Duration::from_secs(every_s)
                     }

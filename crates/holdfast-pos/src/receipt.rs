@@ -25,6 +25,7 @@ pub fn receipt(store: &str, terminal: &str, pay_base: &str, sold: &Sold) -> Stri
     let _ = writeln!(out, "{:<28}{:>12}", "TOTAL", sold.total);
     let paid = match &sold.tender {
         Tender::Cash => "cash".to_owned(),
+        Tender::Card { authorization } => format!("card · {authorization}"),
         Tender::CardOffline { .. } => "card (stored, authorised when back online)".to_owned(),
         Tender::BankTransfer => "bank transfer (pending confirmation)".to_owned(),
         Tender::PayLater { phone } => format!("pay later · {phone}"),

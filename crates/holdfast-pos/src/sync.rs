@@ -90,3 +90,76 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
         }
     }
 }
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ForwardReport {
+    pub approved: u32,
+    /// Declined after the fact: each became a receivable with the customer's phone.
+    pub declined: u32,
+    /// Still waiting (the network or the card network is down).
+    pub waiting: u32,
+}
+
+/// Sends stored offline card payments to the card network through the server. Each carries
+/// the till's reference (`offline-<entry>`) as its idempotency key, so a retry never charges
+/// twice. Once settled either way, the sealed card is erased.
+pub async fn forward_cards(
+    journal: &mut Journal,
+    key: &chacha20poly1305::Key,
+    uplink: &Uplink,
+) -> Result<ForwardReport, SyncError> {
+    let pending: Vec<(i64, i64, Vec<u8>, String, i64)> = {
+        let mut statement = journal
+            .read()
+            .prepare("SELECT seq, amount, sealed, phone, created_at FROM offline_card WHERE forwarded = 0 ORDER BY seq")
+            .map_err(anyhow::Error::from)?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(anyhow::Error::from)?;
+        rows.collect::<Result<_, _>>()
+            .map_err(anyhow::Error::from)?
+    };
+    let path = format!("/v1/terminals/{}/payments", uplink.terminal());
+    let mut report = ForwardReport::default();
+    for (seq, amount, sealed, phone, created_at) in pending {
+        let Some(card) = crate::counter::open(key, &sealed) else {
+            return Err(SyncError::Local(anyhow::anyhow!(
+                "stored card #{seq} does not open: the key or the data was changed"
+            )));
+        };
+        let body = json!({"reference": format!("offline-{seq}"), "amount": amount, "card_token": String::from_utf8_lossy(&card)});
+        let outcome = match uplink.post(&path, &body).await {
+            Ok((200, _)) => "approved",
+            Ok((402, _)) => "declined",
+            Ok((status, answer)) => return Err(SyncError::Refused(status, answer)),
+            Err(_) => {
+                report.waiting += 1;
+                continue;
+            }
+        };
+        let tx = journal
+            .connection()
+            .transaction()
+            .map_err(anyhow::Error::from)?;
+        if outcome == "declined" {
+            let id = format!("R-{}", hex::encode(rand::random::<[u8; 5]>()));
+            tx.execute(
+                "INSERT INTO receivable (id, seq, phone, amount, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![id, seq, phone, amount, created_at],
+            )
+            .map_err(anyhow::Error::from)?;
+            report.declined += 1;
+        } else {
+            report.approved += 1;
+        }
+        tx.execute(
+            "UPDATE offline_card SET forwarded = 1, sealed = X'' WHERE seq = ?1",
+            [seq],
+        )
+        .map_err(anyhow::Error::from)?;
+        tx.commit().map_err(anyhow::Error::from)?;
+    }
+    Ok(report)
+}

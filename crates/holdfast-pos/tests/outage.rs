@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use holdfast_pos::counter::{self, Line, OfflineCardLimits, Refusal, Tender};
 use holdfast_pos::journal::{Item, Journal};
-use holdfast_pos::sync::{SyncError, sync_once};
+use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, sync_once};
 use holdfast_pos::uplink::{Uplink, UplinkError};
 use holdfast_server::{Application, Config};
 use serde_json::{Value, json};
@@ -150,12 +150,14 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
             line("KF94", 1),
             Tender::CardOffline {
                 card_token: "tok_visa_4242".into(),
+                phone: "010-2222-3333".into(),
             },
         ),
         (
             line("AMERICANO", 1),
             Tender::CardOffline {
-                card_token: "tok_visa_1111".into(),
+                card_token: "tok_declined".into(),
+                phone: "010-4444-5555".into(),
             },
         ),
     ];
@@ -185,6 +187,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         &line("AMERICANO", 20),
         Tender::CardOffline {
             card_token: "t".into(),
+            phone: "010".into(),
         },
         now,
     )
@@ -258,18 +261,71 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     assert_eq!(sale["stock"]["sold"], 3, "2 + 1 allotted masks, each once");
     assert_eq!(sale["stock"]["allotted"], 0);
     assert_eq!(sale["stock"]["total"], 10);
-    let (pending, owed): (i64, i64) = journal
+    // Stored cards go to the card network; the declined one becomes a receivable with its phone.
+    let forwarded = forward_cards(&mut journal, &key, &uplink).await.unwrap();
+    assert_eq!(
+        (forwarded.approved, forwarded.declined, forwarded.waiting),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        forward_cards(&mut journal, &key, &uplink).await.unwrap(),
+        ForwardReport::default(),
+        "nothing charged twice"
+    );
+    let erased: i64 = journal
         .read()
         .query_row(
-            "SELECT COUNT(*), SUM(amount) FROM receivable WHERE settled = 0",
+            "SELECT COUNT(*) FROM offline_card WHERE length(sealed) > 0",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
         .unwrap();
+    assert_eq!(erased, 0, "settled cards are erased");
+    let receivables: Vec<(String, i64)> = {
+        let mut statement = journal
+            .read()
+            .prepare("SELECT phone, amount FROM receivable WHERE settled = 0 ORDER BY seq")
+            .unwrap();
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
     assert_eq!(
-        (pending, owed),
-        (1, 4_500),
-        "the pay-later customer is a receivable, not a loss"
+        receivables,
+        [
+            ("010-1234-5678".to_string(), 4_500),
+            ("010-4444-5555".to_string(), 4_500)
+        ],
+        "pay-later and the late-declined card are receivables, not losses"
     );
+    // Online card at the counter, now that the network is back: authorised before journaling.
+    let paid = uplink
+        .post(
+            "/v1/terminals/till-1/payments",
+            &json!({"reference": "online-1", "amount": 4500, "card_token": "tok_visa"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.0, 200);
+    let authorization = paid.1["authorization_id"].as_str().unwrap().to_owned();
+    let sold = counter::sell(
+        &mut journal,
+        &key,
+        &line("AMERICANO", 1),
+        Tender::Card { authorization },
+        now,
+    )
+    .unwrap();
+    assert!(sold.is_ok());
+    let declined = uplink
+        .post(
+            "/v1/terminals/till-1/payments",
+            &json!({"reference": "online-2", "amount": 4500, "card_token": "tok_declined"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declined.0, 402);
     shut(server).await;
 }

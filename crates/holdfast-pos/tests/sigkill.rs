@@ -110,19 +110,29 @@ async fn an_upload_killed_mid_way_resumes_without_losing_or_doubling() {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let agent = env!("CARGO_BIN_EXE_holdfast-pos");
     let mut acked_before_kill = Vec::new();
+    let mut acked = 0;
     for _ in 0..3 {
+        // Kill once the upload has gone a random number of batches further, so every kill
+        // lands mid-upload: acknowledged work behind it, unacknowledged work ahead.
+        let batches_further = rng.random_range(1..=2u64);
+        let threshold = (acked + batches_further * 500).min(SALES - 500);
         let mut child = Command::new(agent)
             .arg("--data")
             .arg(till_dir.path())
             .arg("sync")
             .spawn()
             .unwrap();
-        // Fault injection, not synchronisation: the kill lands wherever the upload is.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(30..400))).await;
+        loop {
+            let now_acked = Journal::open(till_dir.path()).unwrap().acked().unwrap();
+            if now_acked >= threshold || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let journal = Journal::open(till_dir.path()).unwrap();
-        acked_before_kill.push(journal.acked().unwrap());
+        acked = Journal::open(till_dir.path()).unwrap().acked().unwrap();
+        acked_before_kill.push(acked);
     }
     let finished = Command::new(agent)
         .arg("--data")
@@ -164,8 +174,8 @@ async fn an_upload_killed_mid_way_resumes_without_losing_or_doubling() {
     assert_eq!(quarantine["quarantine"], json!([]));
     println!("acknowledged when killed: {acked_before_kill:?}");
     assert!(
-        acked_before_kill.iter().any(|&a| a < SALES),
-        "at least one kill must land mid-upload"
+        acked_before_kill.iter().all(|&a| a < SALES),
+        "every kill must land mid-upload: {acked_before_kill:?}"
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();

@@ -1,7 +1,10 @@
 //! Terminal calls: registration (operator), allotments and journal sync (signed by the terminal).
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_core::terminal::{ChainHash, JournalEntry};
@@ -15,6 +18,7 @@ use super::wire::in_range;
 use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
+use crate::payments::AuthorizeRequest;
 use crate::terminals::{SYNC_ENTRIES_MAX, Terminal, signing_input};
 
 /// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
@@ -29,6 +33,7 @@ pub fn router() -> Router<AppState> {
             post(sync).layer(DefaultBodyLimit::max(SYNC_BODY_BYTES_MAX)),
         )
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
+        .route("/v1/terminals/{id}/payments", post(card_payment))
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,37 +74,48 @@ async fn register(
     }
 }
 
-/// The terminal named in the path, if the request carries its valid signature.
-fn signed_terminal(
-    state: &AppState,
-    id: &str,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: &[u8],
-) -> Result<std::sync::Arc<Terminal>, ApiError> {
-    let refuse = || {
-        ApiError::unauthorized(
-            "this call needs 'Authorization: Terminal <id>:<signature>' from that terminal",
-        )
-    };
-    let value = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(refuse)?;
-    let (claimed, signature) = value
-        .strip_prefix("Terminal ")
-        .and_then(|v| v.split_once(':'))
-        .ok_or_else(refuse)?;
-    let terminal = state
-        .terminals
-        .get(id)
-        .filter(|_| claimed == id)
-        .ok_or_else(refuse)?;
-    let input = signing_input("POST", uri.path(), body);
-    terminal
-        .verify(signature, &input)
-        .then_some(terminal)
-        .ok_or_else(refuse)
+/// A request from the terminal named in the path, carrying that terminal's valid signature over
+/// method, path and the exact body.
+struct Signed {
+    terminal: Arc<Terminal>,
+    body: Bytes,
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(&mut parts, state).await?;
+        let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+        let signature = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ApiBytes(body) =
+            ApiBytes::from_request(Request::from_parts(parts, body), state).await?;
+        let refuse = || {
+            ApiError::unauthorized(
+                "this call needs 'Authorization: Terminal <id>:<signature>' from that terminal",
+            )
+        };
+        let (claimed, signature) = signature
+            .as_deref()
+            .and_then(|v| v.strip_prefix("Terminal "))
+            .and_then(|v| v.split_once(':'))
+            .ok_or_else(refuse)?;
+        let terminal = state
+            .terminals
+            .get(&id)
+            .filter(|_| claimed == id)
+            .ok_or_else(refuse)?;
+        let input = signing_input(method.as_str(), &path, &body);
+        if !terminal.verify(signature, &input) {
+            return Err(refuse());
+        }
+        Ok(Signed { terminal, body })
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -115,12 +131,8 @@ struct AllotmentRequest {
 
 async fn allotments(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    ApiBytes(body): ApiBytes,
+    Signed { terminal, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
     let request: AllotmentRequest = parse(&body)?;
     let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
     let granted = terminal
@@ -147,12 +159,8 @@ struct WireEntry {
 
 async fn sync(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    ApiBytes(body): ApiBytes,
+    Signed { terminal, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let terminal = signed_terminal(&state, &id, &headers, &uri, &body)?;
     // Reconnect storms: a few syncs at a time, the rest told to come back at a spread-out time,
     // so live shoppers keep being answered.
     let Ok(_slot) = state.sync_permits.clone().try_acquire_owned() else {
@@ -191,6 +199,48 @@ async fn sync(
         "stopped": answer.stopped,
         "quarantined": answer.quarantined,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+struct PaymentRequest {
+    /// The till's own name for this payment; retries reuse it, so a card is charged once.
+    reference: String,
+    amount: i64,
+    card_token: String,
+}
+
+/// A card payment from the counter: authorised and captured through the server's card
+/// network connection, idempotent on the till's reference (online sales, and offline ones
+/// forwarded after an outage).
+async fn card_payment(
+    State(state): State<AppState>,
+    Signed { terminal, body }: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let request: PaymentRequest = parse(&body)?;
+    if request.reference.is_empty()
+        || request.reference.len() > 128
+        || request.card_token.is_empty()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_payment",
+            "reference and card_token are required",
+        ));
+    }
+    let amount = in_range("amount", request.amount, 1, i64::MAX)? as u64;
+    let key = format!("terminal {} {}", terminal.id, request.reference);
+    let authorization = state
+        .payments
+        .authorize(AuthorizeRequest {
+            card_token: request.card_token,
+            amount,
+            currency: "KRW",
+            idempotency_key: key.clone(),
+        })
+        .await?;
+    state.payments.capture(&authorization.id, &key).await?;
+    Ok(Json(
+        json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
+    ))
 }
 
 async fn quarantine(
