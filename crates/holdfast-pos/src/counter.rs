@@ -87,6 +87,11 @@ pub struct Sold {
     pub at_millis: i64,
 }
 
+/// A receivable's id. It is the credential in the customer's pay link, so it is unguessable.
+pub fn new_receivable_id() -> String {
+    format!("R-{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
 /// The key that seals stored cards, kept in its own file beside (never inside) the journal.
 pub fn card_key(dir: &Path) -> anyhow::Result<Key> {
     let path = dir.join("card.key");
@@ -210,8 +215,7 @@ pub fn sell(
     {
         return Ok(Err(refusal));
     }
-    let receivable = matches!(tender, Tender::PayLater { .. })
-        .then(|| format!("R-{}", hex::encode(rand::random::<[u8; 5]>())));
+    let receivable = matches!(tender, Tender::PayLater { .. }).then(new_receivable_id);
     let body = json!({
         "lines": priced.iter().map(|(item, quantity)| json!({
             "sku": item.sku, "name": item.name, "quantity": quantity, "unit_price": item.price, "sale_id": item.sale_id,

@@ -48,11 +48,15 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
         acked_through: journal.acked()?,
         ..SyncReport::default()
     };
+    // At least one request even with nothing to upload: its answer also says which
+    // receivables customers have paid by link.
+    let mut first = true;
     loop {
         let entries = journal.after(report.acked_through, BATCH_ENTRIES_MAX)?;
-        if entries.is_empty() {
+        if entries.is_empty() && !first {
             return Ok(report);
         }
+        first = false;
         let wire: Vec<Value> = entries
             .iter()
             .map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)}))
@@ -79,6 +83,20 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
                 .filter_map(Value::as_u64),
         );
         report.stopped = answer["stopped"].as_str().map(str::to_owned);
+        for id in answer["settled"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            journal
+                .read()
+                .execute("UPDATE receivable SET settled = 1 WHERE id = ?1", [id])
+                .map_err(anyhow::Error::from)?;
+        }
+        if entries.is_empty() {
+            return Ok(report);
+        }
         let advanced = acked > report.acked_through;
         if advanced {
             report.uploaded += acked - report.acked_through;
@@ -144,10 +162,16 @@ pub async fn forward_cards(
             .transaction()
             .map_err(anyhow::Error::from)?;
         if outcome == "declined" {
-            let id = format!("R-{}", hex::encode(rand::random::<[u8; 5]>()));
+            // The customer now owes the store: journal it, so the server can offer the pay link.
+            let id = crate::counter::new_receivable_id();
+            let body =
+                json!({"receivable": {"id": id, "phone": phone, "amount": amount, "for_seq": seq}})
+                    .to_string();
+            let at = chrono::Utc::now().timestamp_millis();
+            let entry = crate::journal::append(&tx, &body, at)?;
             tx.execute(
                 "INSERT INTO receivable (id, seq, phone, amount, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![id, seq, phone, amount, created_at],
+                rusqlite::params![id, entry as i64, phone, amount, created_at],
             )
             .map_err(anyhow::Error::from)?;
             report.declined += 1;

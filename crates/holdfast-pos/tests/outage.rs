@@ -301,6 +301,76 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         ],
         "pay-later and the late-declined card are receivables, not losses"
     );
+    // Both customers pay by the link on their receipt; the till hears of it on its next sync.
+    assert_eq!(
+        sync_once(&mut journal, &uplink)
+            .await
+            .unwrap()
+            .acked_through,
+        6,
+        "the late decline was journaled as a receivable"
+    );
+    let ids: Vec<String> = {
+        let mut statement = journal
+            .read()
+            .prepare("SELECT id FROM receivable ORDER BY seq")
+            .unwrap();
+        statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    for id in &ids {
+        let page = client
+            .get(format!("{base}/pay/till-1/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("Amount due: <b>4500</b>"), "{page}");
+        let paid: Value = client
+            .post(format!("{base}/pay/till-1/{id}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("card_token=tok_visa")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(paid["status"], "paid", "{paid}");
+    }
+    let again: Value = client
+        .post(format!("{base}/pay/till-1/{}", ids[0]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("card_token=tok_visa")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "paid", "paying twice is harmless");
+    let missing = client
+        .get(format!("{base}/pay/till-1/R-nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    sync_once(&mut journal, &uplink).await.unwrap();
+    let open: i64 = journal
+        .read()
+        .query_row(
+            "SELECT COUNT(*) FROM receivable WHERE settled = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0, "both receivables closed at the till");
+
     // Online card at the counter, now that the network is back: authorised before journaling.
     let paid = uplink
         .post(

@@ -46,6 +46,18 @@ struct SyncState {
     applied_through: u64,
     head: String,
     quarantine: Vec<Quarantined>,
+    /// Money customers owe this till's store, learned from synced entries.
+    #[serde(default)]
+    receivables: BTreeMap<String, Receivable>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receivable {
+    pub seq: u64,
+    pub phone: String,
+    pub amount: u64,
+    /// The card authorisation that settled it, once paid.
+    pub settled_by: Option<String>,
 }
 
 impl SyncState {
@@ -65,12 +77,43 @@ pub struct Terminal {
     state: tokio::sync::Mutex<SyncState>,
 }
 
-/// A terminal journal entry's body: what was sold, for how much, and how it was paid.
+/// A terminal journal entry's body: a sale (lines, total, tender), or a receivable opened
+/// after the fact (a stored card declined once forwarded).
 #[derive(Debug, Deserialize)]
 struct SaleEntry {
+    #[serde(default)]
     lines: Vec<Line>,
-    #[allow(dead_code)] // Recorded in the audit trail as sent; tender settlement is the agent's.
+    #[serde(default)]
+    total: u64,
+    #[serde(default)]
     tender: serde_json::Value,
+    receivable: Option<OpenedReceivable>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenedReceivable {
+    id: String,
+    phone: String,
+    amount: u64,
+}
+
+impl SaleEntry {
+    /// The receivable this entry opens, if any.
+    fn receivable(&self) -> Option<(String, String, u64)> {
+        if let Some(opened) = &self.receivable {
+            return Some((opened.id.clone(), opened.phone.clone(), opened.amount));
+        }
+        let tender = &self.tender;
+        if tender["kind"] != "pay_later" {
+            return None;
+        }
+        let id = tender["receivable"].as_str()?.to_owned();
+        Some((
+            id,
+            tender["phone"].as_str().unwrap_or_default().to_owned(),
+            self.total,
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +129,8 @@ pub struct SyncAnswer {
     pub receipt: String,
     pub stopped: Option<String>,
     pub quarantined: Vec<u64>,
+    /// Receivables customers have paid by link, so the till can close them.
+    pub settled: Vec<String>,
 }
 
 pub struct Terminals {
@@ -261,6 +306,7 @@ impl Terminal {
         let mut stopped = accepted.stopped.map(|b| b.to_string());
         let mut applied = Vec::new();
         let mut quarantined = Vec::new();
+        let mut opened = Vec::new();
         for &index in &accepted.new {
             let entry = &batch[index];
             match self.apply(ledger, entry).await {
@@ -282,6 +328,12 @@ impl Terminal {
                 applied_through: entry.seq,
                 head: entry.hash(),
             };
+            if let Some(receivable) = serde_json::from_slice::<SaleEntry>(&entry.body)
+                .ok()
+                .and_then(|e| e.receivable())
+            {
+                opened.push((entry.seq, receivable));
+            }
             applied.push(entry);
         }
         if !applied.is_empty() {
@@ -289,6 +341,14 @@ impl Terminal {
             next.applied_through = progress.applied_through;
             next.head = progress.head.to_hex();
             next.quarantine.extend(quarantined.iter().cloned());
+            for (seq, (id, phone, amount)) in opened {
+                next.receivables.entry(id).or_insert(Receivable {
+                    seq,
+                    phone,
+                    amount,
+                    settled_by: None,
+                });
+            }
             let trail: Vec<serde_json::Value> = applied
                 .iter()
                 .map(
@@ -323,7 +383,50 @@ impl Terminal {
             receipt: sign(&self.secret, receipt_input.as_bytes()),
             stopped,
             quarantined: quarantined.iter().map(|q| q.seq).collect(),
+            settled: state
+                .receivables
+                .iter()
+                .filter(|(_, r)| r.settled_by.is_some())
+                .map(|(id, _)| id.clone())
+                .collect(),
         })
+    }
+
+    pub async fn receivable(&self, id: &str) -> Option<Receivable> {
+        self.state.lock().await.receivables.get(id).cloned()
+    }
+
+    /// Records that `id` was paid with `authorization`, durably. `None` if there is no such
+    /// receivable; the existing settlement if it was paid already.
+    pub async fn settle(
+        &self,
+        log: &LogHandle,
+        id: &str,
+        authorization: &str,
+    ) -> Result<Option<Receivable>, LedgerError> {
+        let mut state = self.state.lock().await;
+        let Some(receivable) = state.receivables.get(id).cloned() else {
+            return Ok(None);
+        };
+        if receivable.settled_by.is_some() {
+            return Ok(Some(receivable));
+        }
+        let mut next = state.clone();
+        let settled = Receivable {
+            settled_by: Some(authorization.to_owned()),
+            ..receivable
+        };
+        next.receivables.insert(id.to_owned(), settled.clone());
+        let batch = Batch {
+            snapshots: vec![Snapshot {
+                stream: format!("{STREAM_PREFIX}{}", self.id),
+                payload: serde_json::to_vec(&next).expect("progress serialises"),
+            }],
+            ..Batch::default()
+        };
+        log.append(batch).await?;
+        *state = next;
+        Ok(Some(settled))
     }
 
     /// Applies one entry's effects. `Ok(Some(reason))` quarantines it: it can never apply.

@@ -3,6 +3,7 @@
 mod extract;
 mod ops;
 mod overload;
+mod pay;
 mod queue;
 mod sales;
 mod shopper;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(queue::router())
         .merge(terminals::router())
+        .merge(pay::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -198,6 +198,7 @@ async fn sync(
         "receipt": answer.receipt,
         "stopped": answer.stopped,
         "quarantined": answer.quarantined,
+        "settled": answer.settled,
     })))
 }
 

@@ -1,0 +1,114 @@
+//! Pay links: a customer who left a phone number at the counter ("pay later"), or whose stored
+//! card was declined after the outage, settles the receivable from the link on their receipt.
+//! The link itself is the credential (an unguessable receivable id), as on the receipts of the
+//! large card vendors.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::ApiPath;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::payments::AuthorizeRequest;
+use crate::terminals::{Receivable, Terminal};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/pay/{terminal}/{receivable}", get(page).post(pay))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn find(
+    state: &AppState,
+    terminal: &str,
+    id: &str,
+) -> Result<(std::sync::Arc<Terminal>, Receivable), ApiError> {
+    let not_found = || ApiError::not_found("receivable_not_found", "no such payment request");
+    let terminal = state.terminals.get(terminal).ok_or_else(not_found)?;
+    let receivable = terminal.receivable(id).await.ok_or_else(not_found)?;
+    Ok((terminal, receivable))
+}
+
+async fn page(
+    State(state): State<AppState>,
+    ApiPath((terminal, id)): ApiPath<(String, String)>,
+) -> Result<Html<String>, ApiError> {
+    let (till, receivable) = find(&state, &terminal, &id).await?;
+    let status = match &receivable.settled_by {
+        Some(_) => "<p>Paid. Thank you.</p>".to_owned(),
+        None => format!(
+            "<form method=\"post\"><label>Card <input name=\"card_token\" required></label> \
+             <button>Pay {}</button></form>",
+            receivable.amount
+        ),
+    };
+    Ok(Html(format!(
+        "<!doctype html><meta charset=\"utf-8\"><title>Pay {store}</title>\
+         <h1>{store}</h1><p>Amount due: <b>{amount}</b> KRW (receipt #{seq})</p>{status}",
+        store = escape(&till.store),
+        amount = receivable.amount,
+        seq = receivable.seq,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct PayForm {
+    card_token: String,
+}
+
+async fn pay(
+    State(state): State<AppState>,
+    ApiPath((terminal, id)): ApiPath<(String, String)>,
+    form: Result<Form<PayForm>, FormRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Form(form) = form.map_err(|e| ApiError::bad_request("invalid_payment", e.body_text()))?;
+    let (till, receivable) = find(&state, &terminal, &id).await?;
+    if let Some(authorization) = receivable.settled_by {
+        return Ok(Json(
+            json!({"status": "paid", "authorization_id": authorization, "amount": receivable.amount}),
+        ));
+    }
+    if form.card_token.is_empty() || form.card_token.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_payment",
+            "card_token must be a card token from the acquirer",
+        ));
+    }
+    let key = format!("receivable {terminal} {id}");
+    let authorization = state
+        .payments
+        .authorize(AuthorizeRequest {
+            card_token: form.card_token,
+            amount: receivable.amount,
+            currency: "KRW",
+            idempotency_key: key.clone(),
+        })
+        .await?;
+    state.payments.capture(&authorization.id, &key).await?;
+    let settled = till
+        .settle(state.ledger.log(), &id, &authorization.id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "receivable_not_found",
+                "no such payment request",
+            )
+        })?;
+    Ok(Json(json!({
+        "status": "paid",
+        "authorization_id": settled.settled_by,
+        "amount": settled.amount,
+    })))
+}
