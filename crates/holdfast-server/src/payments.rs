@@ -6,9 +6,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_core::Timestamp;
+use sha2::{Digest, Sha256};
 
 use thiserror::Error;
+
+use crate::clock::{Clock, SystemClock};
 
 pub type PaymentFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PaymentError>> + Send + 'a>>;
 
@@ -63,11 +69,32 @@ enum AuthState {
     Refunded,
 }
 
-/// An in-process acquirer: approves every token except the declining test tokens, and
-/// remembers idempotency keys so a repeated authorisation returns the first answer.
-#[derive(Default)]
+/// How the simulated card network behaves.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkConditions {
+    /// Added to every call, as a real network round trip would be.
+    pub latency: Duration,
+    /// Of every 1,000 fresh authorisations, how many are declined. Which ones is decided by
+    /// a hash of the idempotency key, so a run can be repeated exactly.
+    pub declines_per_mille: u32,
+    /// Windows (by the server's clock, start inclusive, end exclusive) in which the network is
+    /// down: every call answers `Unavailable`, and nothing is remembered.
+    pub outages: Vec<(Timestamp, Timestamp)>,
+}
+
+/// An in-process acquirer: approves every token except the declining test tokens (and the
+/// share `conditions` declines), and remembers idempotency keys so a repeated authorisation
+/// returns the first answer.
 pub struct SimulatedAcquirer {
     state: Mutex<SimulatedState>,
+    conditions: NetworkConditions,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for SimulatedAcquirer {
+    fn default() -> Self {
+        SimulatedAcquirer::new(NetworkConditions::default(), Arc::new(SystemClock))
+    }
 }
 
 #[derive(Default)]
@@ -77,6 +104,38 @@ struct SimulatedState {
 }
 
 impl SimulatedAcquirer {
+    pub fn new(conditions: NetworkConditions, clock: Arc<dyn Clock>) -> SimulatedAcquirer {
+        SimulatedAcquirer {
+            state: Mutex::new(SimulatedState::default()),
+            conditions,
+            clock,
+        }
+    }
+
+    fn down(&self) -> bool {
+        let now = self.clock.now();
+        self.conditions
+            .outages
+            .iter()
+            .any(|(from, to)| *from <= now && now < *to)
+    }
+
+    fn declines(&self, idempotency_key: &str) -> bool {
+        let digest = Sha256::digest(idempotency_key.as_bytes());
+        let draw = u32::from_le_bytes(digest[..4].try_into().expect("4 bytes")) % 1000;
+        draw < self.conditions.declines_per_mille
+    }
+
+    /// Wraps an answer in the network's latency.
+    fn answer<T: Send + 'static>(&self, result: Result<T, PaymentError>) -> PaymentFuture<'_, T> {
+        let latency = self.conditions.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            result
+        })
+    }
     /// How many authorisations were captured (for tests).
     pub fn captured(&self) -> usize {
         let state = self.state.lock().expect("acquirer state");
@@ -101,45 +160,48 @@ impl SimulatedAcquirer {
 
 impl PaymentProvider for SimulatedAcquirer {
     fn authorize(&self, request: AuthorizeRequest) -> PaymentFuture<'_, Authorization> {
-        let answer = {
-            let mut state = self.state.lock().expect("acquirer state");
-            if let Some(first) = state.by_key.get(&request.idempotency_key) {
-                first.clone()
-            } else {
-                let answer = match request.card_token.as_str() {
-                    CARD_DECLINED => Err(PaymentError::Declined {
-                        reason: "insufficient funds".into(),
-                    }),
-                    CARD_NETWORK_DOWN => Err(PaymentError::Unavailable),
-                    _ => {
-                        let id = format!("auth_{}", state.authorizations.len() + 1);
-                        state
-                            .authorizations
-                            .insert(id.clone(), (request.amount, AuthState::Authorized));
-                        Ok(Authorization {
-                            id,
-                            amount: request.amount,
-                        })
-                    }
-                };
-                // An outage is not an answer about the card: a retry must be tried afresh.
-                if answer != Err(PaymentError::Unavailable) {
-                    state.by_key.insert(request.idempotency_key, answer.clone());
-                }
-                answer
+        if self.down() {
+            return self.answer(Err(PaymentError::Unavailable));
+        }
+        let mut state = self.state.lock().expect("acquirer state");
+        if let Some(first) = state.by_key.get(&request.idempotency_key) {
+            let first = first.clone();
+            drop(state);
+            return self.answer(first);
+        }
+        let answer = match request.card_token.as_str() {
+            CARD_NETWORK_DOWN => Err(PaymentError::Unavailable),
+            CARD_DECLINED => Err(PaymentError::Declined {
+                reason: "insufficient funds".into(),
+            }),
+            _ if self.declines(&request.idempotency_key) => Err(PaymentError::Declined {
+                reason: "declined by the issuer".into(),
+            }),
+            _ => {
+                let id = format!("auth_{}", state.authorizations.len() + 1);
+                state
+                    .authorizations
+                    .insert(id.clone(), (request.amount, AuthState::Authorized));
+                Ok(Authorization {
+                    id,
+                    amount: request.amount,
+                })
             }
         };
-        Box::pin(async move { answer })
+        // An outage is not an answer about the card: a retry must be tried afresh.
+        if answer != Err(PaymentError::Unavailable) {
+            state.by_key.insert(request.idempotency_key, answer.clone());
+        }
+        drop(state);
+        self.answer(answer)
     }
 
     fn capture(&self, authorization_id: &str, _idempotency_key: &str) -> PaymentFuture<'_, ()> {
-        let result = self.transition(authorization_id, AuthState::Authorized, AuthState::Captured);
-        Box::pin(async move { result })
+        self.settle(authorization_id, AuthState::Authorized, AuthState::Captured)
     }
 
     fn void(&self, authorization_id: &str, _idempotency_key: &str) -> PaymentFuture<'_, ()> {
-        let result = self.transition(authorization_id, AuthState::Authorized, AuthState::Voided);
-        Box::pin(async move { result })
+        self.settle(authorization_id, AuthState::Authorized, AuthState::Voided)
     }
 
     fn refund(
@@ -148,7 +210,120 @@ impl PaymentProvider for SimulatedAcquirer {
         _amount: u64,
         _idempotency_key: &str,
     ) -> PaymentFuture<'_, ()> {
-        let result = self.transition(authorization_id, AuthState::Captured, AuthState::Refunded);
-        Box::pin(async move { result })
+        self.settle(authorization_id, AuthState::Captured, AuthState::Refunded)
+    }
+}
+
+impl SimulatedAcquirer {
+    fn settle(
+        &self,
+        authorization_id: &str,
+        from: AuthState,
+        to: AuthState,
+    ) -> PaymentFuture<'_, ()> {
+        if self.down() {
+            return self.answer(Err(PaymentError::Unavailable));
+        }
+        let result = self.transition(authorization_id, from, to);
+        self.answer(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn request(key: &str, token: &str) -> AuthorizeRequest {
+        AuthorizeRequest {
+            card_token: token.into(),
+            amount: 39_900,
+            currency: "KRW",
+            idempotency_key: key.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_decline_rate_is_the_configured_share_and_repeatable() {
+        let conditions = NetworkConditions {
+            declines_per_mille: 200,
+            ..NetworkConditions::default()
+        };
+        let acquirer = SimulatedAcquirer::new(conditions.clone(), Arc::new(SystemClock));
+        let mut declined = 0;
+        for n in 0..10_000 {
+            if acquirer
+                .authorize(request(&format!("k{n}"), CARD_APPROVED))
+                .await
+                .is_err()
+            {
+                declined += 1;
+            }
+        }
+        assert!(
+            (1_800..=2_200).contains(&declined),
+            "{declined} of 10,000 declined"
+        );
+        let again = SimulatedAcquirer::new(conditions, Arc::new(SystemClock));
+        let mut declined_again = 0;
+        for n in 0..10_000 {
+            if again
+                .authorize(request(&format!("k{n}"), CARD_APPROVED))
+                .await
+                .is_err()
+            {
+                declined_again += 1;
+            }
+        }
+        assert_eq!(declined, declined_again, "the same keys, the same declines");
+    }
+
+    #[tokio::test]
+    async fn during_an_outage_nothing_is_answered_or_remembered() {
+        let clock = ManualClock::new(Timestamp(1_000));
+        let conditions = NetworkConditions {
+            outages: vec![(Timestamp(2_000), Timestamp(3_000))],
+            ..NetworkConditions::default()
+        };
+        let acquirer = SimulatedAcquirer::new(conditions, Arc::new(clock.clone()));
+        let approved = acquirer
+            .authorize(request("before", CARD_APPROVED))
+            .await
+            .unwrap();
+        clock.set(Timestamp(2_000));
+        assert_eq!(
+            acquirer.authorize(request("during", CARD_APPROVED)).await,
+            Err(PaymentError::Unavailable)
+        );
+        assert_eq!(
+            acquirer.capture(&approved.id, "c").await,
+            Err(PaymentError::Unavailable)
+        );
+        clock.set(Timestamp(3_000));
+        assert!(
+            acquirer
+                .authorize(request("during", CARD_APPROVED))
+                .await
+                .is_ok(),
+            "the retry is tried afresh"
+        );
+        assert_eq!(acquirer.capture(&approved.id, "c").await, Ok(()));
+        assert_eq!(acquirer.captured(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_takes_the_configured_latency() {
+        let conditions = NetworkConditions {
+            latency: Duration::from_millis(250),
+            ..NetworkConditions::default()
+        };
+        let acquirer = SimulatedAcquirer::new(conditions, Arc::new(SystemClock));
+        let started = tokio::time::Instant::now();
+        let authorization = acquirer
+            .authorize(request("k", CARD_APPROVED))
+            .await
+            .unwrap();
+        acquirer.capture(&authorization.id, "k").await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
     }
 }

@@ -13,8 +13,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use holdfast_server::payments::{NetworkConditions, SimulatedAcquirer};
 use holdfast_server::{Application, Config};
 
 #[derive(Parser)]
@@ -45,6 +47,12 @@ enum Commands {
         /// The operator's bearer token. Generated and printed when not given.
         #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
         operator_token: Option<String>,
+        /// Simulated card network: milliseconds added to every call.
+        #[arg(long, default_value_t = 0)]
+        card_latency_ms: u64,
+        /// Simulated card network: declines per 1,000 authorisations (besides `tok_declined`).
+        #[arg(long, default_value_t = 0)]
+        card_declines_per_mille: u32,
     },
     /// Measure hold+confirm over HTTP against a bare endpoint, and the core alone.
     Bench(bench::BenchArgs),
@@ -83,8 +91,12 @@ async fn serve(
     listen: SocketAddr,
     data: PathBuf,
     operator_token: Option<String>,
+    card: NetworkConditions,
 ) -> anyhow::Result<()> {
-    let app = Application::build(Config::new(listen, data.clone(), operator_token)).await?;
+    let mut config = Config::new(listen, data.clone(), operator_token);
+    // No card network is reachable from here: the simulator stands in for the acquirer.
+    config.payments = Arc::new(SimulatedAcquirer::new(card, config.clock.clone()));
+    let app = Application::build(config).await?;
     // Scripts and tests wait for this line; keep its shape.
     println!("holdfast listening on http://{}", app.local_addr());
     if app.operator_token_generated() {
@@ -104,7 +116,16 @@ fn main() -> anyhow::Result<()> {
             listen,
             data,
             operator_token,
-        } => tokio::runtime::Runtime::new()?.block_on(serve(listen, data, operator_token)),
+            card_latency_ms,
+            card_declines_per_mille,
+        } => {
+            let card = NetworkConditions {
+                latency: std::time::Duration::from_millis(card_latency_ms),
+                declines_per_mille: card_declines_per_mille.min(1000),
+                outages: Vec::new(),
+            };
+            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, operator_token, card))
+        }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),
         Commands::VerifyDraw(args) => verify::run(args),
