@@ -83,6 +83,12 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
                 .filter_map(Value::as_u64),
         );
         report.stopped = answer["stopped"].as_str().map(str::to_owned);
+        // The operator's offline-card limits for this store, when set, replace the till's own.
+        if let Ok(limits) = serde_json::from_value::<crate::counter::OfflineCardLimits>(
+            answer["offline_card_limits"].clone(),
+        ) {
+            journal.set_setting("offline_card_limits", &limits)?;
+        }
         for id in answer["settled"]
             .as_array()
             .into_iter()

@@ -99,15 +99,15 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     ));
     let mut journal = Journal::open(till_dir.path()).unwrap();
     let key = counter::card_key(till_dir.path()).unwrap();
-    journal
-        .set_setting(
-            "offline_card_limits",
-            &OfflineCardLimits {
-                per_sale_max: 50_000,
-                ..OfflineCardLimits::default()
-            },
-        )
-        .unwrap();
+    // The operator sets the store's offline-card limits; the till takes them on its next sync.
+    let limits = json!({"per_sale_max": 50_000, "outstanding_total_max": 1_000_000, "outstanding_count_max": 2, "age_max_hours": 24});
+    operator(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/v1/stores/Mapo%20cafe/offline-card-limits"),
+        Some(limits),
+    )
+    .await;
     journal
         .put_item(&Item {
             sku: "KF94".into(),
@@ -133,6 +133,12 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         .unwrap();
     assert_eq!((status, granted["granted"].as_u64()), (200, Some(3)));
     journal.set_allotment("masks", 3).unwrap();
+    sync_once(&mut journal, &uplink).await.unwrap();
+    let limits: OfflineCardLimits = journal.setting("offline_card_limits").unwrap().unwrap();
+    assert_eq!(
+        (limits.per_sale_max, limits.outstanding_count_max),
+        (50_000, 2)
+    );
 
     // The outage: the server is gone, connections are refused.
     shut(server).await;
@@ -194,6 +200,21 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     )
     .unwrap();
     assert!(matches!(big_card, Err(Refusal::OfflineCardLimit(_))));
+    let third_card = counter::sell(
+        &mut journal,
+        &key,
+        &line("AMERICANO", 1),
+        Tender::CardOffline {
+            card_token: "t".into(),
+            phone: "010".into(),
+        },
+        now,
+    )
+    .unwrap();
+    assert!(
+        matches!(third_card, Err(Refusal::OfflineCardLimit(ref why)) if why.contains("already waiting")),
+        "{third_card:?}"
+    );
     assert!(matches!(
         sync_once(&mut journal, &uplink).await,
         Err(SyncError::Uplink(UplinkError::Unreachable))

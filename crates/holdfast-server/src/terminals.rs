@@ -23,6 +23,17 @@ use crate::ledger::Ledger;
 /// contain ':' or '/', so the namespaces cannot collide.
 pub const STREAM_PREFIX: &str = "terminal:";
 const REGISTRATION_KEY: &str = "terminal/";
+const STORE_LIMITS_KEY: &str = "store-limits/";
+
+/// Limits on store-and-forward card payments, set by the operator per store and sent to every
+/// till of that store with its sync answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineCardLimits {
+    pub per_sale_max: u64,
+    pub outstanding_total_max: u64,
+    pub outstanding_count_max: u32,
+    pub age_max_hours: u32,
+}
 /// Entries one sync request may carry.
 pub const SYNC_ENTRIES_MAX: usize = 1_000;
 const SECRET_BYTES: usize = 32;
@@ -135,6 +146,7 @@ pub struct SyncAnswer {
 
 pub struct Terminals {
     registry: RwLock<HashMap<String, Arc<Terminal>>>,
+    store_limits: RwLock<HashMap<String, OfflineCardLimits>>,
     registering: tokio::sync::Mutex<()>,
     log: LogHandle,
 }
@@ -152,11 +164,17 @@ impl Terminals {
         snapshots: &[StoredSnapshot],
     ) -> Result<Terminals, serde_json::Error> {
         let mut registrations = BTreeMap::new();
+        let mut store_limits = HashMap::new();
         for (key, bytes) in values {
             if let Some(id) = key.strip_prefix(REGISTRATION_KEY) {
                 registrations.insert(
                     id.to_owned(),
                     serde_json::from_slice::<Registration>(bytes)?,
+                );
+            } else if let Some(store) = key.strip_prefix(STORE_LIMITS_KEY) {
+                store_limits.insert(
+                    store.to_owned(),
+                    serde_json::from_slice::<OfflineCardLimits>(bytes)?,
                 );
             }
         }
@@ -184,6 +202,7 @@ impl Terminals {
             .collect();
         Ok(Terminals {
             registry: RwLock::new(registry),
+            store_limits: RwLock::new(store_limits),
             registering: tokio::sync::Mutex::new(()),
             log,
         })
@@ -195,6 +214,33 @@ impl Terminals {
             .expect("terminal registry")
             .get(id)
             .cloned()
+    }
+
+    pub fn store_limits(&self, store: &str) -> Option<OfflineCardLimits> {
+        self.store_limits
+            .read()
+            .expect("store limits")
+            .get(store)
+            .copied()
+    }
+
+    /// Sets a store's offline-card limits durably; its tills receive them on their next sync.
+    pub async fn set_store_limits(
+        &self,
+        store: &str,
+        limits: OfflineCardLimits,
+    ) -> Result<(), LedgerError> {
+        let value = serde_json::to_vec(&limits).expect("limits serialise");
+        let batch = Batch {
+            values: vec![(format!("{STORE_LIMITS_KEY}{store}"), value)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        self.store_limits
+            .write()
+            .expect("store limits")
+            .insert(store.to_owned(), limits);
+        Ok(())
     }
 
     /// Registers a terminal durably and returns its secret (shown this once).

@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::payments::AuthorizeRequest;
-use crate::terminals::{SYNC_ENTRIES_MAX, Terminal, signing_input};
+use crate::terminals::{OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal, signing_input};
 
 /// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
 const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
@@ -34,6 +34,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
         .route("/v1/terminals/{id}/payments", post(card_payment))
+        .route(
+            "/v1/stores/{store}/offline-card-limits",
+            post(set_store_limits),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +203,7 @@ async fn sync(
         "stopped": answer.stopped,
         "quarantined": answer.quarantined,
         "settled": answer.settled,
+        "offline_card_limits": state.terminals.store_limits(&terminal.store),
     })))
 }
 
@@ -242,6 +247,42 @@ async fn card_payment(
     Ok(Json(
         json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsRequest {
+    per_sale_max: i64,
+    outstanding_total_max: i64,
+    outstanding_count_max: i64,
+    age_max_hours: i64,
+}
+
+/// The operator's limits on card payments a store's tills may take offline.
+async fn set_store_limits(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(store): ApiPath<String>,
+    ApiJson(body): ApiJson<LimitsRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let limits = OfflineCardLimits {
+        per_sale_max: in_range("per_sale_max", body.per_sale_max, 0, i64::MAX)? as u64,
+        outstanding_total_max: in_range(
+            "outstanding_total_max",
+            body.outstanding_total_max,
+            0,
+            i64::MAX,
+        )? as u64,
+        outstanding_count_max: in_range(
+            "outstanding_count_max",
+            body.outstanding_count_max,
+            0,
+            100_000,
+        )? as u32,
+        age_max_hours: in_range("age_max_hours", body.age_max_hours, 1, 7 * 24)? as u32,
+    };
+    state.terminals.set_store_limits(&store, limits).await?;
+    Ok(Json(json!({"store": store, "offline_card_limits": limits})))
 }
 
 async fn quarantine(
