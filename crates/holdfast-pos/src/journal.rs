@@ -58,6 +58,9 @@ impl Journal {
     pub fn open(dir: &Path) -> anyhow::Result<Journal> {
         std::fs::create_dir_all(dir)?;
         let connection = Connection::open(dir.join("journal.db"))?;
+        // The counter page and its background sync each have a connection; one waits briefly
+        // for the other's write instead of failing.
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(SCHEMA)?;

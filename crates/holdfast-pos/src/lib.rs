@@ -6,3 +6,4 @@ pub mod journal;
 pub mod receipt;
 pub mod sync;
 pub mod uplink;
+pub mod web;

@@ -86,6 +86,45 @@ enum Commands {
     },
     /// What is waiting: unsynced entries, allotments, receivables, stored cards.
     Status,
+    /// Serve the counter page on this machine, and keep syncing in the background.
+    Web {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        every_s: u64,
+    },
+}
+
+/// Syncs forever: every `every_s` while online, backing off with jitter while offline, waiting
+/// as long as the server asks when it is busy.
+async fn keep_syncing(
+    mut journal: Journal,
+    uplink: Uplink,
+    key: chacha20poly1305::Key,
+    every_s: u64,
+) {
+    let mut failures = 0u32;
+    loop {
+        let synced = match sync_once(&mut journal, &uplink).await {
+            Ok(_) => forward_cards(&mut journal, &key, &uplink).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        let pause = match synced {
+            Ok(()) => {
+                failures = 0;
+                Duration::from_secs(every_s)
+            }
+            Err(holdfast_pos::sync::SyncError::Uplink(
+                holdfast_pos::uplink::UplinkError::RetryAfter(wait),
+            )) => wait,
+            Err(error) => {
+                eprintln!("sync failed ({error}); retrying");
+                failures += 1;
+                back_off(failures - 1)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -294,28 +333,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Run { every_s } => {
             let uplink = uplink(&registration(&journal)?)?;
             let key = counter::card_key(&cli.data)?;
-            let mut failures = 0u32;
-            loop {
-                let synced = match sync_once(&mut journal, &uplink).await {
-                    Ok(_) => forward_cards(&mut journal, &key, &uplink).await.map(|_| ()),
-                    Err(error) => Err(error),
-                };
-                let pause = match synced {
-                    Ok(()) => {
-                        failures = 0;
-                        Duration::from_secs(every_s)
-                    }
-                    Err(holdfast_pos::sync::SyncError::Uplink(
-                        holdfast_pos::uplink::UplinkError::RetryAfter(wait),
-                    )) => wait,
-                    Err(error) => {
-                        eprintln!("sync failed ({error}); retrying");
-                        failures += 1;
-                        back_off(failures - 1)
-                    }
-                };
-                tokio::time::sleep(pause).await;
-            }
+            keep_syncing(journal, uplink, key, every_s).await;
+        }
+        Commands::Web { listen, every_s } => {
+            let registration = registration(&journal)?;
+            let key = counter::card_key(&cli.data)?;
+            let syncing = Journal::open(&cli.data)?;
+            tokio::spawn(keep_syncing(syncing, uplink(&registration)?, key, every_s));
+            let counter = std::sync::Arc::new(holdfast_pos::web::Counter {
+                journal: tokio::sync::Mutex::new(journal),
+                card_key: key,
+                store: registration.store.clone(),
+                terminal: registration.terminal_id.clone(),
+                pay_base: registration.servers[0].clone(),
+                clock: now_millis,
+            });
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("counter page on http://{}", listener.local_addr()?);
+            axum::serve(listener, holdfast_pos::web::router(counter)).await?;
         }
         Commands::Status => {
             let (last, _) = journal.head()?;

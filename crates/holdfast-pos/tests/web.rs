@@ -1,0 +1,107 @@
+//! The counter page, with no server anywhere: selling must not need the network.
+
+use std::sync::Arc;
+
+use holdfast_pos::counter;
+use holdfast_pos::journal::{Item, Journal};
+use holdfast_pos::web::{Counter, router};
+
+async fn counter_page() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal
+        .put_item(&Item {
+            sku: "TEA".into(),
+            name: "Barley <tea>".into(),
+            price: 3_000,
+            sale_id: None,
+        })
+        .unwrap();
+    let counter = Arc::new(Counter {
+        journal: tokio::sync::Mutex::new(journal),
+        card_key: counter::card_key(dir.path()).unwrap(),
+        store: "Mapo cafe".into(),
+        terminal: "till-1".into(),
+        pay_base: "http://127.0.0.1:9".into(),
+        clock: || 1_800_000_000_000,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(counter)).await.unwrap() });
+    (base, dir)
+}
+
+fn form(client: &reqwest::Client, base: &str, body: &str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+}
+
+#[tokio::test]
+async fn the_counter_page_sells_and_prints_a_receipt_offline() {
+    let (base, _dir) = counter_page().await;
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Barley &lt;tea&gt; · 3000"),
+        "the catalogue is listed, escaped: {page}"
+    );
+    assert!(page.contains("0 sale(s) waiting to sync"));
+
+    let sold = form(
+        &client,
+        &base,
+        "sku=TEA&quantity=2&tender=pay-later&phone=010-1234-5678",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(sold.status(), 200);
+    let receipt = sold.text().await.unwrap();
+    assert!(
+        receipt.contains("TOTAL") && receipt.contains("6000"),
+        "{receipt}"
+    );
+    assert!(
+        receipt.contains("to pay: http://127.0.0.1:9/pay/till-1/R-"),
+        "{receipt}"
+    );
+
+    let refused = form(&client, &base, "sku=TEA&quantity=1&tender=pay-later&phone=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("phone number"));
+    let unknown = form(&client, &base, "sku=COFFEE&quantity=1&tender=cash")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 422);
+
+    let status: serde_json::Value = client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["entries"], 1, "refusals leave no trace");
+    assert_eq!(status["waiting_to_sync"], 1);
+    assert_eq!(
+        (
+            status["receivables_open"].as_i64(),
+            status["receivables_owed"].as_i64()
+        ),
+        (Some(1), Some(6000))
+    );
+}
