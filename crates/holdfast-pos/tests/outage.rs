@@ -1,60 +1,16 @@
 //! A till keeps selling through an outage and loses nothing when it ends: a real server on
 //! loopback, really stopped (connections refused) and started again on the same data.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 
+use common::Server;
 use holdfast_pos::counter::{self, Line, OfflineCardLimits, Refusal, Tender};
 use holdfast_pos::journal::{Item, Journal};
 use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, sync_once};
 use holdfast_pos::uplink::{Uplink, UplinkError};
-use holdfast_server::{Application, Config};
 use serde_json::{Value, json};
-
-const OPERATOR: &str = "outage-operator";
-
-struct Server {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(dir: &std::path::Path, listen: SocketAddr) -> (Server, SocketAddr) {
-    let app = Application::build(Config::new(
-        listen,
-        dir.to_path_buf(),
-        Some(OPERATOR.into()),
-    ))
-    .await
-    .expect("server starts");
-    let address = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (Server { stop, task }, address)
-}
-
-async fn shut(server: Server) {
-    let _ = server.stop.send(());
-    server.task.await.unwrap();
-}
-
-async fn operator(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> Value {
-    let mut request = client.request(method, url).bearer_auth(OPERATOR);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap().json().await.unwrap()
-}
 
 fn line(sku: &str, quantity: u32) -> Vec<Line> {
     vec![Line {
@@ -71,21 +27,15 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let (server, address) = start(server_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let base = format!("http://{address}");
+    let server = Server::start(server_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (address, base) = (server.address, server.base.clone());
     let sale = json!({"id": "masks", "sku": "KF94", "name": "KF94 masks", "price": 39900, "stock": 10,
         "per_customer_limit": 1, "opens_at": "2020-01-01T00:00:00Z"});
-    operator(
-        &client,
+    common::operator(&base, reqwest::Method::POST, "/v1/sales", Some(sale)).await;
+    let registered = common::operator(
+        &base,
         reqwest::Method::POST,
-        format!("{base}/v1/sales"),
-        Some(sale),
-    )
-    .await;
-    let registered = operator(
-        &client,
-        reqwest::Method::POST,
-        format!("{base}/v1/terminals"),
+        "/v1/terminals",
         Some(json!({"terminal_id": "till-1", "store": "Mapo cafe"})),
     )
     .await;
@@ -101,10 +51,10 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     let key = counter::card_key(till_dir.path()).unwrap();
     // The operator sets the store's offline-card limits; the till takes them on its next sync.
     let limits = json!({"per_sale_max": 50_000, "outstanding_total_max": 1_000_000, "outstanding_count_max": 2, "age_max_hours": 24});
-    operator(
-        &client,
+    common::operator(
+        &base,
         reqwest::Method::POST,
-        format!("{base}/v1/stores/Mapo%20cafe/offline-card-limits"),
+        "/v1/stores/Mapo%20cafe/offline-card-limits",
         Some(limits),
     )
     .await;
@@ -141,7 +91,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     );
 
     // The outage: the server is gone, connections are refused.
-    shut(server).await;
+    server.stop().await;
     let now = 1_800_000_000_000i64;
     let sells: Vec<(Vec<Line>, Tender)> = vec![
         (line("KF94", 2), Tender::Cash),
@@ -250,7 +200,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     );
 
     // The network returns (the same server data, the same address).
-    let (server, _) = start(server_dir.path(), address).await;
+    let server = Server::start(server_dir.path(), address).await;
     // An upload whose answer is lost: the server applied entries 1-2, the till never heard.
     let first_two = journal.after(0, 2).unwrap();
     let lost: Vec<Value> = first_two.iter().map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)})).collect();
@@ -273,13 +223,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         "nothing twice"
     );
 
-    let sale = operator(
-        &client,
-        reqwest::Method::GET,
-        format!("{base}/v1/sales/masks"),
-        None,
-    )
-    .await;
+    let sale = common::operator(&base, reqwest::Method::GET, "/v1/sales/masks", None).await;
     assert_eq!(sale["stock"]["sold"], 3, "2 + 1 allotted masks, each once");
     assert_eq!(sale["stock"]["allotted"], 0);
     assert_eq!(sale["stock"]["total"], 10);
@@ -419,5 +363,5 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         .await
         .unwrap();
     assert_eq!(declined.0, 402);
-    shut(server).await;
+    server.stop().await;
 }

@@ -1,0 +1,124 @@
+//! What the till's tests share: a real server on loopback, operator calls, and a registered till.
+
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use holdfast_pos::counter;
+use holdfast_pos::journal::{Item, Journal};
+use holdfast_pos::uplink::Uplink;
+use holdfast_server::{Application, Config};
+use serde_json::{Value, json};
+
+pub const OPERATOR: &str = "till-test-operator";
+
+/// A Holdfast server on loopback that can be stopped and started again on the same data.
+pub struct Server {
+    pub address: SocketAddr,
+    pub base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(data: &Path, listen: SocketAddr) -> Server {
+        let config = Config::new(listen, data.to_path_buf(), Some(OPERATOR.into()));
+        let app = Application::build(config).await.expect("server starts");
+        let address = app.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Server {
+            address,
+            base: format!("http://{address}"),
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+pub async fn operator(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut request = client()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(OPERATOR);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+pub struct Till {
+    pub journal: Journal,
+    pub uplink: Uplink,
+    pub key: chacha20poly1305::Key,
+}
+
+/// A sale "masks" of `stock` units, a till registered for `store` and saved in its journal the
+/// way `holdfast-pos init` does, holding `allot` units, with KF94 (from the allotment) on sale.
+pub async fn masks_till(
+    base: &str,
+    dir: &Path,
+    terminal: &str,
+    store: &str,
+    stock: u32,
+    allot: u32,
+) -> Till {
+    let sale = json!({"id": "masks", "sku": "KF94", "name": "KF94 masks", "price": 39900, "stock": stock,
+        "per_customer_limit": 1, "opens_at": "2020-01-01T00:00:00Z"});
+    operator(base, reqwest::Method::POST, "/v1/sales", Some(sale)).await;
+    let registered = operator(
+        base,
+        reqwest::Method::POST,
+        "/v1/terminals",
+        Some(json!({"terminal_id": terminal, "store": store})),
+    )
+    .await;
+    let secret = registered["secret"].as_str().unwrap().to_owned();
+    let journal = Journal::open(dir).unwrap();
+    let registration =
+        json!({"terminal_id": terminal, "store": store, "servers": [base], "secret": secret});
+    journal.set_setting("registration", &registration).unwrap();
+    let uplink = Uplink::new(
+        vec![base.to_owned()],
+        terminal.into(),
+        hex::decode(&secret).unwrap(),
+    );
+    let path = format!("/v1/terminals/{terminal}/allotments");
+    let (_, granted) = uplink
+        .post(&path, &json!({"sale_id": "masks", "quantity": allot}))
+        .await
+        .unwrap();
+    assert_eq!(granted["granted"], allot);
+    journal.set_allotment("masks", allot).unwrap();
+    let item = Item {
+        sku: "KF94".into(),
+        name: "KF94 masks".into(),
+        price: 39_900,
+        sale_id: Some("masks".into()),
+    };
+    journal.put_item(&item).unwrap();
+    Till {
+        key: counter::card_key(dir).unwrap(),
+        journal,
+        uplink,
+    }
+}
