@@ -122,3 +122,76 @@ pub async fn masks_till(
         uplink,
     }
 }
+
+/// What the proxy does to the next connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards both ways.
+    Pass,
+    /// Reads the request and closes without forwarding it: the server never sees it.
+    DropRequests,
+    /// Forwards the request, swallows the answer and closes: the server acted, the client
+    /// never hears.
+    DropAnswers,
+}
+
+/// A TCP proxy on loopback in front of a server, injecting real network faults.
+pub struct FaultProxy {
+    pub base: String,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::Pass));
+        let shared = fault.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let fault = *shared.lock().unwrap();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    match fault {
+                        Fault::Pass => {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                        Fault::DropRequests => {
+                            let mut buffer = [0u8; 4096];
+                            let _ = client.read(&mut buffer).await;
+                        }
+                        Fault::DropAnswers => {
+                            let (mut from_client, _to_client) = client.split();
+                            let (mut from_server, mut to_server) = server.split();
+                            let forward = async {
+                                let mut buffer = [0u8; 65536];
+                                while let Ok(n) = from_client.read(&mut buffer).await {
+                                    if n == 0 || to_server.write_all(&buffer[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            };
+                            // The first bytes of the answer mean the server has acted: cut here.
+                            let swallow = async {
+                                let mut buffer = [0u8; 1];
+                                let _ = from_server.read(&mut buffer).await;
+                            };
+                            tokio::select! {
+                                _ = forward => {},
+                                _ = swallow => {},
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FaultProxy { base, fault }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+}

@@ -1,0 +1,84 @@
+//! Real network faults between a till and the server, through a fault-injecting TCP proxy on
+//! loopback: requests that never arrive, answers that never return.
+
+mod common;
+
+use common::{Fault, FaultProxy, Server, masks_till};
+use holdfast_pos::counter::{self, Line, Tender};
+use holdfast_pos::journal::Item;
+use holdfast_pos::sync::sync_once;
+use holdfast_pos::uplink::Uplink;
+
+#[tokio::test]
+async fn lost_requests_and_lost_answers_neither_lose_nor_double_a_sale() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let till_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(server_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut till = masks_till(&server.base, till_dir.path(), "till-3", "Mapo", 50, 10).await;
+    till.journal
+        .put_item(&Item {
+            sku: "TEA".into(),
+            name: "Tea".into(),
+            price: 3_000,
+            sale_id: None,
+        })
+        .unwrap();
+    for n in 0..20 {
+        let sku = if n % 2 == 0 { "KF94" } else { "TEA" };
+        let sold = counter::sell(
+            &mut till.journal,
+            &till.key,
+            &[Line {
+                sku: sku.into(),
+                quantity: 1,
+            }],
+            Tender::Cash,
+            n,
+        );
+        assert!(sold.unwrap().is_ok());
+    }
+    let proxy = FaultProxy::start(server.address).await;
+    let secret = hex::decode(
+        till.journal
+            .setting::<serde_json::Value>("registration")
+            .unwrap()
+            .unwrap()["secret"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let uplink = Uplink::new(vec![proxy.base.clone()], "till-3".into(), secret);
+    let sold_on_server = || async {
+        common::operator(&server.base, reqwest::Method::GET, "/v1/sales/masks", None).await["stock"]
+            ["sold"]
+            .as_u64()
+            .unwrap()
+    };
+
+    proxy.set(Fault::DropRequests);
+    assert!(sync_once(&mut till.journal, &uplink).await.is_err());
+    assert_eq!(
+        (sold_on_server().await, till.journal.acked().unwrap()),
+        (0, 0),
+        "nothing arrived"
+    );
+
+    proxy.set(Fault::DropAnswers);
+    assert!(sync_once(&mut till.journal, &uplink).await.is_err());
+    assert_eq!(
+        sold_on_server().await,
+        10,
+        "the server applied the batch it never answered"
+    );
+    assert_eq!(
+        till.journal.acked().unwrap(),
+        0,
+        "the till does not know it was applied"
+    );
+
+    proxy.set(Fault::Pass);
+    let report = sync_once(&mut till.journal, &uplink).await.unwrap();
+    assert_eq!(report.acked_through, 20);
+    assert_eq!(sold_on_server().await, 10, "resent, applied once");
+    server.stop().await;
+}
