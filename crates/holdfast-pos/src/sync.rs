@@ -43,6 +43,10 @@ fn receipt_ok(secret: &[u8], acked: u64, head: &str, receipt: &str) -> bool {
 }
 
 pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncReport, SyncError> {
+    // Start on the preferred healthy address, so the shop's line is used again once it is back.
+    if !uplink.check_health().await {
+        return Err(SyncError::Uplink(UplinkError::Unreachable));
+    }
     let path = format!("/v1/terminals/{}/sync", uplink.terminal());
     let mut report = SyncReport {
         acked_through: journal.acked()?,

@@ -49,6 +49,31 @@ impl Uplink {
         &self.secret
     }
 
+    /// Probes every address's `/health` and makes the first healthy one (in the order given:
+    /// the shop's line before the mobile backup) the one tried first. Returns whether any
+    /// address is healthy.
+    pub async fn check_health(&self) -> bool {
+        for (index, url) in self.urls.iter().enumerate() {
+            let probe = self
+                .client
+                .get(format!("{}/health", url.trim_end_matches('/')))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if probe.is_ok_and(|r| r.status().is_success()) {
+                self.preferred
+                    .store(index, std::sync::atomic::Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The address tried first next time (index into the addresses given).
+    pub fn preferred(&self) -> usize {
+        self.preferred.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// POSTs a signed JSON body, trying each address from the last good one. Any HTTP answer
     /// counts as reached; only connection failures move on to the next address.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), UplinkError> {

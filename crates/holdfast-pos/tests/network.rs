@@ -82,3 +82,39 @@ async fn lost_requests_and_lost_answers_neither_lose_nor_double_a_sale() {
     assert_eq!(sold_on_server().await, 10, "resent, applied once");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn health_checks_move_the_till_to_the_backup_and_back_to_the_shop_line() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(server_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let shop_line = FaultProxy::start(server.address).await;
+    let mobile_backup = FaultProxy::start(server.address).await;
+    let uplink = Uplink::new(
+        vec![shop_line.base.clone(), mobile_backup.base.clone()],
+        "till-x".into(),
+        vec![1; 32],
+    );
+    assert!(uplink.check_health().await);
+    assert_eq!(uplink.preferred(), 0, "the shop's line while it works");
+    shop_line.set(Fault::DropRequests);
+    assert!(uplink.check_health().await);
+    assert_eq!(
+        uplink.preferred(),
+        1,
+        "the mobile backup while the line is down"
+    );
+    shop_line.set(Fault::Pass);
+    assert!(uplink.check_health().await);
+    assert_eq!(
+        uplink.preferred(),
+        0,
+        "back to the line once it answers again"
+    );
+    mobile_backup.set(Fault::DropRequests);
+    shop_line.set(Fault::DropRequests);
+    assert!(
+        !uplink.check_health().await,
+        "nothing healthy: the till keeps selling offline"
+    );
+    server.stop().await;
+}

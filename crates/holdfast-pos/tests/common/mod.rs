@@ -123,15 +123,15 @@ pub async fn masks_till(
     }
 }
 
-/// What the proxy does to the next connections.
+/// What the proxy does, from now on, to every connection (open ones included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Forwards both ways.
     Pass,
-    /// Reads the request and closes without forwarding it: the server never sees it.
+    /// Closes a connection as soon as a request arrives on it: the server never sees it.
     DropRequests,
-    /// Forwards the request, swallows the answer and closes: the server acted, the client
-    /// never hears.
+    /// Forwards a POST, swallows its answer and closes: the server acted, the client never
+    /// hears. Other requests (health probes) pass.
     DropAnswers,
 }
 
@@ -143,47 +143,16 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::Pass));
         let shared = fault.clone();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let fault = *shared.lock().unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                let fault = shared.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    match fault {
-                        Fault::Pass => {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                        Fault::DropRequests => {
-                            let mut buffer = [0u8; 4096];
-                            let _ = client.read(&mut buffer).await;
-                        }
-                        Fault::DropAnswers => {
-                            let (mut from_client, _to_client) = client.split();
-                            let (mut from_server, mut to_server) = server.split();
-                            let forward = async {
-                                let mut buffer = [0u8; 65536];
-                                while let Ok(n) = from_client.read(&mut buffer).await {
-                                    if n == 0 || to_server.write_all(&buffer[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            };
-                            // The first bytes of the answer mean the server has acted: cut here.
-                            let swallow = async {
-                                let mut buffer = [0u8; 1];
-                                let _ = from_server.read(&mut buffer).await;
-                            };
-                            tokio::select! {
-                                _ = forward => {},
-                                _ = swallow => {},
-                            }
-                        }
+                    if let Ok(server) = tokio::net::TcpStream::connect(upstream).await {
+                        relay(client, server, fault).await;
                     }
                 });
             }
@@ -193,5 +162,43 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         *self.fault.lock().unwrap() = fault;
+    }
+}
+
+/// Relays one connection, judging every chunk from the client against the fault in force.
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    mut server: tokio::net::TcpStream,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut up, mut down) = ([0u8; 65536], [0u8; 65536]);
+    // Set while a POST is being forwarded whose answer will be swallowed.
+    let mut swallowing = false;
+    loop {
+        tokio::select! {
+            read = client.read(&mut up) => {
+                let Ok(n) = read else { return };
+                if n == 0 {
+                    return;
+                }
+                let current = *fault.lock().unwrap();
+                match current {
+                    Fault::DropRequests => return,
+                    Fault::DropAnswers if up[..n].starts_with(b"POST ") => swallowing = true,
+                    _ => {}
+                }
+                if server.write_all(&up[..n]).await.is_err() {
+                    return;
+                }
+            }
+            read = server.read(&mut down) => {
+                let Ok(n) = read else { return };
+                // The first byte of a swallowed answer means the server has acted: cut here.
+                if n == 0 || swallowing || client.write_all(&down[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
