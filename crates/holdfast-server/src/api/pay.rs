@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::payments::AuthorizeRequest;
+use crate::payments::charge;
 use crate::terminals::{Receivable, Terminal};
 
 pub fn router() -> Router<AppState> {
@@ -86,16 +86,13 @@ async fn pay(
         ));
     }
     let key = format!("receivable {terminal} {id}");
-    let authorization = state
-        .payments
-        .authorize(AuthorizeRequest {
-            card_token: form.card_token,
-            amount: receivable.amount,
-            currency: "KRW",
-            idempotency_key: key.clone(),
-        })
-        .await?;
-    state.payments.capture(&authorization.id, &key).await?;
+    let authorization = charge(
+        state.payments.as_ref(),
+        form.card_token,
+        receivable.amount,
+        &key,
+    )
+    .await?;
     let settled = till
         .settle(state.ledger.log(), &id, &authorization.id)
         .await?

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use holdfast_core::{Command, HoldEnd, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
+use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
@@ -19,10 +19,8 @@ use crate::app::AppState;
 use crate::auth::{Caller, Customer};
 use crate::error::ApiError;
 use crate::idempotency::{Begin, InFlightGuard, fingerprint, storage_key, validate_key};
-use crate::payments::AuthorizeRequest;
+use crate::payments::{AuthorizeRequest, CURRENCY};
 
-/// The currency every amount is in. Won has no minor unit.
-const CURRENCY: &str = "KRW";
 const CARD_TOKEN_LEN_MAX: usize = 256;
 
 pub fn router() -> Router<AppState> {
@@ -144,6 +142,15 @@ fn pass_position(
         })
 }
 
+/// The sale a hold id names, and the hold's number in it; an id naming no sale is, to the
+/// caller, simply no such hold.
+fn hold_and_sale(state: &AppState, raw_id: &str) -> Result<(SaleHandle, HoldId), ApiError> {
+    let (sale_id, hold) = parse_hold_id(raw_id)?;
+    let sale = find_sale(state, sale_id)
+        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    Ok((sale, hold))
+}
+
 fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {
     if body.payment.method != "card" {
         return Err(ApiError::bad_request(
@@ -172,9 +179,7 @@ async fn confirm_hold(
     headers: HeaderMap,
     ApiJson(body): ApiJson<ConfirmRequest>,
 ) -> Result<Response, ApiError> {
-    let (sale_id, hold) = parse_hold_id(&raw_id)?;
-    let sale = find_sale(&state, sale_id)
-        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let (sale, hold) = hold_and_sale(&state, &raw_id)?;
     let card = card_token(&body)?;
     let fingerprint = fingerprint(&format!("confirm {raw_id}"), &body);
     let guard = match start(&state, &shopper, &headers, &fingerprint)? {
@@ -254,9 +259,7 @@ async fn release_hold(
     Customer(shopper): Customer,
     ApiPath(raw_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (sale_id, hold) = parse_hold_id(&raw_id)?;
-    let sale = find_sale(&state, sale_id)
-        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let (sale, hold) = hold_and_sale(&state, &raw_id)?;
     let command = Command::ReleaseHold {
         hold,
         customer_id: shopper.customer_id().to_owned(),
@@ -270,9 +273,7 @@ async fn get_hold(
     Customer(shopper): Customer,
     ApiPath(raw_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (sale_id, hold) = parse_hold_id(&raw_id)?;
-    let sale = find_sale(&state, sale_id)
-        .map_err(|_| ApiError::not_found("hold_not_found", "no such hold"))?;
+    let (sale, hold) = hold_and_sale(&state, &raw_id)?;
     let owner = shopper.customer_id().to_owned();
     let id = raw_id.clone();
     let body = sale

@@ -18,7 +18,7 @@ use super::wire::in_range;
 use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
-use crate::payments::AuthorizeRequest;
+use crate::payments::charge;
 use crate::terminals::{OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal, signing_input};
 
 /// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
@@ -234,16 +234,7 @@ async fn card_payment(
     }
     let amount = in_range("amount", request.amount, 1, i64::MAX)? as u64;
     let key = format!("terminal {} {}", terminal.id, request.reference);
-    let authorization = state
-        .payments
-        .authorize(AuthorizeRequest {
-            card_token: request.card_token,
-            amount,
-            currency: "KRW",
-            idempotency_key: key.clone(),
-        })
-        .await?;
-    state.payments.capture(&authorization.id, &key).await?;
+    let authorization = charge(state.payments.as_ref(), request.card_token, amount, &key).await?;
     Ok(Json(
         json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
     ))
