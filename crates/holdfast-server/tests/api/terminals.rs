@@ -39,6 +39,24 @@ async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Value)
     }
 }
 
+/// An app with a 10-unit sale "masks" and a registered till-1 holding `allot` units of it.
+async fn till_holding(allot: u32) -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    let body = json!({"sale_id": "masks", "quantity": allot});
+    let granted = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/allotments",
+        &body,
+    )
+    .await;
+    assert_eq!(granted.body["granted"], allot);
+    (app, secret)
+}
+
 fn wire(entries: &[JournalEntry]) -> Value {
     let entries: Vec<Value> = entries
         .iter()
@@ -66,18 +84,7 @@ fn allotted(sale: &Value) -> (u64, u64, u64) {
 
 #[tokio::test]
 async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
-    let app = spawn_app().await;
-    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
-    let secret = register(&app, "till-1").await;
-    let granted = signed(
-        &app,
-        "till-1",
-        &secret,
-        "/v1/terminals/till-1/allotments",
-        &json!({"sale_id": "masks", "quantity": 4}),
-    )
-    .await;
-    assert_eq!(granted.body["granted"], 4);
+    let (app, secret) = till_holding(4).await;
     assert_eq!(allotted(&app.sale("masks").await), (6, 4, 0));
 
     let journal = journal();
@@ -113,17 +120,7 @@ async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
 
 #[tokio::test]
 async fn a_gap_acknowledges_only_what_came_before_it() {
-    let app = spawn_app().await;
-    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
-    let secret = register(&app, "till-1").await;
-    signed(
-        &app,
-        "till-1",
-        &secret,
-        "/v1/terminals/till-1/allotments",
-        &json!({"sale_id": "masks", "quantity": 5}),
-    )
-    .await;
+    let (app, secret) = till_holding(5).await;
     let journal = journal();
     let gapped = vec![journal[0].clone(), journal[2].clone()];
     let answer = signed(
@@ -144,17 +141,7 @@ async fn a_gap_acknowledges_only_what_came_before_it() {
 
 #[tokio::test]
 async fn selling_beyond_the_allotment_is_quarantined_without_blocking_later_entries() {
-    let app = spawn_app().await;
-    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
-    let secret = register(&app, "till-1").await;
-    signed(
-        &app,
-        "till-1",
-        &secret,
-        "/v1/terminals/till-1/allotments",
-        &json!({"sale_id": "masks", "quantity": 1}),
-    )
-    .await;
+    let (app, secret) = till_holding(1).await;
     // Entry 1 sells 2 allotted units, but only 1 was allotted.
     let answer = signed(
         &app,
