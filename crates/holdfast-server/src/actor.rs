@@ -311,7 +311,8 @@ impl SaleActor {
                     counts.add(&command, &handled.outcome);
                     events.extend(handled.events);
                     let answer = idempotent.map(|request| {
-                        let answer = (request.render)(&self.spec, &handled.outcome);
+                        let mut answer = (request.render)(&self.spec, &handled.outcome);
+                        answer.stored_at = now;
                         values.push((request.key, answer.encode(&request.fingerprint)));
                         answer
                     });

@@ -99,7 +99,7 @@ impl Application {
         data_lock.try_lock().map_err(|_| StartError::DataDirInUse)?;
         let backend = holdfast_store::SqliteLog::open(&config.data_dir)?;
         let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
-        let idempotency = Idempotency::recover(&rest.values)?;
+        let idempotency = Idempotency::recover(&rest.values, config.clock.now())?;
         let terminals =
             Terminals::recover(ledger.log().clone(), &rest.values, &rest.terminal_snapshots)?;
         let tokens = TokenKeys::load_or_create(&config.data_dir)?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use holdfast_core::Timestamp;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -17,11 +18,25 @@ use crate::error::ApiError;
 const KEY_PREFIX: &str = "idem/";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
-/// An HTTP answer as stored for replay: the status and the exact JSON bytes sent.
+/// How long a stored answer replays; after that the key is fresh again. Acquirers keep their
+/// idempotency keys for a day; so do we.
+pub const ANSWER_LIFETIME_MILLIS: u64 = 24 * 3_600_000;
+/// Stored answers between two sweeps of expired ones.
+const PRUNE_EVERY_ANSWERS: u64 = 65_536;
+
+/// An HTTP answer as stored for replay: the status, the exact JSON bytes sent, and when.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredAnswer {
     pub status: u16,
     pub body: Bytes,
+    /// Set by the sale's actor when the answer is made durable.
+    pub stored_at: Timestamp,
+}
+
+impl StoredAnswer {
+    fn expired(&self, now: Timestamp) -> bool {
+        self.stored_at.plus_millis(ANSWER_LIFETIME_MILLIS) <= now
+    }
 }
 
 impl StoredAnswer {
@@ -30,13 +45,15 @@ impl StoredAnswer {
         StoredAnswer {
             status,
             body: Bytes::from(bytes),
+            stored_at: Timestamp(0),
         }
     }
 
-    /// `<fingerprint> <status>\n<body>`: the fingerprint is hex and the status digits, so the
-    /// first space and newline cannot be part of either.
+    /// `<fingerprint> <status> <stored at>\n<body>`: the fingerprint is hex and the others
+    /// digits, so the first spaces and newline cannot be part of any.
     pub fn encode(&self, fingerprint: &str) -> Vec<u8> {
-        let mut bytes = format!("{fingerprint} {}\n", self.status).into_bytes();
+        let mut bytes =
+            format!("{fingerprint} {} {}\n", self.status, self.stored_at.0).into_bytes();
         bytes.extend_from_slice(&self.body);
         bytes
     }
@@ -44,10 +61,12 @@ impl StoredAnswer {
     fn decode(bytes: &[u8]) -> Option<(String, StoredAnswer)> {
         let newline = bytes.iter().position(|&b| b == b'\n')?;
         let head = std::str::from_utf8(&bytes[..newline]).ok()?;
-        let (fingerprint, status) = head.split_once(' ')?;
+        let mut fields = head.split(' ');
+        let (fingerprint, status, stored_at) = (fields.next()?, fields.next()?, fields.next()?);
         let answer = StoredAnswer {
             status: status.parse().ok()?,
             body: Bytes::copy_from_slice(&bytes[newline + 1..]),
+            stored_at: Timestamp(stored_at.parse().ok()?),
         };
         Some((fingerprint.to_owned(), answer))
     }
@@ -93,6 +112,7 @@ enum Slot {
 #[derive(Clone, Default)]
 pub struct Idempotency {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub enum Begin {
@@ -104,6 +124,7 @@ pub enum Begin {
 /// Removes the in-flight marker unless the request finished with a stored answer.
 pub struct InFlightGuard {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
     key: String,
     finished: bool,
 }
@@ -114,7 +135,20 @@ impl InFlightGuard {
     }
 
     pub fn finish(mut self, fingerprint: String, answer: StoredAnswer) {
+        let now = answer.stored_at;
         let mut slots = self.slots.lock().expect("idempotency map");
+        // Sweeping expired answers every so many keeps the cost per request constant and the
+        // map bounded by a day's worth of keys.
+        let stored = self
+            .stored_since_prune
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if stored + 1 >= PRUNE_EVERY_ANSWERS {
+            self.stored_since_prune
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            slots.retain(
+                |_, slot| !matches!(slot, Slot::Done { answer, .. } if answer.expired(now)),
+            );
+        }
         slots.insert(
             self.key.clone(),
             Slot::Done {
@@ -138,12 +172,19 @@ impl Drop for InFlightGuard {
 }
 
 impl Idempotency {
-    /// Rebuilds the index from the values recovered from the log.
-    pub fn recover(values: &[(String, Vec<u8>)]) -> Result<Idempotency, UnreadableAnswer> {
+    /// Rebuilds the index from the values recovered from the log, leaving out expired answers.
+    pub fn recover(
+        values: &[(String, Vec<u8>)],
+        now: Timestamp,
+    ) -> Result<Idempotency, UnreadableAnswer> {
         let mut slots = HashMap::new();
         for (key, bytes) in values.iter().filter(|(k, _)| k.starts_with(KEY_PREFIX)) {
             let (fingerprint, answer) =
                 StoredAnswer::decode(bytes).ok_or_else(|| UnreadableAnswer(key.clone()))?;
+            if answer.expired(now) {
+                slots.remove(key);
+                continue;
+            }
             slots.insert(
                 key.clone(),
                 Slot::Done {
@@ -154,11 +195,15 @@ impl Idempotency {
         }
         Ok(Idempotency {
             slots: Arc::new(Mutex::new(slots)),
+            stored_since_prune: Arc::default(),
         })
     }
 
-    pub fn begin(&self, key: String, fingerprint: &str) -> Result<Begin, ApiError> {
+    pub fn begin(&self, key: String, fingerprint: &str, now: Timestamp) -> Result<Begin, ApiError> {
         let mut slots = self.slots.lock().expect("idempotency map");
+        if matches!(slots.get(&key), Some(Slot::Done { answer, .. }) if answer.expired(now)) {
+            slots.remove(&key);
+        }
         match slots.get(&key) {
             Some(slot) if !same(slot, fingerprint) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -180,6 +225,7 @@ impl Idempotency {
                 );
                 Ok(Begin::Fresh(InFlightGuard {
                     slots: self.slots.clone(),
+                    stored_since_prune: self.stored_since_prune.clone(),
                     key,
                     finished: false,
                 }))

@@ -53,10 +53,11 @@ fn start(
             ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
         })
         .and_then(validate_key)?;
-    match state
-        .idempotency
-        .begin(storage_key(shopper.customer_id(), key), fingerprint)?
-    {
+    match state.idempotency.begin(
+        storage_key(shopper.customer_id(), key),
+        fingerprint,
+        state.clock.now(),
+    )? {
         Begin::Replay(answer) => Ok(Start::Replay(answer.into_response())),
         Begin::Fresh(guard) => Ok(Start::Run(Some(guard))),
     }

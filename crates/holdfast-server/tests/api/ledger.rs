@@ -195,3 +195,29 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
         assert_eq!(stock(&app.sale("masks").await), (24, 16, 0, 8));
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 3, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let first = hold_with_key(&app, &alice, 1, "daily").await;
+    app.advance_s(24 * 3600 - 1);
+    let within = hold_with_key(&app, &alice, 1, "daily").await;
+    assert_eq!(within.body, first.body, "replayed within the day");
+    app.advance_s(1);
+    // Alice's token has expired too (a day as well); the storefront issues her a new one.
+    let alice = app.token("alice", None, None).await;
+    let after = hold_with_key(&app, &alice, 1, "daily").await;
+    assert_eq!(after.status, StatusCode::CREATED);
+    assert_ne!(
+        after.body["hold_id"], first.body["hold_id"],
+        "a day later the key is fresh"
+    );
+    // After a restart, the expired answer stays gone and the fresh one replays.
+    let app = app.restart().await;
+    assert_eq!(
+        hold_with_key(&app, &alice, 1, "daily").await.body,
+        after.body
+    );
+}
