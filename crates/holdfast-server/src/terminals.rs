@@ -355,7 +355,8 @@ impl Terminal {
         let mut opened = Vec::new();
         for &index in &accepted.new {
             let entry = &batch[index];
-            match self.apply(ledger, entry).await {
+            let parsed = serde_json::from_slice::<SaleEntry>(&entry.body).ok();
+            match self.apply(ledger, entry.seq, parsed.as_ref()).await {
                 Ok(None) => {}
                 Ok(Some(reason)) => quarantined.push(Quarantined {
                     seq: entry.seq,
@@ -374,10 +375,7 @@ impl Terminal {
                 applied_through: entry.seq,
                 head: entry.hash(),
             };
-            if let Some(receivable) = serde_json::from_slice::<SaleEntry>(&entry.body)
-                .ok()
-                .and_then(|e| e.receivable())
-            {
+            if let Some(receivable) = parsed.as_ref().and_then(SaleEntry::receivable) {
                 opened.push((entry.seq, receivable));
             }
             applied.push(entry);
@@ -401,18 +399,12 @@ impl Terminal {
                     |e| serde_json::json!({"seq": e.seq, "body": String::from_utf8_lossy(&e.body)}),
                 )
                 .collect();
-            let stream = format!("{STREAM_PREFIX}{}", self.id);
             let batch = Batch {
                 records: vec![Record {
-                    stream: stream.clone(),
+                    stream: format!("{STREAM_PREFIX}{}", self.id),
                     payload: serde_json::to_vec(&trail).expect("entries serialise"),
                 }],
-                // The progress travels as the stream's snapshot: recovery reads it back and
-                // never needs to replay the trail.
-                snapshots: vec![Snapshot {
-                    stream,
-                    payload: serde_json::to_vec(&next).expect("progress serialises"),
-                }],
+                snapshots: vec![self.progress_snapshot(&next)],
                 ..Batch::default()
             };
             log.append(batch).await?;
@@ -464,10 +456,7 @@ impl Terminal {
         };
         next.receivables.insert(id.to_owned(), settled.clone());
         let batch = Batch {
-            snapshots: vec![Snapshot {
-                stream: format!("{STREAM_PREFIX}{}", self.id),
-                payload: serde_json::to_vec(&next).expect("progress serialises"),
-            }],
+            snapshots: vec![self.progress_snapshot(&next)],
             ..Batch::default()
         };
         log.append(batch).await?;
@@ -476,12 +465,22 @@ impl Terminal {
     }
 
     /// Applies one entry's effects. `Ok(Some(reason))` quarantines it: it can never apply.
+    /// The terminal's progress as its stream's snapshot: recovery reads it back and never
+    /// needs to replay the trail.
+    fn progress_snapshot(&self, state: &SyncState) -> Snapshot {
+        Snapshot {
+            stream: format!("{STREAM_PREFIX}{}", self.id),
+            payload: serde_json::to_vec(state).expect("progress serialises"),
+        }
+    }
+
     async fn apply(
         &self,
         ledger: &Ledger,
-        entry: &JournalEntry,
+        seq: u64,
+        sale_entry: Option<&SaleEntry>,
     ) -> Result<Option<String>, LedgerError> {
-        let Ok(sale_entry) = serde_json::from_slice::<SaleEntry>(&entry.body) else {
+        let Some(sale_entry) = sale_entry else {
             return Ok(Some("the entry is not a readable sale".into()));
         };
         let mut per_sale: BTreeMap<&str, u32> = BTreeMap::new();
@@ -497,7 +496,7 @@ impl Terminal {
             let command = Command::RecordAllottedSale {
                 holder: holder(&self.id),
                 quantity,
-                journal_seq: Some(entry.seq),
+                journal_seq: Some(seq),
             };
             if let Err(rejection) = sale.execute(command, None).await?.outcome {
                 return Ok(Some(format!("{sale_id}: {rejection}")));

@@ -338,7 +338,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
 async fn drive(args: &LoadArgs, base: String, operator: &str) -> anyhow::Result<()> {
     let client = crate::http::client(args.in_flight);
     let sale = format!("load-{}", std::process::id());
-    let opens_at = chrono_like_rfc3339(args.opens_in_s);
+    let opens_at = rfc3339_from_now(args.opens_in_s);
     let spec = json!({
         "id": sale, "sku": "LOAD-1", "name": "Load test stock", "price": 39900,
         "stock": args.stock, "per_customer_limit": args.limit, "opens_at": opens_at,
@@ -400,7 +400,7 @@ async fn drive(args: &LoadArgs, base: String, operator: &str) -> anyhow::Result<
 }
 
 /// An RFC 3339 instant `seconds` from now, from the system clock.
-fn chrono_like_rfc3339(seconds: u64) -> String {
+fn rfc3339_from_now(seconds: u64) -> String {
     let at = std::time::SystemTime::now() + Duration::from_secs(seconds);
     let millis = at
         .duration_since(std::time::UNIX_EPOCH)
