@@ -3,6 +3,7 @@
 //! No I/O, no clock, no async runtime. Callers pass `now` in and persist the events that come
 //! out; replaying those events rebuilds the same state.
 
+mod delivery;
 mod person;
 mod queue;
 mod rejection;
@@ -23,4 +24,4 @@ pub use spec::{
     HOLD_TTL_MILLIS_MAX, PASS_TTL_MILLIS_DEFAULT, PER_CUSTOMER_LIMIT_MAX, QueueMode, STOCK_MAX,
     SaleSpec, SpecError, is_valid_sale_id,
 };
-pub use time::{Day, Timestamp};
+pub use time::{DAY_MAX, DAY_MIN, Day, Timestamp};

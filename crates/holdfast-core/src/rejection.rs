@@ -35,6 +35,8 @@ pub enum Rejection {
     NoQueue,
     #[error("the waiting room is full")]
     QueueFull,
+    #[error("no delivery day can be promised: the fulfilment calendar is full")]
+    NoDeliveryDay,
 }
 
 impl Rejection {
@@ -55,6 +57,7 @@ impl Rejection {
             Rejection::PassInvalid { .. } => "pass_invalid",
             Rejection::NoQueue => "no_queue",
             Rejection::QueueFull => "queue_full",
+            Rejection::NoDeliveryDay => "no_delivery_day",
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::DeliveryCalendar;
 use crate::person::{IdentityKey, Shopper};
 use crate::queue::{EntryId, Queue, QueueSnapshot, key_digest};
 use crate::rejection::Rejection;
@@ -257,11 +258,18 @@ pub struct Sale {
     ended: BTreeMap<HoldId, (String, HoldEnd)>,
     usage: HashMap<IdentityKey, u32>,
     orders: Vec<Order>,
-    deliveries_booked: BTreeMap<Day, u32>,
+    deliveries: DeliveryCalendar,
     last_hold: u64,
     queue: Queue,
     /// The last journal entry applied per holder, so terminal syncs apply exactly once.
     journal_applied: BTreeMap<HolderId, u64>,
+}
+
+fn calendar_for(spec: &SaleSpec) -> DeliveryCalendar {
+    spec.delivery
+        .map_or_else(DeliveryCalendar::default, |plan| {
+            DeliveryCalendar::new(plan.capacity_per_day)
+        })
 }
 
 impl Sale {
@@ -285,7 +293,7 @@ impl Sale {
             ended: BTreeMap::new(),
             usage: HashMap::new(),
             orders: Vec::new(),
-            deliveries_booked: BTreeMap::new(),
+            deliveries: calendar_for(&spec),
             last_hold: 0,
             queue: Queue::default(),
             journal_applied: BTreeMap::new(),
@@ -360,13 +368,16 @@ impl Sale {
     }
 
     /// The delivery day a hold placed at `now` would be given, if the sale has a plan.
-    pub fn delivery_quote(&self, now: Timestamp) -> Option<Day> {
-        let plan = self.spec.delivery?;
-        let mut day = plan.first_day.max(now.day());
-        while self.deliveries_booked.get(&day).copied().unwrap_or(0) >= plan.capacity_per_day {
-            day = day.next();
-        }
-        Some(day)
+    /// `Err` when the sale has a plan but no day up to `DAY_MAX` has room.
+    pub fn delivery_quote(&self, now: Timestamp) -> Result<Option<Day>, Rejection> {
+        let Some(plan) = self.spec.delivery else {
+            return Ok(None);
+        };
+        let from = plan.first_day.max(now.day());
+        self.deliveries
+            .quote(from)
+            .map(Some)
+            .ok_or(Rejection::NoDeliveryDay)
     }
 
     /// Expires due holds, then decides and applies `command`.
@@ -636,7 +647,7 @@ impl Sale {
             from_share: quantity.min(self.shares[channel.index()]),
             placed_at: now,
             expires_at: now.plus_millis(self.spec.hold_ttl_millis),
-            deliver_by: self.delivery_quote(now),
+            deliver_by: self.delivery_quote(now)?,
             pass,
         };
         Ok((vec![Event::HoldPlaced(hold.clone())], Reply::Held(hold)))
@@ -851,11 +862,10 @@ impl Sale {
             }
         }
         if let Some(day) = hold.deliver_by {
-            let booked = self.deliveries_booked.entry(day).or_default();
             if direction > 0 {
-                *booked += 1;
+                self.deliveries.book(day);
             } else {
-                *booked -= 1;
+                self.deliveries.unbook(day);
             }
         }
     }
@@ -964,6 +974,7 @@ impl Sale {
     pub fn restore(snapshot: SaleSnapshot) -> Result<Sale, String> {
         snapshot.spec.validate().map_err(|e| e.to_string())?;
         let seed = snapshot.spec.lottery_seed;
+        let deliveries = calendar_for(&snapshot.spec);
         let mut sale = Sale {
             spec: snapshot.spec,
             total: snapshot.total,
@@ -984,7 +995,7 @@ impl Sale {
                 .collect(),
             usage: HashMap::new(),
             orders: Vec::new(),
-            deliveries_booked: BTreeMap::new(),
+            deliveries,
             last_hold: snapshot.last_hold,
             queue: Queue::restore(snapshot.queue, seed.as_ref()),
             journal_applied: snapshot.journal_applied.into_iter().collect(),
@@ -1014,7 +1025,7 @@ impl Sale {
             *self.usage.entry(key.clone()).or_default() += order.quantity;
         }
         if let Some(day) = order.deliver_by {
-            *self.deliveries_booked.entry(day).or_default() += 1;
+            self.deliveries.book(day);
         }
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::time::{Day, Timestamp};
+use crate::time::{DAY_MAX, DAY_MIN, Day, Timestamp};
 
 /// Bounds on operator input, so arithmetic on quantities can never overflow.
 pub const STOCK_MAX: u32 = 100_000_000;
@@ -98,8 +98,14 @@ pub enum SpecError {
     Empty(&'static str),
     #[error("price {price} exceeds the price ceiling {ceiling}")]
     PriceAboveCeiling { price: u64, ceiling: u64 },
-    #[error("price times per_customer_limit does not fit in an amount")]
+    #[error(
+        "price must be a whole amount from 0, and price times per_customer_limit must fit in an amount"
+    )]
     PriceOutOfRange,
+    #[error("price_ceiling must be a whole amount from 0")]
+    PriceCeilingOutOfRange,
+    #[error("opens_at and closes_at must fall between 1970-01-01 and 9999-12-31")]
+    TimeOutOfRange,
     #[error("stock must be between 0 and {STOCK_MAX}")]
     StockOutOfRange,
     #[error("per_customer_limit must be between 1 and {PER_CUSTOMER_LIMIT_MAX}")]
@@ -110,8 +116,12 @@ pub enum SpecError {
     HoldTtlOutOfRange,
     #[error("channel shares add up to {shares}, more than the stock of {stock}")]
     SharesExceedStock { shares: u64, stock: u32 },
-    #[error("delivery capacity_per_day must be at least 1")]
-    DeliveryCapacityZero,
+    #[error("each channel share must be a whole number of units from 0 to {STOCK_MAX}")]
+    ShareOutOfRange,
+    #[error("delivery.capacity_per_day must be between 1 and {STOCK_MAX}")]
+    DeliveryCapacityOutOfRange,
+    #[error("delivery.first_day must be a date (YYYY-MM-DD) between 1970-01-01 and 9999-12-31")]
+    DeliveryDayOutOfRange,
     #[error("admission_per_s must be between 1 and {ADMISSION_PER_S_MAX}")]
     AdmissionRateOutOfRange,
     #[error("pass_ttl_s must be between 10 seconds and 1 hour")]
@@ -127,12 +137,18 @@ impl SpecError {
             SpecError::Empty(_) => "invalid_sale",
             SpecError::PriceAboveCeiling { .. } => "price_above_ceiling",
             SpecError::PriceOutOfRange => "invalid_price",
+            SpecError::PriceCeilingOutOfRange => "invalid_price_ceiling",
+            SpecError::TimeOutOfRange => "invalid_time",
             SpecError::StockOutOfRange => "invalid_stock",
             SpecError::LimitOutOfRange => "invalid_limit",
             SpecError::ClosesBeforeOpening => "invalid_window",
             SpecError::HoldTtlOutOfRange => "invalid_hold_ttl",
-            SpecError::SharesExceedStock { .. } => "invalid_channel_shares",
-            SpecError::DeliveryCapacityZero => "invalid_delivery",
+            SpecError::SharesExceedStock { .. } | SpecError::ShareOutOfRange => {
+                "invalid_channel_shares"
+            }
+            SpecError::DeliveryCapacityOutOfRange | SpecError::DeliveryDayOutOfRange => {
+                "invalid_delivery"
+            }
             SpecError::AdmissionRateOutOfRange => "invalid_admission_rate",
             SpecError::PassTtlOutOfRange => "invalid_pass_ttl",
             SpecError::LotterySeed => "invalid_lottery",
@@ -180,6 +196,10 @@ impl SaleSpec {
         if !(1..=PER_CUSTOMER_LIMIT_MAX).contains(&self.per_customer_limit) {
             return Err(SpecError::LimitOutOfRange);
         }
+        let in_calendar = |t: Timestamp| (DAY_MIN..=DAY_MAX).contains(&t.day());
+        if !in_calendar(self.opens_at) || !self.closes_at.is_none_or(in_calendar) {
+            return Err(SpecError::TimeOutOfRange);
+        }
         if let Some(closes_at) = self.closes_at
             && closes_at <= self.opens_at
         {
@@ -195,10 +215,16 @@ impl SaleSpec {
                 stock: self.stock,
             });
         }
-        if let Some(plan) = self.delivery
-            && plan.capacity_per_day == 0
-        {
-            return Err(SpecError::DeliveryCapacityZero);
+        if self.channel_shares.iter().any(|&s| s > STOCK_MAX) {
+            return Err(SpecError::ShareOutOfRange);
+        }
+        if let Some(plan) = self.delivery {
+            if !(1..=STOCK_MAX).contains(&plan.capacity_per_day) {
+                return Err(SpecError::DeliveryCapacityOutOfRange);
+            }
+            if !(DAY_MIN..=DAY_MAX).contains(&plan.first_day) {
+                return Err(SpecError::DeliveryDayOutOfRange);
+            }
         }
         if !(1..=ADMISSION_PER_S_MAX).contains(&self.admission_per_s) {
             return Err(SpecError::AdmissionRateOutOfRange);

@@ -22,6 +22,11 @@ impl Timestamp {
     }
 }
 
+/// The first and last calendar days the core deals in: 1970-01-01 and 9999-12-31. Every day
+/// between them can be written as `YYYY-MM-DD`, and none is near an integer's end.
+pub const DAY_MIN: Day = Day(0);
+pub const DAY_MAX: Day = Day(2_932_896);
+
 /// A calendar day (UTC), counted in days since 1970-01-01.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Day(pub i64);

@@ -1,8 +1,8 @@
 //! One test per sale rule, written as a story a reader can check by eye.
 
 use holdfast_core::{
-    Channel, Command, Day, DeliveryPlan, HoldId, QueueMode, Rejection, Reply, Sale, SaleSpec,
-    SaleStatus, Shopper, SpecError, Timestamp,
+    Channel, Command, DAY_MAX, DAY_MIN, Day, DeliveryPlan, HoldId, QueueMode, Rejection, Reply,
+    Sale, SaleSpec, SaleStatus, Shopper, SpecError, Timestamp,
 };
 
 const OPENS: Timestamp = Timestamp(1_700_000_000_000);
@@ -290,7 +290,62 @@ fn delivery_day_is_quoted_at_hold_and_kept_at_confirm() {
         days.push(h.deliver_by.unwrap().0 - first_day.0);
     }
     assert_eq!(days, [0, 0, 1, 1, 2]);
-    assert_eq!(sale.delivery_quote(at(10)), Some(Day(first_day.0 + 2)));
+    assert_eq!(sale.delivery_quote(at(10)), Ok(Some(Day(first_day.0 + 2))));
+}
+
+#[test]
+fn no_hold_is_promised_a_day_past_the_calendar() {
+    let mut sale = Sale::new(SaleSpec {
+        delivery: Some(DeliveryPlan {
+            capacity_per_day: 1,
+            first_day: Day(DAY_MAX.0 - 1),
+        }),
+        ..spec(10, 1)
+    });
+    let mut answers = Vec::new();
+    for n in 0..3 {
+        let command = Command::PlaceHold {
+            shopper: Shopper::new(&format!("c{n}"), None, None),
+            quantity: 1,
+            channel: Channel::Web,
+            pass: None,
+        };
+        answers.push(sale.handle(&command, at(n)).outcome.map(|r| match r {
+            Reply::Held(h) => h.deliver_by,
+            other => panic!("{other:?}"),
+        }));
+    }
+    assert_eq!(
+        answers,
+        [
+            Ok(Some(Day(DAY_MAX.0 - 1))),
+            Ok(Some(DAY_MAX)),
+            Err(Rejection::NoDeliveryDay)
+        ]
+    );
+    assert_eq!(
+        (sale.held(), sale.available()),
+        (2, 8),
+        "the refusal took nothing"
+    );
+}
+
+#[test]
+fn a_delivery_day_outside_the_calendar_is_refused_at_creation() {
+    for first_day in [Day(DAY_MIN.0 - 1), DAY_MAX.next(), Day(95_000_000)] {
+        let spec = SaleSpec {
+            delivery: Some(DeliveryPlan {
+                capacity_per_day: 1,
+                first_day,
+            }),
+            ..spec(10, 1)
+        };
+        assert_eq!(
+            spec.validate(),
+            Err(SpecError::DeliveryDayOutOfRange),
+            "{first_day:?}"
+        );
+    }
 }
 
 #[test]

@@ -31,12 +31,24 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
 }
 
+/// A message is for a person, and some quote what the caller sent (a parser's complaint, an
+/// unknown name): cut there, so an answer never echoes a large input back.
+const MESSAGE_CHARS_MAX: usize = 300;
+
+fn bounded(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MESSAGE_CHARS_MAX) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: bounded(message.into()),
             retry_after_s: None,
         }
     }
@@ -93,7 +105,8 @@ impl From<Rejection> for ApiError {
             Rejection::HoldReleased => StatusCode::GONE,
             Rejection::HoldConfirmed
             | Rejection::ShareAlreadyReleased { .. }
-            | Rejection::AllotmentExceeded { .. } => StatusCode::CONFLICT,
+            | Rejection::AllotmentExceeded { .. }
+            | Rejection::NoDeliveryDay => StatusCode::CONFLICT,
             Rejection::PassRequired | Rejection::PassInvalid { .. } => StatusCode::FORBIDDEN,
             Rejection::NoQueue => StatusCode::CONFLICT,
             Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,

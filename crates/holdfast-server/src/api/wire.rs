@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use holdfast_core::{
-    ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, Day, DeliveryPlan,
-    HOLD_TTL_MILLIS_DEFAULT, HoldId, Order, OrderId, PASS_TTL_MILLIS_DEFAULT,
-    PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, SaleSpec, Timestamp, seed_commitment,
+    ADMISSION_PER_S_DEFAULT, Channel, Day, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HoldId, Order,
+    OrderId, PASS_TTL_MILLIS_DEFAULT, QueueMode, Reply, SaleSpec, SpecError, Timestamp,
+    seed_commitment,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -35,18 +35,29 @@ fn epoch() -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch is a date")
 }
 
+/// `YYYY-MM-DD`. The core keeps every day it hands out within `DAY_MIN..=DAY_MAX`, which all
+/// have such a form; the fallback only keeps this total.
 pub fn format_day(day: Day) -> String {
-    (epoch() + chrono::Duration::days(day.0))
-        .format("%Y-%m-%d")
-        .to_string()
+    chrono::Duration::try_days(day.0)
+        .and_then(|days| epoch().checked_add_signed(days))
+        .map(|date| date.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("day {}", day.0))
 }
 
-fn parse_day(raw: &str) -> Result<Day, ApiError> {
+/// A `YYYY-MM-DD` date. Whether the day is one the core accepts is the core's to say.
+fn parse_day(raw: &str) -> Result<Day, SpecError> {
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .map(|d| Day((d - epoch()).num_days()))
-        .map_err(|_| {
-            ApiError::bad_request("invalid_delivery", "delivery.first_day must be YYYY-MM-DD")
-        })
+        .map_err(|_| SpecError::DeliveryDayOutOfRange)
+}
+
+/// Untrusted text quoted in a message: at most `EXCERPT_CHARS_MAX` characters of it.
+pub fn excerpt(raw: &str) -> String {
+    const EXCERPT_CHARS_MAX: usize = 40;
+    match raw.char_indices().nth(EXCERPT_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &raw[..cut]),
+        None => raw.to_owned(),
+    }
 }
 
 /// An integer field checked against its range, so negative and huge values get a clear 400.
@@ -66,7 +77,10 @@ pub fn parse_channel(raw: Option<&str>) -> Result<Channel, ApiError> {
     Channel::parse(raw).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_channel",
-            format!("unknown channel '{raw}': use web, app, phone or store"),
+            format!(
+                "unknown channel '{}': use web, app, phone or store",
+                excerpt(raw)
+            ),
         )
     })
 }
@@ -115,6 +129,20 @@ pub struct CreateSale {
     pub pass_ttl_s: Option<i64>,
 }
 
+/// Converts an untrusted integer into the core's type for it. A value the type cannot hold is
+/// refused with that field's own error; ranges are the core's to check (`SaleSpec::validate`),
+/// so they are written once.
+fn convert<T: TryFrom<i64>>(value: i64, error: SpecError) -> Result<T, SpecError> {
+    T::try_from(value).map_err(|_| error)
+}
+
+/// Seconds from the wire as the core's milliseconds.
+fn seconds_to_millis(seconds: i64, error: SpecError) -> Result<u64, SpecError> {
+    convert::<u64>(seconds, error.clone())?
+        .checked_mul(1000)
+        .ok_or(error)
+}
+
 impl CreateSale {
     /// Validates the request into a spec. `lottery_seed` is used only for a lottery: the
     /// server draws it at random, and publishes its hash with the sale.
@@ -126,80 +154,62 @@ impl CreateSale {
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_queue",
-                    format!("unknown queue mode '{other}'"),
+                    format!("unknown queue mode '{}'", excerpt(other)),
                 ));
             }
         };
-        let shares = self.channels.map_or(Ok([0; 4]), |c| {
-            let share = |name, v| in_range(name, v, 0, i64::from(STOCK_MAX)).map(|v| v as u32);
-            Ok::<_, ApiError>([
-                share("channels.web", c.web)?,
-                share("channels.app", c.app)?,
-                share("channels.phone", c.phone)?,
-                share("channels.store", c.store)?,
-            ])
-        })?;
+        let opens_at = parse_time("opens_at", &self.opens_at)?;
+        let closes_at = self
+            .closes_at
+            .map(|t| parse_time("closes_at", &t))
+            .transpose()?;
         let delivery = match self.delivery {
             None => None,
             Some(d) => Some(DeliveryPlan {
-                capacity_per_day: in_range(
-                    "delivery.capacity_per_day",
+                capacity_per_day: convert(
                     d.capacity_per_day,
-                    1,
-                    i64::from(u32::MAX),
-                )? as u32,
+                    SpecError::DeliveryCapacityOutOfRange,
+                )?,
                 first_day: parse_day(&d.first_day)?,
             }),
         };
-        let hold_ttl_s = in_range(
-            "hold_ttl_s",
-            self.hold_ttl_s
-                .unwrap_or((HOLD_TTL_MILLIS_DEFAULT / 1000) as i64),
-            1,
-            24 * 3600,
-        )?;
         let spec = SaleSpec {
             id: self.id,
             sku: self.sku,
             name: self.name,
-            price: in_range("price", self.price, 0, i64::MAX)? as u64,
-            stock: in_range("stock", self.stock, 0, i64::from(STOCK_MAX))? as u32,
-            per_customer_limit: in_range(
-                "per_customer_limit",
-                self.per_customer_limit,
-                1,
-                i64::from(PER_CUSTOMER_LIMIT_MAX),
-            )? as u32,
-            opens_at: parse_time("opens_at", &self.opens_at)?,
-            closes_at: self
-                .closes_at
-                .map(|t| parse_time("closes_at", &t))
-                .transpose()?,
-            hold_ttl_millis: hold_ttl_s as u64 * 1000,
+            price: convert(self.price, SpecError::PriceOutOfRange)?,
+            stock: convert(self.stock, SpecError::StockOutOfRange)?,
+            per_customer_limit: convert(self.per_customer_limit, SpecError::LimitOutOfRange)?,
+            opens_at,
+            closes_at,
+            hold_ttl_millis: match self.hold_ttl_s {
+                None => HOLD_TTL_MILLIS_DEFAULT,
+                Some(s) => seconds_to_millis(s, SpecError::HoldTtlOutOfRange)?,
+            },
             queue,
             rehearsal: self.rehearsal.unwrap_or(false),
-            channel_shares: shares,
+            channel_shares: match self.channels {
+                None => [0; 4],
+                Some(c) => [c.web, c.app, c.phone, c.store]
+                    .map(|share| convert(share, SpecError::ShareOutOfRange))
+                    .into_iter()
+                    .collect::<Result<Vec<u32>, _>>()?
+                    .try_into()
+                    .expect("four channels"),
+            },
             price_ceiling: self
                 .price_ceiling
-                .map(|c| in_range("price_ceiling", c, 0, i64::MAX))
-                .transpose()?
-                .map(|c| c as u64),
+                .map(|c| convert(c, SpecError::PriceCeilingOutOfRange))
+                .transpose()?,
             delivery,
-            admission_per_s: in_range(
-                "admission_per_s",
-                self.admission_per_s
-                    .unwrap_or(i64::from(ADMISSION_PER_S_DEFAULT)),
-                1,
-                i64::from(ADMISSION_PER_S_MAX),
-            )? as u32,
-            pass_ttl_millis: in_range(
-                "pass_ttl_s",
-                self.pass_ttl_s
-                    .unwrap_or((PASS_TTL_MILLIS_DEFAULT / 1000) as i64),
-                10,
-                3600,
-            )? as u64
-                * 1000,
+            admission_per_s: match self.admission_per_s {
+                None => ADMISSION_PER_S_DEFAULT,
+                Some(rate) => convert(rate, SpecError::AdmissionRateOutOfRange)?,
+            },
+            pass_ttl_millis: match self.pass_ttl_s {
+                None => PASS_TTL_MILLIS_DEFAULT,
+                Some(s) => seconds_to_millis(s, SpecError::PassTtlOutOfRange)?,
+            },
             lottery_seed: (queue == QueueMode::Lottery).then_some(lottery_seed),
         };
         spec.validate()?;

@@ -376,8 +376,43 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
     }
 
     let bad_sales = [
-        (json!({"stock": -1}), "invalid_quantity"),
-        (json!({"per_customer_limit": 0}), "invalid_quantity"),
+        (json!({"stock": -1}), "invalid_stock"),
+        (json!({"stock": 100_000_001}), "invalid_stock"),
+        (json!({"stock": 1i64 << 40}), "invalid_stock"),
+        (json!({"per_customer_limit": 0}), "invalid_limit"),
+        (json!({"per_customer_limit": -3}), "invalid_limit"),
+        (json!({"price": -1}), "invalid_price"),
+        (json!({"price_ceiling": -1}), "invalid_price_ceiling"),
+        (
+            json!({"price": 50_000, "price_ceiling": 40_000}),
+            "price_above_ceiling",
+        ),
+        (json!({"channels": {"web": -1}}), "invalid_channel_shares"),
+        (
+            json!({"hold_ttl_s": 9_000_000_000_000_000_000i64}),
+            "invalid_hold_ttl",
+        ),
+        (json!({"hold_ttl_s": 86_401}), "invalid_hold_ttl"),
+        (json!({"pass_ttl_s": 5}), "invalid_pass_ttl"),
+        (json!({"pass_ttl_s": -5}), "invalid_pass_ttl"),
+        (json!({"admission_per_s": 0}), "invalid_admission_rate"),
+        (
+            json!({"admission_per_s": 5_000_000_000i64}),
+            "invalid_admission_rate",
+        ),
+        (json!({"opens_at": "0001-01-01T00:00:00Z"}), "invalid_time"),
+        (
+            json!({"delivery": {"capacity_per_day": 1, "first_day": "+262142-12-31"}}),
+            "invalid_delivery",
+        ),
+        (
+            json!({"delivery": {"capacity_per_day": 1, "first_day": "1969-12-31"}}),
+            "invalid_delivery",
+        ),
+        (
+            json!({"delivery": {"capacity_per_day": -1, "first_day": "2026-01-02"}}),
+            "invalid_delivery",
+        ),
         (json!({"opens_at": "next tuesday"}), "invalid_time"),
         (
             json!({"closes_at": "2025-01-01T00:00:00Z"}),
@@ -387,10 +422,10 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
         (json!({"channels": {"web": 50}}), "invalid_channel_shares"),
         (json!({"queue": "stampede"}), "invalid_queue"),
         (json!({"per_customer_limitt": 1}), "invalid_body"),
-        (json!({"hold_ttl_s": 0}), "invalid_quantity"),
+        (json!({"hold_ttl_s": 0}), "invalid_hold_ttl"),
         (
             json!({"delivery": {"capacity_per_day": 0, "first_day": "2026-01-02"}}),
-            "invalid_quantity",
+            "invalid_delivery",
         ),
     ];
     for (patch, code) in bad_sales {
@@ -411,4 +446,74 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
         before,
         "bad input changed the ledger"
     );
+}
+
+/// A delivery calendar full to its last day refuses the next hold and keeps serving the sale;
+/// it once panicked the sale's writer while formatting a day past the calendar.
+#[tokio::test]
+async fn a_calendar_full_to_its_last_day_refuses_holds_and_the_sale_lives_on() {
+    let app = spawn_app().await;
+    let delivery = json!({"delivery": {"capacity_per_day": 1, "first_day": "9999-12-30"}});
+    let created = app.create_sale(sale_json("far", 10, 1, delivery)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let mut days = Vec::new();
+    for n in 0..3 {
+        let shopper = app.token(&format!("c{n}"), None, None).await;
+        let held = app.hold("far", &shopper, 1).await;
+        days.push((
+            held.status,
+            held.body["deliver_by"].clone(),
+            held.code().to_owned(),
+        ));
+    }
+    assert_eq!(
+        days,
+        [
+            (StatusCode::CREATED, json!("9999-12-30"), String::new()),
+            (StatusCode::CREATED, json!("9999-12-31"), String::new()),
+            (
+                StatusCode::CONFLICT,
+                serde_json::Value::Null,
+                "no_delivery_day".to_owned()
+            ),
+        ]
+    );
+    let restocked = app
+        .call(
+            Method::POST,
+            "/v1/sales/far/restock",
+            Some(OPERATOR),
+            Some(json!({"quantity": 1})),
+        )
+        .await;
+    assert_eq!(restocked.status, StatusCode::OK, "{}", restocked.body);
+    assert_eq!(stock(&restocked.body), (11, 9, 2, 0));
+}
+
+/// Messages are for people: what a caller sent is quoted, never echoed back whole.
+#[tokio::test]
+async fn error_messages_do_not_echo_large_input() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let long = "x".repeat(12_000);
+    let answers = [
+        app.hold_body("masks", &alice, json!({"quantity": 1, "channel": long}))
+            .await,
+        app.hold_body("masks", &alice, json!({"quantity": long}))
+            .await,
+        app.create_sale(sale_json("other", 1, 1, json!({"queue": long})))
+            .await,
+        app.create_sale(sale_json("other", 1, 1, json!({"opens_at": long})))
+            .await,
+    ];
+    for answer in answers {
+        assert!(answer.status.is_client_error(), "{}", answer.body);
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.chars().count() <= 301,
+            "{} characters",
+            message.len()
+        );
+    }
 }

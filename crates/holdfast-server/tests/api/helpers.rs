@@ -263,7 +263,11 @@ impl TestApp {
     }
 
     pub async fn hold(&self, sale: &str, token: &str, quantity: i64) -> Answer {
-        let body = json!({"quantity": quantity, "channel": "web"});
+        self.hold_body(sale, token, json!({"quantity": quantity, "channel": "web"}))
+            .await
+    }
+
+    pub async fn hold_body(&self, sale: &str, token: &str, body: Value) -> Answer {
         self.call(
             Method::POST,
             &format!("/v1/sales/{sale}/holds"),
