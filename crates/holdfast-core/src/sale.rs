@@ -457,7 +457,7 @@ impl Sale {
             .max(self.spec.opens_at);
         let elapsed_ms = u64::try_from(now.0 - since.0).unwrap_or(0);
         // At most one second's worth at once, so a pause (or a restart) does not release a burst.
-        let budget = (elapsed_ms * rate / 1000).min(rate) as u32;
+        let budget = (elapsed_ms.saturating_mul(rate) / 1000).min(rate) as u32;
         let room = self.available().saturating_sub(self.queue.outstanding());
         let admitted = budget.min(room).min(self.queue.waiting());
         (admitted > 0).then_some(admitted)

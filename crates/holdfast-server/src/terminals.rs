@@ -486,7 +486,14 @@ impl Terminal {
         let mut per_sale: BTreeMap<&str, u32> = BTreeMap::new();
         for line in &sale_entry.lines {
             if let Some(sale_id) = &line.sale_id {
-                *per_sale.entry(sale_id).or_default() += line.quantity;
+                let sum = per_sale.entry(sale_id).or_default();
+                // The till's numbers are untrusted: a sum that wraps would record a small sale.
+                let Some(total) = sum.checked_add(line.quantity) else {
+                    return Ok(Some(format!(
+                        "{sale_id}: the line quantities add up past any stock"
+                    )));
+                };
+                *sum = total;
             }
         }
         for (sale_id, quantity) in per_sale {

@@ -285,3 +285,35 @@ async fn syncs_beyond_their_share_are_told_to_come_back_later() {
         (StatusCode::TOO_MANY_REQUESTS, "overloaded")
     );
 }
+
+/// Quantities from a till are untrusted: lines that add up past `u32` once wrapped to a small
+/// sale; the entry is quarantined instead and nothing is recorded.
+#[tokio::test]
+async fn line_quantities_that_overflow_are_quarantined_not_wrapped() {
+    let (app, secret) = till_holding(3).await;
+    let journal = chain(&[
+        br#"{"lines":[{"sku":"KF94","quantity":4294967295,"sale_id":"masks"},{"sku":"KF94","quantity":2,"sale_id":"masks"}],"tender":{"kind":"cash"}}"#,
+    ]);
+    let answer = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/sync",
+        &wire(&journal),
+    )
+    .await;
+    assert_eq!(
+        (
+            answer.body["acked_through"].as_u64(),
+            answer.body["quarantined"].clone()
+        ),
+        (Some(1), json!([1])),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        allotted(&app.sale("masks").await),
+        (7, 3, 0),
+        "nothing sold"
+    );
+}
