@@ -111,3 +111,142 @@ fn hashes_round_trip_through_hex() {
     assert_eq!(ChainHash::from_hex(&hash.to_hex()), Some(hash));
     assert_eq!(ChainHash::from_hex("00"), None);
 }
+
+mod request_auth {
+    use holdfast_core::Timestamp;
+    use holdfast_core::terminal::auth::{
+        Authorization, NONCES_PER_TERMINAL_MAX, Refused, ReplayGuard, SIGNATURE_WINDOW_MILLIS,
+        SignedRequest,
+    };
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn auth(signed_at: Timestamp, nonce: &str, body: &[u8]) -> Authorization {
+        let request = SignedRequest {
+            method: "POST",
+            path: "/v1/terminals/till-1/allotments",
+            signed_at,
+            nonce,
+            body,
+        };
+        Authorization {
+            terminal: "till-1".into(),
+            signed_at,
+            nonce: nonce.into(),
+            signature: request.sign(SECRET),
+        }
+    }
+
+    #[test]
+    fn the_header_round_trips_and_a_signature_covers_every_part() {
+        let signed = auth(NOW, "00112233445566778899aabbccddeeff", b"{\"quantity\":5}");
+        let parsed = Authorization::parse(&signed.header_value()).unwrap();
+        assert_eq!(parsed, signed);
+        let check = |method, path, at, nonce, body: &[u8]| {
+            SignedRequest {
+                method,
+                path,
+                signed_at: at,
+                nonce,
+                body,
+            }
+            .verify(SECRET, &parsed.signature)
+        };
+        let (path, nonce) = ("/v1/terminals/till-1/allotments", parsed.nonce.as_str());
+        assert!(check("POST", path, NOW, nonce, b"{\"quantity\":5}"));
+        assert!(!check("GET", path, NOW, nonce, b"{\"quantity\":5}"));
+        assert!(!check(
+            "POST",
+            "/v1/terminals/till-2/allotments",
+            NOW,
+            nonce,
+            b"{\"quantity\":5}"
+        ));
+        assert!(!check(
+            "POST",
+            path,
+            Timestamp(NOW.0 + 1),
+            nonce,
+            b"{\"quantity\":5}"
+        ));
+        assert!(!check(
+            "POST",
+            path,
+            NOW,
+            "00112233445566778899aabbccddeefe",
+            b"{\"quantity\":5}"
+        ));
+        assert!(!check("POST", path, NOW, nonce, b"{\"quantity\":6}"));
+    }
+
+    #[test]
+    fn malformed_headers_are_not_read() {
+        let good = auth(NOW, "00112233445566778899aabbccddeeff", b"").header_value();
+        for bad in [
+            "Bearer x".to_owned(),
+            "Terminal till-1:sig".to_owned(),
+            good.replace("Terminal ", "terminal "),
+            format!("{good}:extra"),
+            good.replace("00112233445566778899aabbccddeeff", "short"),
+            good.replace(
+                "00112233445566778899aabbccddeeff",
+                "zz112233445566778899aabbccddeeff",
+            ),
+            good.replace(":1800000000000:", ":soon:"),
+        ] {
+            assert_eq!(Authorization::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_accepted_once_and_only_near_the_servers_time() {
+        let mut guard = ReplayGuard::new(Timestamp(NOW.0 - 60_000));
+        let fresh = auth(NOW, "00000000000000000000000000000001", b"");
+        assert_eq!(guard.admit(&fresh, NOW), Ok(()));
+        assert_eq!(
+            guard.admit(&fresh, Timestamp(NOW.0 + 1_000)),
+            Err(Refused::Replayed)
+        );
+        let late = Timestamp(NOW.0 + SIGNATURE_WINDOW_MILLIS + 1);
+        assert_eq!(guard.admit(&fresh, late), Err(Refused::OutsideWindow));
+        let early = auth(
+            Timestamp(NOW.0 + SIGNATURE_WINDOW_MILLIS + 1),
+            "00000000000000000000000000000002",
+            b"",
+        );
+        assert_eq!(guard.admit(&early, NOW), Err(Refused::OutsideWindow));
+        let before_start = auth(
+            Timestamp(NOW.0 - 61_000),
+            "00000000000000000000000000000003",
+            b"",
+        );
+        assert_eq!(
+            guard.admit(&before_start, NOW),
+            Err(Refused::SignedBeforeStart)
+        );
+    }
+
+    #[test]
+    fn remembered_nonces_are_bounded_and_age_out() {
+        let mut guard = ReplayGuard::new(NOW);
+        for n in 0..NONCES_PER_TERMINAL_MAX {
+            let at = Timestamp(NOW.0 + (n as i64 % 1_000));
+            guard
+                .admit(&auth(at, &format!("{n:032x}"), b""), at)
+                .unwrap();
+        }
+        let one_more = auth(NOW, &format!("{:032x}", u64::MAX), b"");
+        assert_eq!(
+            guard.admit(&one_more, Timestamp(NOW.0 + 999)),
+            Err(Refused::TooMany)
+        );
+        let later = Timestamp(NOW.0 + SIGNATURE_WINDOW_MILLIS + 1_000);
+        let fresh = auth(later, &format!("{:032x}", u64::MAX), b"");
+        assert_eq!(
+            guard.admit(&fresh, later),
+            Ok(()),
+            "old nonces were forgotten"
+        );
+    }
+}

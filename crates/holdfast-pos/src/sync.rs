@@ -2,9 +2,9 @@
 //! left. Safe to interrupt anywhere: the server applies each entry once, and the next run
 //! resumes from whatever was acknowledged.
 
-use hmac::{Hmac, Mac};
+use holdfast_core::terminal::auth;
+use holdfast_core::terminal::{ChainHash, Progress};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::journal::Journal;
 use crate::uplink::{Uplink, UplinkError};
@@ -31,15 +31,6 @@ pub enum SyncError {
     BadReceipt,
     #[error(transparent)]
     Local(#[from] anyhow::Error),
-}
-
-fn receipt_ok(secret: &[u8], acked: u64, head: &str, receipt: &str) -> bool {
-    let Ok(signature) = hex::decode(receipt) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(format!("acked {acked} {head}").as_bytes());
-    mac.verify_slice(&signature).is_ok()
 }
 
 pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncReport, SyncError> {
@@ -70,13 +61,15 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
             return Err(SyncError::Refused(status, answer));
         }
         let acked = answer["acked_through"].as_u64().unwrap_or(0);
-        let head = answer["head"].as_str().unwrap_or_default();
-        if !receipt_ok(
-            uplink.secret(),
-            acked,
-            head,
-            answer["receipt"].as_str().unwrap_or_default(),
-        ) {
+        let progress = Progress {
+            applied_through: acked,
+            head: answer["head"]
+                .as_str()
+                .and_then(ChainHash::from_hex)
+                .ok_or(SyncError::BadReceipt)?,
+        };
+        let receipt = answer["receipt"].as_str().unwrap_or_default();
+        if !auth::receipt_verifies(uplink.secret(), &progress, receipt) {
             return Err(SyncError::BadReceipt);
         }
         report.quarantined.extend(

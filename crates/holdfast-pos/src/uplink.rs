@@ -1,12 +1,13 @@
 //! Talking to the server: every request signed with the terminal's key, several server
 //! addresses tried in turn (the shop's line, a mobile backup), jittered exponential back-off.
 
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
+use holdfast_core::Timestamp;
+use holdfast_core::terminal::auth::{Authorization, SignedRequest};
 use rand::Rng;
 use serde_json::Value;
-use sha2::Sha256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -22,7 +23,10 @@ pub struct Uplink {
     secret: Vec<u8>,
     client: reqwest::Client,
     /// The address that answered last, tried first next time.
-    preferred: std::sync::atomic::AtomicUsize,
+    preferred: AtomicUsize,
+    /// Server time minus local time, learned from answers, so signatures carry the server's
+    /// time even when the shop's clock is wrong.
+    clock_offset_ms: AtomicI64,
 }
 
 impl Uplink {
@@ -37,7 +41,8 @@ impl Uplink {
             terminal,
             secret,
             client,
-            preferred: std::sync::atomic::AtomicUsize::new(0),
+            preferred: AtomicUsize::new(0),
+            clock_offset_ms: AtomicI64::new(0),
         }
     }
 
@@ -60,9 +65,11 @@ impl Uplink {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
+            if let Ok(response) = &probe {
+                self.learn_clock(response);
+            }
             if probe.is_ok_and(|r| r.status().is_success()) {
-                self.preferred
-                    .store(index, std::sync::atomic::Ordering::Relaxed);
+                self.preferred.store(index, Ordering::Relaxed);
                 return true;
             }
         }
@@ -71,36 +78,30 @@ impl Uplink {
 
     /// The address tried first next time (index into the addresses given).
     pub fn preferred(&self) -> usize {
-        self.preferred.load(std::sync::atomic::Ordering::Relaxed)
+        self.preferred.load(Ordering::Relaxed)
     }
 
     /// POSTs a signed JSON body, trying each address from the last good one. Any HTTP answer
-    /// counts as reached; only connection failures move on to the next address.
+    /// counts as reached; only connection failures move on to the next address. Every attempt
+    /// is signed afresh (a new time and nonce): the server accepts each signed request once.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), UplinkError> {
         let bytes = serde_json::to_vec(body).expect("JSON serialises");
-        let mut input = format!("POST\n{path}\n").into_bytes();
-        input.extend_from_slice(&bytes);
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
-        mac.update(&input);
-        let signature = hex::encode(mac.finalize().into_bytes());
-        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        let first = self.preferred.load(Ordering::Relaxed);
         for offset in 0..self.urls.len() {
             let index = (first + offset) % self.urls.len();
             let url = format!("{}{path}", self.urls[index].trim_end_matches('/'));
-            let sent = self
-                .client
-                .post(url)
-                .header(
-                    "Authorization",
-                    format!("Terminal {}:{signature}", self.terminal),
-                )
-                .header("Content-Type", "application/json")
-                .body(bytes.clone())
-                .send()
-                .await;
-            let Ok(response) = sent else { continue };
-            self.preferred
-                .store(index, std::sync::atomic::Ordering::Relaxed);
+            let Some((mut response, clock_corrected)) = self.send_signed(&url, path, &bytes).await
+            else {
+                continue;
+            };
+            self.preferred.store(index, Ordering::Relaxed);
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && clock_corrected {
+                // Our clock was too far off for the server; sign again on its time.
+                match self.send_signed(&url, path, &bytes).await {
+                    Some((again, _)) => response = again,
+                    None => continue,
+                }
+            }
             let status = response.status().as_u16();
             if status == 429 || status == 503 {
                 let seconds = response
@@ -116,7 +117,71 @@ impl Uplink {
         }
         Err(UplinkError::Unreachable)
     }
+
+    /// Sends one signed attempt; also says whether its answer corrected our clock.
+    async fn send_signed(
+        &self,
+        url: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Option<(reqwest::Response, bool)> {
+        let mut nonce = [0u8; 16];
+        rand::rng().fill(&mut nonce);
+        let nonce = hex::encode(nonce);
+        let request = SignedRequest {
+            method: "POST",
+            path,
+            signed_at: self.server_time(),
+            nonce: &nonce,
+            body: bytes,
+        };
+        let auth = Authorization::sign(&self.terminal, &self.secret, &request);
+        let response = self
+            .client
+            .post(url)
+            .header("Authorization", auth.header_value())
+            .header("Content-Type", "application/json")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .ok()?;
+        let corrected = self.learn_clock(&response);
+        Some((response, corrected))
+    }
+
+    /// The server's time as best known: the local clock, corrected by the offset learned from
+    /// the server's `Date` headers when the two disagree by more than the header's precision.
+    fn server_time(&self) -> Timestamp {
+        let local = chrono::Utc::now().timestamp_millis();
+        Timestamp(local + self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Updates the clock offset from an answer's `Date` header; true if it changed.
+    fn learn_clock(&self, response: &reqwest::Response) -> bool {
+        let Some(server_ms) = response
+            .headers()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+            .map(|t| t.timestamp_millis())
+        else {
+            return false;
+        };
+        // The header has whole seconds, so the server's time is within the second after it.
+        // Err ahead: the server takes a request signed a little ahead, but refuses one signed
+        // before it started.
+        let raw = server_ms + 1_000 - chrono::Utc::now().timestamp_millis();
+        let offset = if raw.abs() > CLOCK_SKEW_IGNORED_MS {
+            raw
+        } else {
+            0
+        };
+        self.clock_offset_ms.swap(offset, Ordering::Relaxed) != offset
+    }
 }
+
+/// Differences between the till's clock and the server's `Date` below this are rounding.
+const CLOCK_SKEW_IGNORED_MS: i64 = 2_000;
 
 /// The pause before retry `attempt` (0-based): doubling from 1 s up to 5 minutes, drawn at
 /// random from the upper half so thousands of terminals that lost the network together do not

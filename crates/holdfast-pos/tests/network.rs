@@ -118,3 +118,44 @@ async fn health_checks_move_the_till_to_the_backup_and_back_to_the_shop_line() {
     );
     server.stop().await;
 }
+
+/// A shop's clock an hour off from the server's: the till learns the server's time from its
+/// answers and signs with that, so its requests are not refused as stale.
+#[tokio::test]
+async fn a_till_whose_clock_is_an_hour_off_still_syncs() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let till_dir = tempfile::tempdir().unwrap();
+    let local_now = chrono::Utc::now().timestamp_millis();
+    let mut config = holdfast_server::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        server_dir.path().to_path_buf(),
+        Some(common::OPERATOR.into()),
+    );
+    config.clock = std::sync::Arc::new(HourAhead);
+    let server = Server::start_with(config).await;
+    let mut till = masks_till(&server.base, till_dir.path(), "till-9", "Mapo", 5, 2).await;
+    let sold = counter::sell(
+        &mut till.journal,
+        &till.key,
+        &[Line {
+            sku: "KF94".into(),
+            quantity: 1,
+        }],
+        Tender::Cash,
+        local_now,
+    );
+    assert!(sold.unwrap().is_ok());
+    let report = sync_once(&mut till.journal, &till.uplink).await.unwrap();
+    assert_eq!(report.acked_through, 1);
+    let sale = common::operator(&server.base, reqwest::Method::GET, "/v1/sales/masks", None).await;
+    assert_eq!(sale["stock"]["sold"], 1);
+}
+
+/// The server's clock in that test: the real time plus an hour.
+struct HourAhead;
+
+impl holdfast_server::clock::Clock for HourAhead {
+    fn now(&self) -> holdfast_core::Timestamp {
+        holdfast_core::Timestamp(chrono::Utc::now().timestamp_millis() + 3_600_000)
+    }
+}

@@ -100,8 +100,12 @@ impl Application {
         let backend = holdfast_store::SqliteLog::open(&config.data_dir)?;
         let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
         let idempotency = Idempotency::recover(&rest.values, config.clock.now())?;
-        let terminals =
-            Terminals::recover(ledger.log().clone(), &rest.values, &rest.terminal_snapshots)?;
+        let terminals = Terminals::recover(
+            ledger.log().clone(),
+            &rest.values,
+            &rest.terminal_snapshots,
+            config.clock.now(),
+        )?;
         let tokens = TokenKeys::load_or_create(&config.data_dir)?;
         let (operator_token, operator_token_generated) = match config.operator_token {
             Some(token) if !token.is_empty() => (token, false),

@@ -9,12 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use hmac::{Hmac, Mac};
+use holdfast_core::terminal::auth::{self, Authorization, ReplayGuard, SignedRequest};
 use holdfast_core::terminal::{ChainHash, JournalEntry, Progress};
-use holdfast_core::{Channel, Command, HolderId, Reply};
+use holdfast_core::{Channel, Command, HolderId, Reply, Timestamp};
 use holdfast_store::{Batch, LogHandle, Record, Snapshot, StoredSnapshot};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::error::{ApiError, LedgerError};
 use crate::ledger::Ledger;
@@ -37,8 +36,6 @@ pub struct OfflineCardLimits {
 /// Entries one sync request may carry.
 pub const SYNC_ENTRIES_MAX: usize = 1_000;
 const SECRET_BYTES: usize = 32;
-
-type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Registration {
@@ -86,6 +83,16 @@ pub struct Terminal {
     secret: Vec<u8>,
     /// One sync or allotment change at a time per terminal.
     state: tokio::sync::Mutex<SyncState>,
+    replay: std::sync::Mutex<ReplayGuard>,
+}
+
+/// Why a terminal's request is not let in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("the signature does not match this terminal's key")]
+    BadSignature,
+    #[error(transparent)]
+    Refused(#[from] auth::Refused),
 }
 
 /// A terminal journal entry's body: a sale (lines, total, tender), or a receivable opened
@@ -149,6 +156,8 @@ pub struct Terminals {
     store_limits: RwLock<HashMap<String, OfflineCardLimits>>,
     registering: tokio::sync::Mutex<()>,
     log: LogHandle,
+    /// Requests signed before this are refused: the nonces seen before a restart are gone.
+    started_at: Timestamp,
 }
 
 fn holder(terminal: &str) -> HolderId {
@@ -162,6 +171,7 @@ impl Terminals {
         log: LogHandle,
         values: &[(String, Vec<u8>)],
         snapshots: &[StoredSnapshot],
+        started_at: Timestamp,
     ) -> Result<Terminals, serde_json::Error> {
         let mut registrations = BTreeMap::new();
         let mut store_limits = HashMap::new();
@@ -195,6 +205,7 @@ impl Terminals {
                     secret: hex::decode(&registration.secret).unwrap_or_default(),
                     store: registration.store,
                     state: tokio::sync::Mutex::new(state),
+                    replay: std::sync::Mutex::new(ReplayGuard::new(started_at)),
                     id: id.clone(),
                 };
                 (id, Arc::new(terminal))
@@ -205,6 +216,7 @@ impl Terminals {
             store_limits: RwLock::new(store_limits),
             registering: tokio::sync::Mutex::new(()),
             log,
+            started_at,
         })
     }
 
@@ -266,6 +278,7 @@ impl Terminals {
             store: store.to_owned(),
             secret: secret.clone(),
             state: tokio::sync::Mutex::new(SyncState::default()),
+            replay: std::sync::Mutex::new(ReplayGuard::new(self.started_at)),
         };
         self.registry
             .write()
@@ -275,28 +288,28 @@ impl Terminals {
     }
 }
 
-/// `METHOD\nPATH\n` followed by the body: what a terminal signs.
-pub fn signing_input(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut input = format!("{method}\n{path}\n").into_bytes();
-    input.extend_from_slice(body);
-    input
-}
-
-pub fn sign(secret: &[u8], input: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(input);
-    hex::encode(mac.finalize().into_bytes())
-}
-
 impl Terminal {
-    /// Checks `Authorization: Terminal <id>:<hex HMAC-SHA256 of the signing input>`.
-    pub fn verify(&self, signature_hex: &str, input: &[u8]) -> bool {
-        let Ok(signature) = hex::decode(signature_hex) else {
-            return false;
-        };
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(input);
-        mac.verify_slice(&signature).is_ok()
+    /// Checks a signed request: the cheap time test first, then the signature over the exact
+    /// body, then that its nonce is new. Only a genuine, fresh request is remembered.
+    pub fn admit(
+        &self,
+        auth: &Authorization,
+        request: &SignedRequest,
+        now: Timestamp,
+    ) -> Result<(), AuthRefusal> {
+        let mut replay = self.replay.lock().expect("replay guard");
+        replay.check_time(auth.signed_at, now)?;
+        if !request.verify(&self.secret, &auth.signature) {
+            return Err(AuthRefusal::BadSignature);
+        }
+        replay.admit(auth, now)?;
+        Ok(())
+    }
+
+    /// The time test alone, before the body is read.
+    pub fn check_time(&self, auth: &Authorization, now: Timestamp) -> Result<(), AuthRefusal> {
+        let replay = self.replay.lock().expect("replay guard");
+        Ok(replay.check_time(auth.signed_at, now)?)
     }
 
     pub async fn quarantine(&self) -> Vec<Quarantined> {
@@ -410,15 +423,10 @@ impl Terminal {
             log.append(batch).await?;
             *state = next;
         }
-        let receipt_input = format!(
-            "acked {} {}",
-            progress.applied_through,
-            progress.head.to_hex()
-        );
         Ok(SyncAnswer {
             acked_through: progress.applied_through,
             head: progress.head,
-            receipt: sign(&self.secret, receipt_input.as_bytes()),
+            receipt: auth::receipt(&self.secret, &progress),
             stopped,
             quarantined: quarantined.iter().map(|q| q.seq).collect(),
             settled: state

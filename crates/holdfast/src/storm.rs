@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use hdrhistogram::Histogram;
+use holdfast_core::terminal::auth::{Authorization, SignedRequest};
 use holdfast_core::terminal::{JournalEntry, chain};
-use holdfast_server::terminals::{sign, signing_input};
+use holdfast_server::clock::Clock;
 use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
@@ -258,8 +259,16 @@ async fn sync_all(
             .map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)}))
             .collect();
         let body = serde_json::to_vec(&json!({"entries": entries}))?;
-        let signature = sign(&terminal.secret, &signing_input("POST", &path, &body));
-        let authorization = format!("Terminal {}:{signature}", terminal.id);
+        let nonce = format!("{:032x}", rand::random::<u128>());
+        let request = SignedRequest {
+            method: "POST",
+            path: &path,
+            signed_at: holdfast_server::clock::SystemClock.now(),
+            nonce: &nonce,
+            body: &body,
+        };
+        let authorization =
+            Authorization::sign(&terminal.id, &terminal.secret, &request).header_value();
         let (status, retry_after, answer) = send_raw_retry_after(
             &client,
             Method::POST,

@@ -23,7 +23,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(data: &Path, listen: SocketAddr) -> Server {
-        let config = Config::new(listen, data.to_path_buf(), Some(OPERATOR.into()));
+        Server::start_with(Config::new(
+            listen,
+            data.to_path_buf(),
+            Some(OPERATOR.into()),
+        ))
+        .await
+    }
+
+    pub async fn start_with(config: Config) -> Server {
         let app = Application::build(config).await.expect("server starts");
         let address = app.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -107,7 +115,7 @@ pub async fn masks_till(
         .post(&path, &json!({"sale_id": "masks", "quantity": allot}))
         .await
         .unwrap();
-    assert_eq!(granted["granted"], allot);
+    assert_eq!(granted["granted"], allot, "{granted}");
     journal.set_allotment("masks", allot).unwrap();
     let item = Item {
         sku: "KF94".into(),

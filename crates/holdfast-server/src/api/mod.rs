@@ -11,8 +11,10 @@ mod terminals;
 pub mod wire;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -39,5 +41,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             overload::shed_writes,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            stamp_date,
+        ))
         .with_state(state)
+}
+
+/// Every answer carries the server's own time: tills sign their requests with it, so a shop
+/// whose clock is wrong still gets in.
+async fn stamp_date(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(value) =
+        wire::http_date(state.clock.now()).and_then(|d| HeaderValue::from_str(&d).ok())
+    {
+        response.headers_mut().insert(header::DATE, value);
+    }
+    response
 }

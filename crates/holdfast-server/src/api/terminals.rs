@@ -7,6 +7,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, St
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use holdfast_core::terminal::auth::{self, Authorization, SignedRequest};
 use holdfast_core::terminal::{ChainHash, JournalEntry};
 use holdfast_core::{STOCK_MAX, is_valid_sale_id};
 use rand::Rng;
@@ -19,7 +20,7 @@ use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::payments::charge;
-use crate::terminals::{OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal, signing_input};
+use crate::terminals::{AuthRefusal, OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal};
 
 /// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
 const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
@@ -79,10 +80,17 @@ async fn register(
 }
 
 /// A request from the terminal named in the path, carrying that terminal's valid signature over
-/// method, path and the exact body.
+/// method, path, signing time, nonce and the exact body — received once.
 struct Signed {
     terminal: Arc<Terminal>,
     body: Bytes,
+}
+
+fn refuse(why: impl std::fmt::Display) -> ApiError {
+    ApiError::unauthorized(format!(
+        "this call needs 'Authorization: Terminal <id>:<signed at>:<nonce>:<signature>' \
+         from that terminal: {why}"
+    ))
 }
 
 impl FromRequest<AppState> for Signed {
@@ -91,34 +99,52 @@ impl FromRequest<AppState> for Signed {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
         let ApiPath(id) = ApiPath::<String>::from_request_parts(&mut parts, state).await?;
-        let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
-        let signature = parts
+        let auth = parts
             .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let ApiBytes(body) =
-            ApiBytes::from_request(Request::from_parts(parts, body), state).await?;
-        let refuse = || {
-            ApiError::unauthorized(
-                "this call needs 'Authorization: Terminal <id>:<signature>' from that terminal",
-            )
-        };
-        let (claimed, signature) = signature
-            .as_deref()
-            .and_then(|v| v.strip_prefix("Terminal "))
-            .and_then(|v| v.split_once(':'))
-            .ok_or_else(refuse)?;
+            .and_then(Authorization::parse)
+            .ok_or_else(|| refuse("the header is missing or malformed"))?;
         let terminal = state
             .terminals
             .get(&id)
-            .filter(|_| claimed == id)
-            .ok_or_else(refuse)?;
-        let input = signing_input(method.as_str(), &path, &body);
-        if !terminal.verify(signature, &input) {
-            return Err(refuse());
-        }
+            .filter(|_| auth.terminal == id)
+            .ok_or_else(|| refuse("no such terminal"))?;
+        // Everything that needs no body is checked before a byte of it is read.
+        terminal
+            .check_time(&auth, state.clock.now())
+            .map_err(auth_refusal)?;
+        let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+        let ApiBytes(body) =
+            ApiBytes::from_request(Request::from_parts(parts, body), state).await?;
+        let request = SignedRequest {
+            method: method.as_str(),
+            path: &path,
+            signed_at: auth.signed_at,
+            nonce: &auth.nonce,
+            body: &body,
+        };
+        terminal
+            .admit(&auth, &request, state.clock.now())
+            .map_err(auth_refusal)?;
         Ok(Signed { terminal, body })
+    }
+}
+
+fn auth_refusal(refusal: AuthRefusal) -> ApiError {
+    match refusal {
+        AuthRefusal::Refused(auth::Refused::TooMany) => ApiError::overloaded(5),
+        AuthRefusal::Refused(refused @ auth::Refused::Replayed) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "request_replayed",
+            refused.to_string(),
+        ),
+        AuthRefusal::Refused(refused) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "signature_expired",
+            refused.to_string(),
+        ),
+        AuthRefusal::BadSignature => refuse(refusal),
     }
 }
 

@@ -20,6 +20,12 @@ pub fn format_time(at: Timestamp) -> String {
         .unwrap_or_default()
 }
 
+/// An HTTP `Date` header value (RFC 9110 IMF-fixdate).
+pub fn http_date(at: Timestamp) -> Option<String> {
+    DateTime::<Utc>::from_timestamp_millis(at.0)
+        .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+}
+
 pub fn parse_time(field: &'static str, raw: &str) -> Result<Timestamp, ApiError> {
     DateTime::parse_from_rfc3339(raw)
         .map(|t| Timestamp(t.timestamp_millis()))

@@ -1,8 +1,12 @@
 //! Terminals over HTTP: signed calls, allotments, exactly-once journal sync.
 
-use holdfast_core::terminal::{JournalEntry, chain};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use holdfast_core::Timestamp;
+use holdfast_core::terminal::auth::{self, Authorization, SignedRequest};
+use holdfast_core::terminal::{JournalEntry, Progress, chain};
 use holdfast_server::Limits;
-use holdfast_server::terminals::{sign, signing_input};
+use holdfast_server::clock::Clock;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -17,16 +21,39 @@ async fn register(app: &TestApp, id: &str) -> String {
     answer.body["secret"].as_str().unwrap().to_owned()
 }
 
+/// A request signed by terminal `id` at the app's current time with a fresh nonce.
 async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Value) -> Answer {
+    let request = signed_request(id, secret, path, body, app.clock.now());
+    send(app, request).await
+}
+
+/// The exact bytes and header of a signed request, so a test can send it again.
+fn signed_request(
+    id: &str,
+    secret: &str,
+    path: &str,
+    body: &Value,
+    signed_at: Timestamp,
+) -> (String, Vec<u8>, String) {
+    static NONCES: AtomicU64 = AtomicU64::new(1);
+    let nonce = format!("{:032x}", NONCES.fetch_add(1, Ordering::Relaxed));
     let bytes = serde_json::to_vec(body).unwrap();
-    let signature = sign(
-        &hex::decode(secret).unwrap(),
-        &signing_input("POST", path, &bytes),
-    );
+    let request = SignedRequest {
+        method: "POST",
+        path,
+        signed_at,
+        nonce: &nonce,
+        body: &bytes,
+    };
+    let auth = Authorization::sign(id, &hex::decode(secret).unwrap(), &request);
+    (path.to_owned(), bytes, auth.header_value())
+}
+
+async fn send(app: &TestApp, (path, bytes, authorization): (String, Vec<u8>, String)) -> Answer {
     let response = app
         .client
         .post(format!("{}{path}", app.base))
-        .header("Authorization", format!("Terminal {id}:{signature}"))
+        .header("Authorization", authorization)
         .header("Content-Type", "application/json")
         .body(bytes)
         .send()
@@ -100,11 +127,15 @@ async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
         ),
         (Some(3), Some(journal[2].hash().to_hex().as_str()))
     );
-    let receipt_input = format!("acked 3 {}", journal[2].hash().to_hex());
-    assert_eq!(
-        retry.body["receipt"],
-        sign(&hex::decode(&secret).unwrap(), receipt_input.as_bytes())
-    );
+    let progress = Progress {
+        applied_through: 3,
+        head: journal[2].hash(),
+    };
+    assert!(auth::receipt_verifies(
+        &hex::decode(&secret).unwrap(),
+        &progress,
+        retry.body["receipt"].as_str().unwrap()
+    ));
     signed(&app, "till-1", &secret, path, &wire(&journal)).await;
     assert_eq!(
         allotted(&app.sale("masks").await),
@@ -315,5 +346,58 @@ async fn line_quantities_that_overflow_are_quarantined_not_wrapped() {
         allotted(&app.sale("masks").await),
         (7, 3, 0),
         "nothing sold"
+    );
+}
+
+/// A captured request cannot be used again: an old signed "allot 5", replayed after the till
+/// returned its units, once claimed them a second time.
+#[tokio::test]
+async fn a_replayed_or_stale_request_is_refused() {
+    let app = spawn_app().await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let secret = register(&app, "till-1").await;
+    let path = "/v1/terminals/till-1/allotments";
+    let claim = signed_request(
+        "till-1",
+        &secret,
+        path,
+        &json!({"sale_id": "masks", "quantity": 5}),
+        app.clock.now(),
+    );
+    assert_eq!(send(&app, claim.clone()).await.body["granted"], 5);
+    let returned = signed(
+        &app,
+        "till-1",
+        &secret,
+        path,
+        &json!({"sale_id": "masks", "quantity": 0}),
+    )
+    .await;
+    assert_eq!(returned.body["granted"], 0);
+    app.advance_s(10);
+    let replayed = send(&app, claim.clone()).await;
+    assert_eq!(
+        (replayed.status, replayed.code()),
+        (StatusCode::UNAUTHORIZED, "request_replayed")
+    );
+    // After a restart the nonce is forgotten, so what was signed before it is refused by time.
+    let app = app.restart().await;
+    let after_restart = send(&app, claim).await;
+    assert_eq!(
+        (after_restart.status, after_restart.code()),
+        (StatusCode::UNAUTHORIZED, "signature_expired")
+    );
+    let stale = signed_request(
+        "till-1",
+        &secret,
+        path,
+        &json!({"sale_id": "masks", "quantity": 5}),
+        Timestamp(app.clock.now().0 + 6 * 60_000),
+    );
+    assert_eq!(send(&app, stale).await.code(), "signature_expired");
+    assert_eq!(
+        allotted(&app.sale("masks").await),
+        (10, 0, 0),
+        "claimed nothing"
     );
 }
