@@ -154,6 +154,11 @@ impl From<PaymentError> for ApiError {
                 "payment_declined",
                 error.to_string(),
             ),
+            PaymentError::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "payment_reference_reused",
+                "this payment reference was already used for a different payment",
+            ),
             PaymentError::Unavailable | PaymentError::UnknownAuthorization => ApiError {
                 retry_after_s: Some(5),
                 ..ApiError::new(

@@ -10,10 +10,11 @@ use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_core::Timestamp;
+use holdfast_store::{Batch, LogHandle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, LedgerError};
 
 const KEY_PREFIX: &str = "idem/";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
@@ -40,6 +41,10 @@ impl StoredAnswer {
 }
 
 impl StoredAnswer {
+    pub fn error(error: &ApiError) -> StoredAnswer {
+        StoredAnswer::json(error.status.as_u16(), &error.body())
+    }
+
     pub fn json(status: u16, body: &impl Serialize) -> StoredAnswer {
         let bytes = serde_json::to_vec(body).expect("answers serialise");
         StoredAnswer {
@@ -80,10 +85,33 @@ impl IntoResponse for StoredAnswer {
     }
 }
 
-/// The storage key for a customer's idempotency key. The customer id is length-prefixed so no
-/// two (customer, key) pairs can produce the same string.
-pub fn storage_key(customer_id: &str, key: &str) -> String {
-    format!("{KEY_PREFIX}{}:{customer_id}/{key}", customer_id.len())
+/// Whose keys these are: each owner has a key space of its own and a bound on it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Customer(String),
+    Terminal(String),
+}
+
+impl Owner {
+    /// The storage key for one of this owner's keys. A customer id is length-prefixed (so no
+    /// two pairs produce the same string) and starts with a digit; a terminal's starts with
+    /// "till/", so the two spaces cannot meet.
+    fn storage_key(&self, key: &str) -> String {
+        match self {
+            Owner::Customer(id) => format!("{KEY_PREFIX}{}:{id}/{key}", id.len()),
+            Owner::Terminal(id) => format!("{KEY_PREFIX}till/{id}/{key}"),
+        }
+    }
+
+    fn of_storage_key(key: &str) -> Option<Owner> {
+        let rest = key.strip_prefix(KEY_PREFIX)?;
+        if let Some(till) = rest.strip_prefix("till/") {
+            return Some(Owner::Terminal(till.split_once('/')?.0.to_owned()));
+        }
+        let (len, rest) = rest.split_once(':')?;
+        let id = rest.get(..len.parse::<usize>().ok()?)?;
+        Some(Owner::Customer(id.to_owned()))
+    }
 }
 
 /// A digest of what a request asked for, so a key reused for a different request is caught.
@@ -109,9 +137,59 @@ enum Slot {
     },
 }
 
+/// Answers one owner may have stored and not yet expired (a day's worth). A shopper makes a
+/// few requests a sale and a till a few hundred payments a day; beyond this a caller is
+/// hoarding keys, and is told to slow down rather than grow the server's memory.
+pub const KEYS_PER_OWNER_MAX: usize = 10_000;
+
+#[derive(Default)]
+struct Slots {
+    by_key: HashMap<String, Slot>,
+    per_owner: HashMap<Owner, usize>,
+    /// When a full owner last caused a sweep: at most one a minute, so an owner knocking at
+    /// its bound cannot make every request walk the whole index.
+    swept_for_full_owner_at: Option<Timestamp>,
+}
+
+const FULL_OWNER_SWEEP_EVERY_MILLIS: u64 = 60_000;
+
+impl Slots {
+    fn insert(&mut self, key: String, owner: &Owner, slot: Slot) {
+        if self.by_key.insert(key, slot).is_none() {
+            *self.per_owner.entry(owner.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &str, owner: &Owner) {
+        if self.by_key.remove(key).is_some() {
+            let count = self
+                .per_owner
+                .get_mut(owner)
+                .expect("an owner of a stored key");
+            *count -= 1;
+            if *count == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Timestamp) {
+        let expired: Vec<String> = self
+            .by_key
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Done { answer, .. } if answer.expired(now)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let owner = Owner::of_storage_key(&key).expect("stored keys name their owner");
+            self.remove(&key, &owner);
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Idempotency {
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    slots: Arc<Mutex<Slots>>,
     stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -123,8 +201,9 @@ pub enum Begin {
 
 /// Removes the in-flight marker unless the request finished with a stored answer.
 pub struct InFlightGuard {
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    slots: Arc<Mutex<Slots>>,
     stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
+    owner: Owner,
     key: String,
     finished: bool,
 }
@@ -145,18 +224,33 @@ impl InFlightGuard {
         if stored + 1 >= PRUNE_EVERY_ANSWERS {
             self.stored_since_prune
                 .store(0, std::sync::atomic::Ordering::Relaxed);
-            slots.retain(
-                |_, slot| !matches!(slot, Slot::Done { answer, .. } if answer.expired(now)),
-            );
+            slots.sweep(now);
         }
-        slots.insert(
-            self.key.clone(),
-            Slot::Done {
-                fingerprint,
-                answer,
-            },
-        );
+        let done = Slot::Done {
+            fingerprint,
+            answer,
+        };
+        slots.insert(self.key.clone(), &self.owner, done);
         self.finished = true;
+    }
+
+    /// Stores `answer` durably on its own (for requests whose effects are not a sale's events,
+    /// such as a till's card payment), then finishes.
+    pub async fn finish_durably(
+        self,
+        log: &LogHandle,
+        fingerprint: String,
+        mut answer: StoredAnswer,
+        now: Timestamp,
+    ) -> Result<StoredAnswer, LedgerError> {
+        answer.stored_at = now;
+        let batch = Batch {
+            values: vec![(self.key.clone(), answer.encode(&fingerprint))],
+            ..Batch::default()
+        };
+        log.append(batch).await?;
+        self.finish(fingerprint, answer.clone());
+        Ok(answer)
     }
 }
 
@@ -166,7 +260,7 @@ impl Drop for InFlightGuard {
             self.slots
                 .lock()
                 .expect("idempotency map")
-                .remove(&self.key);
+                .remove(&self.key, &self.owner);
         }
     }
 }
@@ -177,21 +271,20 @@ impl Idempotency {
         values: &[(String, Vec<u8>)],
         now: Timestamp,
     ) -> Result<Idempotency, UnreadableAnswer> {
-        let mut slots = HashMap::new();
+        let mut slots = Slots::default();
         for (key, bytes) in values.iter().filter(|(k, _)| k.starts_with(KEY_PREFIX)) {
+            let owner = Owner::of_storage_key(key).ok_or_else(|| UnreadableAnswer(key.clone()))?;
             let (fingerprint, answer) =
                 StoredAnswer::decode(bytes).ok_or_else(|| UnreadableAnswer(key.clone()))?;
             if answer.expired(now) {
-                slots.remove(key);
+                slots.remove(key, &owner);
                 continue;
             }
-            slots.insert(
-                key.clone(),
-                Slot::Done {
-                    fingerprint,
-                    answer,
-                },
-            );
+            let done = Slot::Done {
+                fingerprint,
+                answer,
+            };
+            slots.insert(key.clone(), &owner, done);
         }
         Ok(Idempotency {
             slots: Arc::new(Mutex::new(slots)),
@@ -199,12 +292,31 @@ impl Idempotency {
         })
     }
 
-    pub fn begin(&self, key: String, fingerprint: &str, now: Timestamp) -> Result<Begin, ApiError> {
+    /// Starts a request under `owner`'s `key`: a replay of the stored answer, a refusal (the
+    /// key is in use, or was used for another request), or a fresh run.
+    pub fn begin(
+        &self,
+        owner: Owner,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<Begin, ApiError> {
+        let key = owner.storage_key(key);
         let mut slots = self.slots.lock().expect("idempotency map");
-        if matches!(slots.get(&key), Some(Slot::Done { answer, .. }) if answer.expired(now)) {
-            slots.remove(&key);
+        if matches!(slots.by_key.get(&key), Some(Slot::Done { answer, .. }) if answer.expired(now))
+        {
+            slots.remove(&key, &owner);
         }
-        match slots.get(&key) {
+        let full =
+            |slots: &Slots| slots.per_owner.get(&owner).copied().unwrap_or(0) >= KEYS_PER_OWNER_MAX;
+        let sweep_due = slots
+            .swept_for_full_owner_at
+            .is_none_or(|at| at.plus_millis(FULL_OWNER_SWEEP_EVERY_MILLIS) <= now);
+        if !slots.by_key.contains_key(&key) && full(&slots) && sweep_due {
+            slots.sweep(now);
+            slots.swept_for_full_owner_at = Some(now);
+        }
+        match slots.by_key.get(&key) {
             Some(slot) if !same(slot, fingerprint) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -216,16 +328,26 @@ impl Idempotency {
                 "idempotency_in_progress",
                 "a request with this Idempotency-Key is still being processed; retry shortly",
             )),
+            None if full(&slots) => Err(ApiError {
+                retry_after_s: Some(3600),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_idempotency_keys",
+                    format!(
+                        "at most {KEYS_PER_OWNER_MAX} Idempotency-Keys are kept per caller \
+                             for a day; reuse a key only to retry the same request"
+                    ),
+                )
+            }),
             None => {
-                slots.insert(
-                    key.clone(),
-                    Slot::InFlight {
-                        fingerprint: fingerprint.to_owned(),
-                    },
-                );
+                let in_flight = Slot::InFlight {
+                    fingerprint: fingerprint.to_owned(),
+                };
+                slots.insert(key.clone(), &owner, in_flight);
                 Ok(Begin::Fresh(InFlightGuard {
                     slots: self.slots.clone(),
                     stored_since_prune: self.stored_since_prune.clone(),
+                    owner,
                     key,
                     finished: false,
                 }))
@@ -251,5 +373,56 @@ pub fn validate_key(raw: &str) -> Result<&str, ApiError> {
             "invalid_idempotency_key",
             "Idempotency-Key must be 1-255 visible ASCII characters",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_owner_keeps_a_bounded_number_of_keys_and_expired_ones_free_room() {
+        let index = Idempotency::default();
+        let alice = Owner::Customer("alice".into());
+        let now = Timestamp(1_000);
+        for n in 0..KEYS_PER_OWNER_MAX {
+            let Ok(Begin::Fresh(guard)) = index.begin(alice.clone(), &format!("k{n}"), "f", now)
+            else {
+                panic!("key {n} refused")
+            };
+            let answer = StoredAnswer {
+                stored_at: now,
+                ..StoredAnswer::json(200, &"ok")
+            };
+            guard.finish("f".into(), answer);
+        }
+        let refused = index
+            .begin(alice.clone(), "one-more", "f", now)
+            .err()
+            .unwrap();
+        assert_eq!(refused.code, "too_many_idempotency_keys");
+        let bob = Owner::Customer("bob".into());
+        assert!(matches!(
+            index.begin(bob, "k0", "f", now),
+            Ok(Begin::Fresh(_))
+        ));
+        let day_later = now.plus_millis(ANSWER_LIFETIME_MILLIS);
+        assert!(matches!(
+            index.begin(alice, "one-more", "f", day_later),
+            Ok(Begin::Fresh(_))
+        ));
+    }
+
+    #[test]
+    fn owners_keys_never_meet() {
+        let customer = Owner::Customer("till/x".into());
+        let till = Owner::Terminal("x".into());
+        assert_ne!(customer.storage_key("k"), till.storage_key("k"));
+        for owner in [customer, till] {
+            assert_eq!(
+                Owner::of_storage_key(&owner.storage_key("a/b")),
+                Some(owner)
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! retry never charges twice. No card network is reachable here, so the server ships
 //! [`SimulatedAcquirer`]; a real acquirer's adapter implements the same trait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,8 @@ pub enum PaymentError {
     Unavailable,
     #[error("no such authorization")]
     UnknownAuthorization,
+    #[error("the idempotency key was already used for a different payment")]
+    KeyReused,
 }
 
 pub trait PaymentProvider: Send + Sync + 'static {
@@ -119,10 +121,59 @@ impl Default for SimulatedAcquirer {
     }
 }
 
+/// Idempotency keys the simulator remembers, oldest forgotten first (acquirers keep theirs for
+/// a day or so; a long load run must not grow the process without bound).
+const KEYS_REMEMBERED_MAX: usize = 100_000;
+/// Authorisations it tracks, oldest forgotten first (uncaptured ones lapse at real acquirers).
+const AUTHORIZATIONS_REMEMBERED_MAX: usize = 100_000;
+
+/// What an authorisation asked for: a key reused with anything else is refused, as acquirers do.
+#[derive(Clone, PartialEq, Eq)]
+struct Asked {
+    card_token: String,
+    amount: u64,
+    currency: &'static str,
+}
+
 #[derive(Default)]
 struct SimulatedState {
-    by_key: HashMap<String, Result<Authorization, PaymentError>>,
+    by_key: HashMap<String, (Asked, Result<Authorization, PaymentError>)>,
+    keys_in_order: VecDeque<String>,
     authorizations: HashMap<String, (u64, AuthState)>,
+    authorizations_in_order: VecDeque<String>,
+    issued: u64,
+    captured: usize,
+}
+
+impl SimulatedState {
+    fn remember_key(
+        &mut self,
+        key: String,
+        asked: Asked,
+        answer: Result<Authorization, PaymentError>,
+    ) {
+        if self.keys_in_order.len() >= KEYS_REMEMBERED_MAX
+            && let Some(oldest) = self.keys_in_order.pop_front()
+        {
+            self.by_key.remove(&oldest);
+        }
+        self.keys_in_order.push_back(key.clone());
+        self.by_key.insert(key, (asked, answer));
+    }
+
+    fn authorize(&mut self, amount: u64) -> Authorization {
+        if self.authorizations_in_order.len() >= AUTHORIZATIONS_REMEMBERED_MAX
+            && let Some(oldest) = self.authorizations_in_order.pop_front()
+        {
+            self.authorizations.remove(&oldest);
+        }
+        self.issued += 1;
+        let id = format!("auth_{}", self.issued);
+        self.authorizations_in_order.push_back(id.clone());
+        self.authorizations
+            .insert(id.clone(), (amount, AuthState::Authorized));
+        Authorization { id, amount }
+    }
 }
 
 impl SimulatedAcquirer {
@@ -158,25 +209,25 @@ impl SimulatedAcquirer {
             result
         })
     }
-    /// How many authorisations were captured (for tests).
+    /// How many authorisations were captured, net of refunds (for tests).
     pub fn captured(&self) -> usize {
-        let state = self.state.lock().expect("acquirer state");
-        state
-            .authorizations
-            .values()
-            .filter(|(_, s)| *s == AuthState::Captured)
-            .count()
+        self.state.lock().expect("acquirer state").captured
     }
 
     fn transition(&self, id: &str, from: AuthState, to: AuthState) -> Result<(), PaymentError> {
         let mut state = self.state.lock().expect("acquirer state");
-        match state.authorizations.get_mut(id) {
-            Some((_, current)) if *current == from || *current == to => {
-                *current = to;
-                Ok(())
-            }
-            _ => Err(PaymentError::UnknownAuthorization),
+        let current = match state.authorizations.get_mut(id) {
+            Some((_, current)) if *current == from || *current == to => current,
+            _ => return Err(PaymentError::UnknownAuthorization),
+        };
+        let changed = *current != to;
+        *current = to;
+        if changed && to == AuthState::Captured {
+            state.captured += 1;
+        } else if changed && from == AuthState::Captured {
+            state.captured -= 1;
         }
+        Ok(())
     }
 }
 
@@ -185,11 +236,20 @@ impl PaymentProvider for SimulatedAcquirer {
         if self.down() {
             return self.answer(Err(PaymentError::Unavailable));
         }
+        let asked = Asked {
+            card_token: request.card_token.clone(),
+            amount: request.amount,
+            currency: request.currency,
+        };
         let mut state = self.state.lock().expect("acquirer state");
-        if let Some(first) = state.by_key.get(&request.idempotency_key) {
-            let first = first.clone();
+        if let Some((first_asked, first)) = state.by_key.get(&request.idempotency_key) {
+            let answer = if *first_asked == asked {
+                first.clone()
+            } else {
+                Err(PaymentError::KeyReused)
+            };
             drop(state);
-            return self.answer(first);
+            return self.answer(answer);
         }
         let answer = match request.card_token.as_str() {
             CARD_NETWORK_DOWN => Err(PaymentError::Unavailable),
@@ -199,20 +259,11 @@ impl PaymentProvider for SimulatedAcquirer {
             _ if self.declines(&request.idempotency_key) => Err(PaymentError::Declined {
                 reason: "declined by the issuer".into(),
             }),
-            _ => {
-                let id = format!("auth_{}", state.authorizations.len() + 1);
-                state
-                    .authorizations
-                    .insert(id.clone(), (request.amount, AuthState::Authorized));
-                Ok(Authorization {
-                    id,
-                    amount: request.amount,
-                })
-            }
+            _ => Ok(state.authorize(request.amount)),
         };
         // An outage is not an answer about the card: a retry must be tried afresh.
         if answer != Err(PaymentError::Unavailable) {
-            state.by_key.insert(request.idempotency_key, answer.clone());
+            state.remember_key(request.idempotency_key, asked, answer.clone());
         }
         drop(state);
         self.answer(answer)
@@ -331,6 +382,41 @@ mod tests {
         );
         assert_eq!(acquirer.capture(&approved.id, "c").await, Ok(()));
         assert_eq!(acquirer.captured(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_reused_for_another_amount_or_card_is_refused() {
+        let acquirer = SimulatedAcquirer::default();
+        let first = acquirer
+            .authorize(request("k", CARD_APPROVED))
+            .await
+            .unwrap();
+        assert_eq!(
+            acquirer.authorize(request("k", CARD_APPROVED)).await,
+            Ok(first)
+        );
+        let mut more = request("k", CARD_APPROVED);
+        more.amount = 999_000;
+        assert_eq!(acquirer.authorize(more).await, Err(PaymentError::KeyReused));
+        assert_eq!(
+            acquirer.authorize(request("k", "tok_other_card")).await,
+            Err(PaymentError::KeyReused)
+        );
+    }
+
+    #[tokio::test]
+    async fn remembered_keys_and_authorizations_are_bounded() {
+        let acquirer = SimulatedAcquirer::default();
+        for n in 0..KEYS_REMEMBERED_MAX + 10 {
+            acquirer
+                .authorize(request(&format!("k{n}"), CARD_APPROVED))
+                .await
+                .unwrap();
+        }
+        let state = acquirer.state.lock().unwrap();
+        assert_eq!(state.by_key.len(), KEYS_REMEMBERED_MAX);
+        assert_eq!(state.authorizations.len(), AUTHORIZATIONS_REMEMBERED_MAX);
+        assert!(!state.by_key.contains_key("k0"), "the oldest went first");
     }
 
     #[tokio::test(start_paused = true)]

@@ -84,6 +84,8 @@ pub struct Terminal {
     /// One sync or allotment change at a time per terminal.
     state: tokio::sync::Mutex<SyncState>,
     replay: std::sync::Mutex<ReplayGuard>,
+    /// Held while a pay link of this till is being charged.
+    pub paying: tokio::sync::Mutex<()>,
 }
 
 /// Why a terminal's request is not let in.
@@ -206,6 +208,7 @@ impl Terminals {
                     store: registration.store,
                     state: tokio::sync::Mutex::new(state),
                     replay: std::sync::Mutex::new(ReplayGuard::new(started_at)),
+                    paying: tokio::sync::Mutex::new(()),
                     id: id.clone(),
                 };
                 (id, Arc::new(terminal))
@@ -279,6 +282,7 @@ impl Terminals {
             secret: secret.clone(),
             state: tokio::sync::Mutex::new(SyncState::default()),
             replay: std::sync::Mutex::new(ReplayGuard::new(self.started_at)),
+            paying: tokio::sync::Mutex::new(()),
         };
         self.registry
             .write()

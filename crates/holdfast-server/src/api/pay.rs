@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::idempotency::fingerprint;
 use crate::payments::charge;
 use crate::terminals::{Receivable, Terminal};
 
@@ -85,7 +86,16 @@ async fn pay(
             "card_token must be a card token from the acquirer",
         ));
     }
-    let key = format!("receivable {terminal} {id}");
+    // One attempt at a time per till, so two cards presented at once cannot both be charged.
+    let _one_payment = till.paying.lock().await;
+    if let Some(authorization) = till.receivable(&id).await.and_then(|r| r.settled_by) {
+        return Ok(Json(
+            json!({"status": "paid", "authorization_id": authorization, "amount": receivable.amount}),
+        ));
+    }
+    // Each card is its own attempt: after a decline the customer may try another card.
+    let card = fingerprint("pay link card", &form.card_token);
+    let key = format!("receivable {terminal} {id} {card}");
     let authorization = charge(
         state.payments.as_ref(),
         form.card_token,

@@ -18,7 +18,7 @@ use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
 use crate::app::AppState;
 use crate::auth::{Caller, Customer};
 use crate::error::ApiError;
-use crate::idempotency::{Begin, InFlightGuard, fingerprint, storage_key, validate_key};
+use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
 use crate::payments::{AuthorizeRequest, CURRENCY};
 
 const CARD_TOKEN_LEN_MAX: usize = 256;
@@ -53,11 +53,11 @@ fn start(
             ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
         })
         .and_then(validate_key)?;
-    match state.idempotency.begin(
-        storage_key(shopper.customer_id(), key),
-        fingerprint,
-        state.clock.now(),
-    )? {
+    let owner = Owner::Customer(shopper.customer_id().to_owned());
+    match state
+        .idempotency
+        .begin(owner, key, fingerprint, state.clock.now())?
+    {
         Begin::Replay(answer) => Ok(Start::Replay(answer.into_response())),
         Begin::Fresh(guard) => Ok(Start::Run(Some(guard))),
     }

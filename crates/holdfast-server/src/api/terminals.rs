@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_core::terminal::auth::{self, Authorization, SignedRequest};
@@ -19,7 +20,8 @@ use super::wire::in_range;
 use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
-use crate::payments::charge;
+use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
+use crate::payments::{PaymentError, charge};
 use crate::terminals::{AuthRefusal, OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal};
 
 /// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
@@ -241,29 +243,57 @@ struct PaymentRequest {
     card_token: String,
 }
 
+const PAYMENT_REFERENCE_LEN_MAX: usize = 128;
+const CARD_TOKEN_LEN_MAX: usize = 256;
+
 /// A card payment from the counter: authorised and captured through the server's card
 /// network connection, idempotent on the till's reference (online sales, and offline ones
-/// forwarded after an outage).
+/// forwarded after an outage). The reference binds the amount and the card: a retry with the
+/// same ones gets the first answer, a reuse with others is refused.
 async fn card_payment(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: PaymentRequest = parse(&body)?;
-    if request.reference.is_empty()
-        || request.reference.len() > 128
-        || request.card_token.is_empty()
-    {
+    let well_formed = (1..=PAYMENT_REFERENCE_LEN_MAX).contains(&request.reference.len())
+        && request.reference.bytes().all(|b| b.is_ascii_graphic())
+        && (1..=CARD_TOKEN_LEN_MAX).contains(&request.card_token.len());
+    if !well_formed {
         return Err(ApiError::bad_request(
             "invalid_payment",
-            "reference and card_token are required",
+            format!(
+                "reference (1-{PAYMENT_REFERENCE_LEN_MAX} visible ASCII characters) and \
+                 card_token (1-{CARD_TOKEN_LEN_MAX} characters) are required"
+            ),
         ));
     }
     let amount = in_range("amount", request.amount, 1, i64::MAX)? as u64;
+    let fingerprint = fingerprint("till card payment", &(amount, &request.card_token));
+    let owner = Owner::Terminal(terminal.id.clone());
+    let guard =
+        match state
+            .idempotency
+            .begin(owner, &request.reference, &fingerprint, state.clock.now())?
+        {
+            Begin::Replay(answer) => return Ok(answer.into_response()),
+            Begin::Fresh(guard) => guard,
+        };
     let key = format!("terminal {} {}", terminal.id, request.reference);
-    let authorization = charge(state.payments.as_ref(), request.card_token, amount, &key).await?;
-    Ok(Json(
-        json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
-    ))
+    let answer = match charge(state.payments.as_ref(), request.card_token, amount, &key).await {
+        Ok(authorization) => StoredAnswer::json(
+            200,
+            &json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
+        ),
+        Err(declined @ PaymentError::Declined { .. }) => {
+            StoredAnswer::error(&ApiError::from(declined))
+        }
+        // Not an answer about this payment (the network is down): a retry tries afresh.
+        Err(other) => return Err(other.into()),
+    };
+    let answer = guard
+        .finish_durably(state.ledger.log(), fingerprint, answer, state.clock.now())
+        .await?;
+    Ok(answer.into_response())
 }
 
 #[derive(Debug, Deserialize)]

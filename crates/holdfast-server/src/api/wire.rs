@@ -355,8 +355,7 @@ struct HoldBody<'a> {
 
 fn rejected(outcome: &Outcome) -> Option<StoredAnswer> {
     let rejection = outcome.as_ref().err()?;
-    let error = ApiError::from(rejection.clone());
-    Some(StoredAnswer::json(error.status.as_u16(), &error.body()))
+    Some(StoredAnswer::error(&ApiError::from(rejection.clone())))
 }
 
 pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {

@@ -401,3 +401,87 @@ async fn a_replayed_or_stale_request_is_refused() {
         "claimed nothing"
     );
 }
+
+/// A till's payment reference is bound to its amount and card, like an idempotency key: the
+/// same request replays the first answer (after a restart too), any other is refused.
+#[tokio::test]
+async fn a_payment_reference_reused_for_another_amount_or_card_is_refused() {
+    let app = spawn_app().await;
+    let secret = register(&app, "till-1").await;
+    let path = "/v1/terminals/till-1/payments";
+    let pay = |amount: i64, card: &str| json!({"reference": "sale-17", "amount": amount, "card_token": card});
+    let first = signed(&app, "till-1", &secret, path, &pay(1_000, "tok_visa")).await;
+    assert_eq!(
+        (first.status, &first.body["status"]),
+        (StatusCode::OK, &json!("approved"))
+    );
+    for (what, body) in [
+        ("more money", pay(999_000, "tok_visa")),
+        ("another card", pay(1_000, "tok_mastercard")),
+    ] {
+        let reused = signed(&app, "till-1", &secret, path, &body).await;
+        assert_eq!(
+            (reused.status, reused.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            "{what}: {}",
+            reused.body
+        );
+    }
+    let again = signed(&app, "till-1", &secret, path, &pay(1_000, "tok_visa")).await;
+    assert_eq!(
+        again.body, first.body,
+        "the identical request replays the first answer"
+    );
+    let app = app.restart().await;
+    let after_restart = signed(&app, "till-1", &secret, path, &pay(999_000, "tok_visa")).await;
+    assert_eq!(after_restart.code(), "idempotency_key_reused");
+    let replayed = signed(&app, "till-1", &secret, path, &pay(1_000, "tok_visa")).await;
+    assert_eq!(replayed.body, first.body);
+    assert_eq!(app.acquirer.captured(), 1, "charged once, for 1,000");
+}
+
+/// A customer whose first card is declined on the pay link can pay with another; the debt is
+/// paid once.
+#[tokio::test]
+async fn a_pay_link_declined_once_can_be_paid_with_another_card_and_only_once() {
+    let app = spawn_app().await;
+    let secret = register(&app, "till-1").await;
+    let journal = chain(&[
+        br#"{"lines":[{"sku":"AMERICANO","quantity":1,"unit_price":4500}],"total":4500,"tender":{"kind":"pay_later","receivable":"r-0123456789abcdef","phone":"010-1234-5678"}}"#,
+    ]);
+    let synced = signed(
+        &app,
+        "till-1",
+        &secret,
+        "/v1/terminals/till-1/sync",
+        &wire(&journal),
+    )
+    .await;
+    assert_eq!(synced.body["acked_through"], 1, "{}", synced.body);
+    let link = format!("{}/pay/till-1/r-0123456789abcdef", app.base);
+    let pay = |card: &'static str| {
+        let request = app
+            .client
+            .post(&link)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("card_token={card}"));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (declined, _) = pay("tok_declined").await;
+    assert_eq!(declined, StatusCode::PAYMENT_REQUIRED);
+    let (paid, body) = pay("tok_visa").await;
+    assert_eq!(
+        (paid, &body["status"]),
+        (StatusCode::OK, &json!("paid")),
+        "{body}"
+    );
+    let (again, again_body) = pay("tok_mastercard").await;
+    assert_eq!(
+        (again, &again_body["authorization_id"]),
+        (StatusCode::OK, &body["authorization_id"])
+    );
+    assert_eq!(app.acquirer.captured(), 1);
+}
