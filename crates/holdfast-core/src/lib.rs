@@ -12,7 +12,9 @@ mod spec;
 pub mod terminal;
 mod time;
 
-pub use person::{IdentityKey, Shopper, normalise_address, normalise_phone};
+pub use person::{
+    IdentityError, IdentityKey, PHONE_DIGITS_RANGE, Shopper, normalise_address, normalise_phone,
+};
 pub use queue::{ENTRIES_MAX, EntryId, Queue, QueueView, Standing, draw, seed_commitment};
 pub use rejection::Rejection;
 pub use sale::{

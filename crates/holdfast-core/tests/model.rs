@@ -332,10 +332,10 @@ fn describe(outcome: &Result<Reply, holdfast_core::Rejection>) -> String {
 /// Four accounts: c0 and c1 share a phone, c2 and c3 share an address (written differently).
 fn shopper(index: usize) -> Shopper {
     match index {
-        0 => Shopper::new("c0", Some("010-1111-2222"), None),
-        1 => Shopper::new("c1", Some("+82 10 1111 2222"), Some("1 Elm St")),
-        2 => Shopper::new("c2", None, Some("9 Oak Road, Apt 2")),
-        _ => Shopper::new("c3", Some("010-3333-4444"), Some("9 oak road apt 2")),
+        0 => Shopper::new("c0", Some("010-1111-2222"), None).unwrap(),
+        1 => Shopper::new("c1", Some("+82 10 1111 2222"), Some("1 Elm St")).unwrap(),
+        2 => Shopper::new("c2", None, Some("9 Oak Road, Apt 2")).unwrap(),
+        _ => Shopper::new("c3", Some("010-3333-4444"), Some("9 oak road apt 2")).unwrap(),
     }
 }
 

@@ -35,7 +35,7 @@ fn at(ms_after_opening: i64) -> Timestamp {
 }
 
 fn shopper(n: usize) -> Shopper {
-    Shopper::new(&format!("c{n}"), Some(&format!("010-0000-{n:04}")), None)
+    Shopper::new(&format!("c{n}"), Some(&format!("010-0000-{n:04}")), None).unwrap()
 }
 
 fn join(sale: &mut Sale, who: &Shopper, now: Timestamp) -> u32 {
@@ -87,7 +87,7 @@ fn fifo_positions_follow_arrival_and_one_person_has_one_place() {
     assert_eq!(entries, [0, 1, 2, 3, 4]);
     // The same account again, and another account with the same phone: the same place.
     assert_eq!(join(&mut sale, &shopper(3), early), 3);
-    let same_phone = Shopper::new("other-account", Some("+82 10 0000 0003"), None);
+    let same_phone = Shopper::new("other-account", Some("+82 10 0000 0003"), None).unwrap();
     assert_eq!(join(&mut sale, &same_phone, early), 3);
     assert_eq!(sale.queue().entries().len(), 5);
     assert_eq!(standing(&sale, 2), Standing::Waiting { position: 3 });

@@ -35,7 +35,7 @@ fn at(seconds_after_opening: i64) -> Timestamp {
 }
 
 fn alice() -> Shopper {
-    Shopper::new("alice", Some("010-1234-5678"), Some("1 Elm St"))
+    Shopper::new("alice", Some("010-1234-5678"), Some("1 Elm St")).unwrap()
 }
 
 fn hold(
@@ -116,7 +116,7 @@ fn released_hold_returns_its_unit_and_cannot_be_confirmed() {
 fn expired_hold_returns_to_the_pool_and_confirm_says_expired() {
     let mut sale = Sale::new(spec(1, 1));
     let id = hold(&mut sale, &alice(), 1, at(0)).unwrap();
-    let bob = Shopper::new("bob", None, None);
+    let bob = Shopper::new("bob", None, None).unwrap();
     assert_eq!(
         hold(&mut sale, &bob, 1, at(59)),
         Err(Rejection::SoldOut { available: 0 })
@@ -164,7 +164,7 @@ fn operator_close_stops_new_holds_but_keeps_promises() {
         sale.handle(&Command::Close, at(1)).outcome,
         Ok(Reply::Closed)
     );
-    let bob = Shopper::new("bob", None, None);
+    let bob = Shopper::new("bob", None, None).unwrap();
     assert_eq!(hold(&mut sale, &bob, 1, at(2)), Err(Rejection::Closed));
     // A hold taken before the close can still be paid for: it was promised.
     assert!(confirm(&mut sale, &alice(), id, at(3)).is_ok());
@@ -188,16 +188,16 @@ fn limit_counts_holds_and_orders_across_accounts_sharing_phone_or_address() {
     confirm(&mut sale, &alice(), id, at(1)).unwrap();
     let limit_hit = Err(Rejection::LimitExceeded { limit: 1, used: 1 });
     // Same person, second account, phone written differently.
-    let same_phone = Shopper::new("alice-2", Some("+82 10 1234 5678"), None);
+    let same_phone = Shopper::new("alice-2", Some("+82 10 1234 5678"), None).unwrap();
     assert_eq!(hold(&mut sale, &same_phone, 1, at(2)), limit_hit);
     // Same address, differently punctuated.
-    let same_address = Shopper::new("alice-3", None, Some("1 elm st."));
+    let same_address = Shopper::new("alice-3", None, Some("1 elm st.")).unwrap();
     assert_eq!(hold(&mut sale, &same_address, 1, at(3)), limit_hit);
     // A stranger is fine.
-    let bob = Shopper::new("bob", Some("010-9999-0000"), Some("2 Oak Rd"));
+    let bob = Shopper::new("bob", Some("010-9999-0000"), Some("2 Oak Rd")).unwrap();
     assert!(hold(&mut sale, &bob, 1, at(4)).is_ok());
     // Asking for more than the limit at once is refused too.
-    let carol = Shopper::new("carol", None, None);
+    let carol = Shopper::new("carol", None, None).unwrap();
     assert_eq!(
         hold(&mut sale, &carol, 2, at(5)),
         Err(Rejection::LimitExceeded { limit: 1, used: 0 })
@@ -225,7 +225,7 @@ fn a_channel_cannot_take_another_channels_share_until_it_is_released() {
         ..spec(10, 10)
     });
     hold_on(&mut sale, &alice(), 6, Channel::Web, at(0)).unwrap();
-    let bob = Shopper::new("bob", None, None);
+    let bob = Shopper::new("bob", None, None).unwrap();
     assert_eq!(
         hold_on(&mut sale, &bob, 1, Channel::Web, at(1)),
         Err(Rejection::SoldOut { available: 0 })
@@ -237,7 +237,7 @@ fn a_channel_cannot_take_another_channels_share_until_it_is_released() {
     };
     let handled = sale.handle(&release, at(3));
     assert_eq!(handled.outcome, Ok(Reply::ShareReleased { quantity: 3 }));
-    let carol = Shopper::new("carol", None, None);
+    let carol = Shopper::new("carol", None, None).unwrap();
     assert!(hold_on(&mut sale, &carol, 3, Channel::Web, at(4)).is_ok());
 }
 
@@ -273,7 +273,7 @@ fn delivery_day_is_quoted_at_hold_and_kept_at_confirm() {
     });
     let mut days = Vec::new();
     for n in 0..5 {
-        let who = Shopper::new(&format!("c{n}"), None, None);
+        let who = Shopper::new(&format!("c{n}"), None, None).unwrap();
         let command = Command::PlaceHold {
             shopper: who.clone(),
             quantity: 1,
@@ -305,7 +305,7 @@ fn no_hold_is_promised_a_day_past_the_calendar() {
     let mut answers = Vec::new();
     for n in 0..3 {
         let command = Command::PlaceHold {
-            shopper: Shopper::new(&format!("c{n}"), None, None),
+            shopper: Shopper::new(&format!("c{n}"), None, None).unwrap(),
             quantity: 1,
             channel: Channel::Web,
             pass: None,
@@ -395,7 +395,7 @@ fn allotments_leave_the_pool_and_come_back() {
 fn another_customers_hold_is_invisible() {
     let mut sale = Sale::new(spec(1, 1));
     let id = hold(&mut sale, &alice(), 1, at(0)).unwrap();
-    let mallory = Shopper::new("mallory", None, None);
+    let mallory = Shopper::new("mallory", None, None).unwrap();
     assert_eq!(
         confirm(&mut sale, &mallory, id, at(1)),
         Err(Rejection::HoldNotFound)

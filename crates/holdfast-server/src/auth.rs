@@ -129,11 +129,13 @@ impl TokenKeys {
         }
         let expires_at =
             Timestamp(i64::try_from(claims.exp.saturating_mul(1000)).unwrap_or(i64::MAX));
+        // Issuing refuses what is not a phone; a token that still carries one is not honoured.
         let shopper = Shopper::new(
             &claims.sub,
             claims.phone.as_deref(),
             claims.address.as_deref(),
-        );
+        )
+        .ok()?;
         Some((shopper, expires_at))
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use holdfast_core::{Rejection, SpecError};
+use holdfast_core::{IdentityError, Rejection, SpecError};
 use holdfast_store::StoreError;
 use serde_json::json;
 use thiserror::Error;
@@ -112,6 +112,16 @@ impl From<Rejection> for ApiError {
             Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, rejection.code(), rejection.to_string())
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(error: IdentityError) -> ApiError {
+        match error {
+            IdentityError::InvalidPhone => {
+                ApiError::bad_request("invalid_phone", error.to_string())
+            }
+        }
     }
 }
 

@@ -415,7 +415,7 @@ fn core_commands_per_s(duration: Duration) -> f64 {
     };
     let mut sale = Sale::new(spec);
     let shoppers: Vec<Shopper> = (0..1000)
-        .map(|n| Shopper::new(&format!("c{n}"), Some(&format!("010-{n:08}")), None))
+        .map(|n| Shopper::new(&format!("c{n}"), Some(&format!("010-{n:08}")), None).unwrap())
         .collect();
     let started = Instant::now();
     let mut commands = 0u64;

@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use holdfast_core::{Command, STOCK_MAX};
+use holdfast_core::{Command, STOCK_MAX, Shopper};
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
@@ -217,6 +217,13 @@ async fn issue_customer_token(
         phone: bounded_text("phone", body.phone, 32)?,
         address: bounded_text("address", body.address, 512)?,
     };
+    // The identity keys limits count against must exist for every token: refuse here what
+    // would otherwise be dropped.
+    Shopper::new(
+        &identity.customer_id,
+        identity.phone.as_deref(),
+        identity.address.as_deref(),
+    )?;
     let ttl_s = in_range(
         "ttl_s",
         body.ttl_s

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod helpers;
+mod hostile;
 mod ledger;
 mod queue;
 mod terminals;
