@@ -6,6 +6,10 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::RngCore;
 use thiserror::Error;
@@ -67,6 +71,7 @@ pub struct Application {
     router: Router,
     operator_token: String,
     operator_token_generated: bool,
+    limits: Limits,
     /// Held open for the server's lifetime: its lock keeps a second server off the same data.
     _data_lock: File,
 }
@@ -133,6 +138,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
+            limits: config.limits,
             operator_token,
             operator_token_generated,
             _data_lock: data_lock,
@@ -154,6 +160,11 @@ impl Application {
         self.operator_token_generated
     }
 
+    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    ///
+    /// The connection loop is hyper's own rather than `axum::serve`, to bound what one client
+    /// can hold: at most `connections_max` connections, each given `header_read_timeout` to
+    /// send a request's headers (and no longer to sit idle between requests).
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -161,11 +172,59 @@ impl Application {
         let Application {
             listener,
             router,
+            limits,
             _data_lock,
             ..
         } = self;
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = accept(&listener, &connections) => accepted,
+            };
+            let Some((stream, permit)) = accepted else {
+                continue;
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                // A client that goes away mid-request is not the server's failure.
+                let _ = watched.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// The next connection, once there is room for it. Errors accepting (a client that reset
+/// before being accepted, descriptors running out) pause briefly and skip, never end serving.
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<tokio::sync::Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = connections
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connection semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, _peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, permit))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "accepting a connection failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            None
+        }
     }
 }

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::payments::{PaymentProvider, SimulatedAcquirer};
@@ -34,8 +35,15 @@ pub struct Limits {
     pub syncs_in_flight_max: usize,
     /// Sales one server keeps.
     pub sales_max: usize,
-    /// Largest request body accepted.
+    /// Largest request body accepted (a till's sync has its own, larger bound).
     pub body_bytes_max: usize,
+    /// Connections served at once; beyond it new ones wait in the listen backlog.
+    pub connections_max: usize,
+    /// How long a client has to send a request's headers, and how long an idle keep-alive
+    /// connection is kept.
+    pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive, plus a little per kilobyte.
+    pub body_read_timeout: Duration,
     /// How long a customer token lives when the operator does not say.
     pub customer_token_ttl_s_default: u64,
 }
@@ -51,6 +59,9 @@ impl Default for Limits {
             writes_in_flight_max: 512,
             syncs_in_flight_max: 16,
             body_bytes_max: 16 * 1024,
+            connections_max: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             customer_token_ttl_s_default: 24 * 3600,
         }
     }

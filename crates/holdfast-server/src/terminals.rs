@@ -35,6 +35,8 @@ pub struct OfflineCardLimits {
 }
 /// Entries one sync request may carry.
 pub const SYNC_ENTRIES_MAX: usize = 1_000;
+/// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
+pub const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
 const SECRET_BYTES: usize = 32;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

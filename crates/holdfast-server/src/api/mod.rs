@@ -1,8 +1,9 @@
 //! The HTTP API (shared/API.md). One router per area, merged here.
 
 mod extract;
+mod intake;
 mod ops;
-mod overload;
+pub(crate) mod overload;
 mod pay;
 mod queue;
 mod sales;
@@ -20,7 +21,6 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
-    let body_bytes_max = state.limits.body_bytes_max;
     Router::new()
         .merge(sales::router())
         .merge(shopper::router())
@@ -36,10 +36,11 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(body_bytes_max))
+        // `intake` has read every body whole within its bound already.
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            overload::shed_writes,
+            intake::read_whole_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::ApiPath;
+use super::overload::WriteSlot;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::idempotency::fingerprint;
@@ -75,6 +76,7 @@ async fn pay(
 ) -> Result<Json<Value>, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::bad_request("invalid_payment", e.body_text()))?;
     let (till, receivable) = find(&state, &terminal, &id).await?;
+    let _slot = WriteSlot::take(&state)?;
     if let Some(authorization) = receivable.settled_by {
         return Ok(Json(
             json!({"status": "paid", "authorization_id": authorization, "amount": receivable.amount}),

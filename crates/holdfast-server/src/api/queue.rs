@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::extract::ApiPath;
+use super::overload::WriteSlot;
 use super::sales::find_sale;
 use super::wire::{format_time, parse_channel};
 use crate::actor::SaleView;
@@ -153,6 +154,7 @@ fn answer(
 async fn join(
     State(state): State<AppState>,
     Customer(shopper): Customer,
+    _slot: WriteSlot,
     ApiPath(sale_id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<QueueAnswer>, ApiError> {

@@ -10,6 +10,7 @@ use holdfast_core::{Command, STOCK_MAX, Shopper};
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
+use super::overload::WriteSlot;
 use super::wire::{
     CreateSale, CustomerTokenRequest, OrderBody, OrdersQuery, RestockRequest, format_time,
     in_range, parse_channel, parse_order_id, sale_body,
@@ -58,6 +59,7 @@ fn sale_json(state: &AppState, sale: &SaleHandle) -> Json<Value> {
 async fn create_sale(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiJson(body): ApiJson<CreateSale>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // A retry of the same creation must compare equal, so it reuses the existing sale's seed.
@@ -101,6 +103,7 @@ async fn run(
 async fn restock(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RestockRequest>,
 ) -> Result<Json<Value>, ApiError> {
@@ -112,6 +115,7 @@ async fn restock(
 async fn close(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (sale, _) = run(&state, &id, Command::Close).await?;
@@ -121,6 +125,7 @@ async fn close(
 async fn release_share(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiPath((id, channel)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = parse_channel(Some(&channel))?;

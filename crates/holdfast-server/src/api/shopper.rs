@@ -9,6 +9,7 @@ use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, Sho
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
+use super::overload::WriteSlot;
 use super::sales::find_sale;
 use super::wire::{
     ConfirmRequest, HoldRequest, OrderBody, format_day, format_time, in_range, parse_channel,
@@ -92,6 +93,7 @@ async fn execute(
 async fn place_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
+    _slot: WriteSlot,
     ApiPath(sale_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<HoldRequest>,
@@ -176,6 +178,7 @@ fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {
 async fn confirm_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
+    _slot: WriteSlot,
     ApiPath(raw_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ConfirmRequest>,
@@ -258,6 +261,7 @@ async fn settle(state: &AppState, authorization: &str, hold_id: &str, outcome: O
 async fn release_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
+    _slot: WriteSlot,
     ApiPath(raw_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (sale, hold) = hold_and_sale(&state, &raw_id)?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{ApiBytes, ApiJson, ApiPath};
+use super::overload::WriteSlot;
 use super::wire::in_range;
 use crate::app::AppState;
 use crate::auth::Operator;
@@ -24,17 +25,11 @@ use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::{PaymentError, charge};
 use crate::terminals::{AuthRefusal, OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal};
 
-/// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
-const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/terminals", post(register))
         .route("/v1/terminals/{id}/allotments", post(allotments))
-        .route(
-            "/v1/terminals/{id}/sync",
-            post(sync).layer(DefaultBodyLimit::max(SYNC_BODY_BYTES_MAX)),
-        )
+        .route("/v1/terminals/{id}/sync", post(sync))
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
         .route("/v1/terminals/{id}/payments", post(card_payment))
         .route(
@@ -53,6 +48,7 @@ struct RegisterRequest {
 async fn register(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !is_valid_sale_id(&body.terminal_id)
@@ -165,6 +161,7 @@ async fn allotments(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
+    let _slot = WriteSlot::take(&state)?;
     let request: AllotmentRequest = parse(&body)?;
     let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
     let granted = terminal
@@ -254,6 +251,7 @@ async fn card_payment(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
 ) -> Result<Response, ApiError> {
+    let _slot = WriteSlot::take(&state)?;
     let request: PaymentRequest = parse(&body)?;
     let well_formed = (1..=PAYMENT_REFERENCE_LEN_MAX).contains(&request.reference.len())
         && request.reference.bytes().all(|b| b.is_ascii_graphic())
@@ -309,6 +307,7 @@ struct LimitsRequest {
 async fn set_store_limits(
     State(state): State<AppState>,
     _: Operator,
+    _slot: WriteSlot,
     ApiPath(store): ApiPath<String>,
     ApiJson(body): ApiJson<LimitsRequest>,
 ) -> Result<Json<Value>, ApiError> {

@@ -333,3 +333,49 @@ pub fn stock(sale: &Value) -> (u64, u64, u64, u64) {
         s["sold"].as_u64().unwrap(),
     )
 }
+
+/// A raw connection to the app, for what a well-behaved client would never send.
+pub async fn raw_connection(app: &TestApp, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads what the server sends until it closes the connection: the status code, if an answer
+/// came, and the whole text.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> (Option<u16>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut received),
+    )
+    .await
+    .expect("the server closes the connection");
+    let _ = read; // A reset after the answer is a close too.
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    (status, text)
+}
+
+/// The value of a metric on the app's `/metrics` page (0 when absent).
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let page = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .filter_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}

@@ -1,6 +1,7 @@
 //! Tried as an attacker would: resellers with look-alike identities, garbage, forgeries and
 //! replays. Each is answered with its 4xx and code, nothing panics, the ledger is unchanged.
 
+use holdfast_server::Limits;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -102,5 +103,104 @@ async fn a_phone_that_is_not_a_phone_is_refused() {
             (StatusCode::BAD_REQUEST, "invalid_phone"),
             "{phone}"
         );
+    }
+}
+
+/// Strangers trickling bodies in (a byte a second) once held every write slot, and every real
+/// hold was refused `429`. Bodies are now read whole before a slot is taken.
+#[tokio::test]
+async fn slow_bodies_from_strangers_hold_no_write_slot() {
+    let app = spawn_app_with(Limits {
+        writes_in_flight_max: 2,
+        ..Limits::default()
+    })
+    .await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let buyer = app.token("buyer", Some("010-1234-0000"), None).await;
+    let before = metric(&app, "holdfast_request_bodies_in_progress").await;
+    let slow_request = b"POST /pay/ghost/none HTTP/1.1\r\nHost: holdfast\r\n\
+        Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nc";
+    let mut strangers = Vec::new();
+    for _ in 0..20 {
+        strangers.push(raw_connection(&app, slow_request).await);
+    }
+    // Wait until the server is reading every one of those bodies.
+    let mut waited = 0;
+    while metric(&app, "holdfast_request_bodies_in_progress").await < before + 20.0 {
+        waited += 1;
+        assert!(
+            waited < 500,
+            "the server never started reading the slow bodies"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        let held = app.hold("masks", &buyer, 1).await;
+        assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+        let hold_id = held.body["hold_id"].as_str().unwrap().to_owned();
+        let released = app
+            .call(
+                Method::DELETE,
+                &format!("/v1/holds/{hold_id}"),
+                Some(&buyer),
+                None,
+            )
+            .await;
+        assert_eq!(released.status, StatusCode::OK);
+    }
+    drop(strangers);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
+    let app = spawn_app_with(Limits {
+        body_read_timeout: std::time::Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut slow = raw_connection(
+        &app,
+        b"POST /v1/sales/masks/holds HTTP/1.1\r\nHost: holdfast\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await;
+    let (status, text) = read_until_closed(&mut slow).await;
+    assert_eq!(status, Some(408), "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+}
+
+#[tokio::test]
+async fn headers_that_do_not_arrive_in_time_close_the_connection() {
+    let app = spawn_app_with(Limits {
+        header_read_timeout: std::time::Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut slow = raw_connection(&app, b"POST /v1/sales/masks/holds HTTP/1.1\r\nHost: hol").await;
+    let (status, _) = read_until_closed(&mut slow).await;
+    assert_ne!(status, Some(200));
+    // An idle connection that never sends a request is closed too.
+    let mut idle = raw_connection(&app, b"").await;
+    read_until_closed(&mut idle).await;
+}
+
+/// A body larger than the route takes is refused from its `Content-Length`, in our JSON error
+/// format (the queue route once answered 413 in plain text), before any of it is read.
+#[tokio::test]
+async fn a_huge_body_is_refused_in_json_before_it_is_read() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/sales/masks/queue",
+        "/v1/sales/masks/holds",
+        "/v1/terminals/t/sync",
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: holdfast\r\nContent-Type: application/json\r\n\
+             Content-Length: 20971520\r\n\r\n"
+        );
+        let mut stream = raw_connection(&app, head.as_bytes()).await;
+        let (status, text) = read_until_closed(&mut stream).await;
+        assert_eq!(status, Some(413), "{path}: {text}");
+        assert!(text.contains("\"payload_too_large\""), "{path}: {text}");
     }
 }

@@ -1,0 +1,111 @@
+//! Request bodies are read whole, within a deadline and a size bound, before routing hands the
+//! request to a handler. A body that trickles in (a byte a second) is cut off with `408` and
+//! never reaches a handler, so it never holds a write slot or a sale's attention; a body too
+//! large is refused with `413` in our error format, from its `Content-Length` when it says so,
+//! before a byte of it is read.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// The slowest rate a body may arrive at beyond the base deadline: a till's full sync batch
+/// over a poor mobile line still makes it, a trickle does not.
+const BODY_BYTES_PER_S_MIN: u64 = 16 * 1024;
+
+/// The largest body `path` takes: a till's sync carries many journal entries, every other
+/// call a small JSON document.
+fn body_bytes_max(state: &AppState, path: &str) -> usize {
+    let is_sync = path.starts_with("/v1/terminals/") && path.ends_with("/sync");
+    if is_sync {
+        crate::terminals::SYNC_BODY_BYTES_MAX
+    } else {
+        state.limits.body_bytes_max
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than this endpoint accepts",
+    )
+}
+
+fn too_slow() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time; send it again",
+    )
+    .into_response();
+    // The rest of a body that was cut off is still on the wire: the connection cannot be reused.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+pub async fn read_whole_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let bytes_max = body_bytes_max(&state, request.uri().path());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > bytes_max as u64) {
+        return too_large().into_response();
+    }
+    let expected = declared.unwrap_or(bytes_max as u64);
+    let deadline = state.limits.body_read_timeout
+        + Duration::from_millis(expected.saturating_mul(1000) / BODY_BYTES_PER_S_MIN);
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, bytes_max);
+    let reading = BodiesBeingRead::start();
+    let read = tokio::time::timeout(deadline, limited.collect()).await;
+    drop(reading);
+    let bytes = match read {
+        Err(_) => {
+            metrics::counter!("holdfast_bodies_timed_out_total").increment(1);
+            return too_slow();
+        }
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return too_large().into_response();
+        }
+        Ok(Err(_)) => {
+            return ApiError::bad_request("invalid_body", "the request body could not be read")
+                .into_response();
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Counts bodies being read in `holdfast_request_bodies_in_progress`: a crowd of slow bodies
+/// (an attack, or a bad network) shows there.
+struct BodiesBeingRead;
+
+impl BodiesBeingRead {
+    fn start() -> BodiesBeingRead {
+        metrics::gauge!("holdfast_request_bodies_in_progress").increment(1);
+        BodiesBeingRead
+    }
+}
+
+impl Drop for BodiesBeingRead {
+    fn drop(&mut self) {
+        metrics::gauge!("holdfast_request_bodies_in_progress").decrement(1);
+    }
+}
