@@ -13,15 +13,16 @@ use holdfast_core::{Shopper, Timestamp};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
 const SECRET_FILE: &str = "token-secret";
 const SECRET_BYTES: usize = 32;
-/// Tokens remembered as verified. Checking a signature costs more than the rest of a hold, and
-/// a shopper presents the same token many times; the cache is emptied when full.
-const VERIFIED_TOKENS_MAX: usize = 100_000;
+/// Tokens remembered as verified, per generation. Checking a signature costs more than the rest
+/// of a hold, and a shopper presents the same token many times.
+const VERIFIED_TOKENS_PER_GENERATION_MAX: usize = 65_536;
 
 /// What a signed token stands for. Every token carries its kind, so a ticket or a pass can
 /// never be presented as a customer token, or the other way round.
@@ -52,8 +53,36 @@ struct CustomerClaims {
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    /// Token → (shopper, expiry): only tokens whose signature verified are ever inserted.
-    verified: Mutex<HashMap<String, (Shopper, Timestamp)>>,
+    /// Only tokens whose signature verified are ever inserted.
+    verified: Mutex<VerifiedTokens>,
+}
+
+/// A bounded cache of verified tokens in two generations: new entries go to the current one;
+/// when it is full it becomes the previous one and the old previous is dropped. A hit in the
+/// previous generation moves to the current, so tokens in use survive and only those unused
+/// for a whole generation are forgotten — never the whole cache at once.
+#[derive(Default)]
+struct VerifiedTokens {
+    current: HashMap<String, (Shopper, Timestamp)>,
+    previous: HashMap<String, (Shopper, Timestamp)>,
+}
+
+impl VerifiedTokens {
+    fn get(&mut self, token: &str) -> Option<(Shopper, Timestamp)> {
+        if let Some(entry) = self.current.get(token) {
+            return Some(entry.clone());
+        }
+        let entry = self.previous.remove(token)?;
+        self.insert(token.to_owned(), entry.clone());
+        Some(entry)
+    }
+
+    fn insert(&mut self, token: String, entry: (Shopper, Timestamp)) {
+        if self.current.len() >= VERIFIED_TOKENS_PER_GENERATION_MAX {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(token, entry);
+    }
 }
 
 impl TokenKeys {
@@ -78,7 +107,7 @@ impl TokenKeys {
         Ok(TokenKeys {
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(VerifiedTokens::default()),
         })
     }
 
@@ -95,20 +124,12 @@ impl TokenKeys {
     }
 
     fn verify(&self, token: &str, now: Timestamp) -> Option<Shopper> {
-        let cached = self
-            .verified
-            .lock()
-            .expect("token cache")
-            .get(token)
-            .cloned();
+        let cached = self.verified.lock().expect("token cache").get(token);
         let (shopper, expires_at) = match cached {
             Some(entry) => entry,
             None => {
                 let entry = self.verify_signature(token)?;
                 let mut verified = self.verified.lock().expect("token cache");
-                if verified.len() >= VERIFIED_TOKENS_MAX {
-                    verified.clear();
-                }
                 verified.insert(token.to_owned(), entry.clone());
                 entry
             }
@@ -164,13 +185,14 @@ fn bearer(parts: &Parts) -> Option<&str> {
     value.strip_prefix("Bearer ").map(str::trim)
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Compares digests of the two, in constant time: neither where they first differ nor how
+/// long the secret is shows in the time taken.
+fn same_secret(presented: &str, secret: &str) -> bool {
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(secret));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Proof that the caller presented the operator token.
@@ -289,5 +311,47 @@ impl TokenKeys {
 
     pub fn verify_pass(&self, token: &str, now: Timestamp) -> Option<Place> {
         self.verify_place(TokenKind::Pass, token, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> (Shopper, Timestamp) {
+        (
+            Shopper::new(&format!("c{n}"), None, None).unwrap(),
+            Timestamp(0),
+        )
+    }
+
+    #[test]
+    fn the_token_cache_is_bounded_and_keeps_what_is_in_use() {
+        let mut cache = VerifiedTokens::default();
+        cache.insert("hot".into(), entry(0));
+        for n in 1..VERIFIED_TOKENS_PER_GENERATION_MAX * 3 {
+            cache.insert(format!("t{n}"), entry(n));
+            if n % 1_000 == 0 {
+                assert!(
+                    cache.get("hot").is_some(),
+                    "a token in use is kept (at {n})"
+                );
+            }
+        }
+        assert!(
+            cache.current.len() + cache.previous.len() <= 2 * VERIFIED_TOKENS_PER_GENERATION_MAX
+        );
+        assert!(
+            cache.get("t1").is_none(),
+            "a token unused for a generation is forgotten"
+        );
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("op-secret", "op-secret"));
+        for other in ["", "op-secre", "op-secret-", "Op-secret"] {
+            assert!(!same_secret(other, "op-secret"), "{other}");
+        }
     }
 }
