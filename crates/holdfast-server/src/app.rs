@@ -21,15 +21,17 @@ use crate::config::{Config, Limits};
 use crate::idempotency::Idempotency;
 use crate::ledger::{Ledger, RecoveryError};
 use crate::payments::PaymentProvider;
+use crate::settlement::Settlements;
 use crate::terminals::Terminals;
 
 pub struct AppInner {
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
     pub terminals: Terminals,
     pub tokens: TokenKeys,
     pub operator_token: String,
     pub clock: Arc<dyn Clock>,
     pub payments: Arc<dyn PaymentProvider>,
+    pub settlements: Arc<Settlements>,
     pub idempotency: Idempotency,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
@@ -72,6 +74,8 @@ pub struct Application {
     operator_token: String,
     operator_token_generated: bool,
     limits: Limits,
+    /// Tells background workers (payment settlement) to stop when serving ends.
+    stop_workers: tokio::sync::watch::Sender<bool>,
     /// Held open for the server's lifetime: its lock keeps a second server off the same data.
     _data_lock: File,
 }
@@ -116,8 +120,22 @@ impl Application {
             Some(token) if !token.is_empty() => (token, false),
             _ => (generate_token(), true),
         };
+        let ledger = Arc::new(ledger);
+        let settlements = Arc::new(Settlements::recover(
+            &rest.values,
+            config.payments.clone(),
+            ledger.log().clone(),
+            config.clock.clone(),
+        ));
+        let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(settlements.clone().run(
+            ledger.clone(),
+            config.limits.settlement_retry_every,
+            workers_stop,
+        ));
         let state = AppState(Arc::new(AppInner {
             ledger,
+            settlements,
             terminals,
             tokens,
             operator_token: operator_token.clone(),
@@ -139,6 +157,7 @@ impl Application {
             listener,
             router,
             limits: config.limits,
+            stop_workers,
             operator_token,
             operator_token_generated,
             _data_lock: data_lock,
@@ -173,6 +192,7 @@ impl Application {
             listener,
             router,
             limits,
+            stop_workers,
             _data_lock,
             ..
         } = self;
@@ -201,6 +221,7 @@ impl Application {
         }
         drop(listener);
         graceful.shutdown().await;
+        let _ = stop_workers.send(true);
         Ok(())
     }
 }

@@ -44,6 +44,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long a request body may take to arrive, plus a little per kilobyte.
     pub body_read_timeout: Duration,
+    /// How often payment settlements the card network has not taken are looked at again.
+    pub settlement_retry_every: Duration,
     /// How long a customer token lives when the operator does not say.
     pub customer_token_ttl_s_default: u64,
 }
@@ -62,6 +64,7 @@ impl Default for Limits {
             connections_max: 16_384,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            settlement_retry_every: Duration::from_secs(5),
             customer_token_ttl_s_default: 24 * 3600,
         }
     }

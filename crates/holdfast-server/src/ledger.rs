@@ -149,6 +149,15 @@ impl Ledger {
         self.sales.read().expect("sales map").get(id).cloned()
     }
 
+    /// Every sale, as (id, handle).
+    pub fn sales(&self) -> Vec<(String, SaleHandle)> {
+        let sales = self.sales.read().expect("sales map");
+        sales
+            .iter()
+            .map(|(id, sale)| (id.clone(), sale.clone()))
+            .collect()
+    }
+
     pub fn sale_count(&self) -> usize {
         self.sales.read().expect("sales map").len()
     }

@@ -14,6 +14,7 @@ mod idempotency;
 mod ledger;
 mod log_entry;
 pub mod payments;
+mod settlement;
 pub mod terminals;
 
 pub use app::{Application, StartError};

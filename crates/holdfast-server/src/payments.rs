@@ -61,25 +61,6 @@ pub trait PaymentProvider: Send + Sync + 'static {
 /// The currency every amount is in. Won has no minor unit.
 pub const CURRENCY: &str = "KRW";
 
-/// Authorises `amount` on a card and captures it at once, both under `idempotency_key`: the
-/// whole of a payment taken in one step (a till's card sale, a pay link).
-pub async fn charge(
-    provider: &dyn PaymentProvider,
-    card_token: String,
-    amount: u64,
-    idempotency_key: &str,
-) -> Result<Authorization, PaymentError> {
-    let request = AuthorizeRequest {
-        card_token,
-        amount,
-        currency: CURRENCY,
-        idempotency_key: idempotency_key.to_owned(),
-    };
-    let authorization = provider.authorize(request).await?;
-    provider.capture(&authorization.id, idempotency_key).await?;
-    Ok(authorization)
-}
-
 /// Test card tokens, in the style acquirers publish for their sandboxes.
 pub const CARD_APPROVED: &str = "tok_visa";
 pub const CARD_DECLINED: &str = "tok_declined";

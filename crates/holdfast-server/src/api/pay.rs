@@ -17,7 +17,6 @@ use super::overload::WriteSlot;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::idempotency::fingerprint;
-use crate::payments::charge;
 use crate::terminals::{Receivable, Terminal};
 
 pub fn router() -> Router<AppState> {
@@ -98,13 +97,10 @@ async fn pay(
     // Each card is its own attempt: after a decline the customer may try another card.
     let card = fingerprint("pay link card", &form.card_token);
     let key = format!("receivable {terminal} {id} {card}");
-    let authorization = charge(
-        state.payments.as_ref(),
-        form.card_token,
-        receivable.amount,
-        &key,
-    )
-    .await?;
+    let authorization = state
+        .settlements
+        .charge(form.card_token, receivable.amount, &key)
+        .await?;
     let settled = till
         .settle(state.ledger.log(), &id, &authorization.id)
         .await?

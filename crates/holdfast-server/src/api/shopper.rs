@@ -230,32 +230,39 @@ async fn confirm_hold(
     };
     let result = execute(&sale, command, guard, fingerprint, render_confirm).await;
     if let Some(auth) = authorization {
-        settle(
-            &state,
-            &auth.id,
-            &raw_id,
-            result.as_ref().ok().map(|(_, o)| o),
-        )
-        .await;
+        let outcome = result.as_ref().ok().map(|(_, o)| o.clone());
+        let sale_id = sale.view().spec.id.clone();
+        settle(&state, auth.id, sale_id, raw_id, outcome).await;
     }
     Ok(result?.0)
 }
 
 /// Captures the authorisation if it paid for the confirmed order, voids it otherwise (the hold
-/// expired during payment, or the ledger could not write).
-async fn settle(state: &AppState, authorization: &str, hold_id: &str, outcome: Option<&Outcome>) {
-    let paid_for_order =
-        matches!(outcome, Some(Ok(Reply::Confirmed(order))) if order.payment_ref == authorization);
-    let key = format!("settle {hold_id}");
-    let result = if paid_for_order {
-        state.payments.capture(authorization, &key).await
-    } else {
-        state.payments.void(authorization, &key).await
-    };
-    if let Err(error) = result {
-        metrics::counter!("holdfast_payment_settle_failures_total").increment(1);
-        tracing::warn!(%error, authorization, "settling a payment failed; it needs a retry");
-    }
+/// expired during payment, or the ledger could not write). Runs in a task of its own, so a
+/// caller who hangs up cannot stop a payment half-settled; what the card network does not take
+/// now is retried by `Settlements`.
+async fn settle(
+    state: &AppState,
+    authorization: String,
+    sale_id: String,
+    hold_id: String,
+    outcome: Option<Outcome>,
+) {
+    let settlements = state.settlements.clone();
+    let settling = tokio::spawn(async move {
+        match outcome {
+            Some(Ok(Reply::Confirmed(order))) if order.payment_ref == authorization => {
+                settlements.capture_order(&sale_id, &order).await;
+            }
+            _ => {
+                let key = format!("settle {hold_id}");
+                if let Err(error) = settlements.void(&authorization, &key).await {
+                    tracing::error!(%error, %authorization, "a void to retry could not be written down");
+                }
+            }
+        }
+    });
+    let _ = settling.await;
 }
 
 async fn release_hold(

@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
-use crate::payments::{PaymentError, charge};
+use crate::payments::PaymentError;
 use crate::terminals::{AuthRefusal, OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal};
 
 pub fn router() -> Router<AppState> {
@@ -277,7 +277,11 @@ async fn card_payment(
             Begin::Fresh(guard) => guard,
         };
     let key = format!("terminal {} {}", terminal.id, request.reference);
-    let answer = match charge(state.payments.as_ref(), request.card_token, amount, &key).await {
+    let charged = state
+        .settlements
+        .charge(request.card_token, amount, &key)
+        .await;
+    let answer = match charged {
         Ok(authorization) => StoredAnswer::json(
             200,
             &json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),

@@ -1,9 +1,11 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use holdfast_core::Timestamp;
 use holdfast_server::clock::ManualClock;
 use holdfast_server::payments::{
-    Authorization, AuthorizeRequest, PaymentFuture, PaymentProvider, SimulatedAcquirer,
+    Authorization, AuthorizeRequest, PaymentError, PaymentFuture, PaymentProvider,
+    SimulatedAcquirer,
 };
 use holdfast_server::{Application, Config, Limits};
 use reqwest::{Method, StatusCode};
@@ -20,6 +22,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub acquirer: Arc<SimulatedAcquirer>,
+    /// What the server talks to: the acquirer, or a wrapper around it.
+    payments: Arc<dyn PaymentProvider>,
     pub dir: Arc<tempfile::TempDir>,
     limits: Limits,
     shutdown: Option<oneshot::Sender<()>>,
@@ -69,6 +73,42 @@ pub async fn spawn_app_gated(limits: Limits) -> (TestApp, Gate) {
     (app, Gate { entered, release })
 }
 
+/// An app whose card network takes no captures while `captures_down` is set.
+pub async fn spawn_app_with_captures_down(limits: Limits) -> (TestApp, Arc<AtomicBool>) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let acquirer = Arc::new(SimulatedAcquirer::default());
+    let down = Arc::new(AtomicBool::new(true));
+    let flaky = Arc::new(CapturesDown {
+        inner: acquirer.clone(),
+        down: down.clone(),
+    });
+    let app = start(dir, ManualClock::new(START), flaky, acquirer, limits).await;
+    (app, down)
+}
+
+struct CapturesDown {
+    inner: Arc<SimulatedAcquirer>,
+    down: Arc<AtomicBool>,
+}
+
+impl PaymentProvider for CapturesDown {
+    fn authorize(&self, request: AuthorizeRequest) -> PaymentFuture<'_, Authorization> {
+        self.inner.authorize(request)
+    }
+    fn capture(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(PaymentError::Unavailable) });
+        }
+        self.inner.capture(id, key)
+    }
+    fn void(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
+        self.inner.void(id, key)
+    }
+    fn refund(&self, id: &str, amount: u64, key: &str) -> PaymentFuture<'_, ()> {
+        self.inner.refund(id, amount, key)
+    }
+}
+
 pub struct Gate {
     pub entered: tokio::sync::mpsc::UnboundedReceiver<()>,
     pub release: tokio::sync::watch::Sender<bool>,
@@ -113,8 +153,8 @@ async fn start(
         Some(OPERATOR.into()),
     );
     config.clock = Arc::new(clock.clone());
-    config.payments = payments;
     config.limits = limits;
+    config.payments = payments.clone();
     let app = Application::build(config).await.expect("app starts");
     let base = format!("http://{}", app.local_addr());
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -134,6 +174,7 @@ async fn start(
         client,
         clock,
         acquirer,
+        payments,
         dir,
         limits,
         shutdown: Some(shutdown),
@@ -145,12 +186,11 @@ impl TestApp {
     /// Stops the server and starts a new one on the same data directory and clock.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        let acquirer = self.acquirer.clone();
         start(
             self.dir.clone(),
             self.clock.clone(),
-            acquirer.clone(),
-            acquirer,
+            self.payments.clone(),
+            self.acquirer.clone(),
             self.limits,
         )
         .await

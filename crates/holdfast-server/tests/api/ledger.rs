@@ -221,3 +221,40 @@ async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again() {
         after.body
     );
 }
+
+/// A capture the card network did not take is kept and retried until it does; after a restart
+/// too. Nothing authorised for an order is left uncaptured, nothing is captured twice.
+#[tokio::test]
+async fn a_capture_the_network_did_not_take_is_retried_until_it_does() {
+    let limits = Limits {
+        settlement_retry_every: std::time::Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let (app, captures_down) = spawn_app_with_captures_down(limits).await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let mut holds = Vec::new();
+    for n in 0..3 {
+        let shopper = app.token(&format!("c{n}"), None, None).await;
+        let held = app.hold("masks", &shopper, 1).await;
+        let hold_id = held.body["hold_id"].as_str().unwrap().to_owned();
+        let confirmed = app.confirm(&hold_id, &shopper).await;
+        assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+        holds.push(hold_id);
+    }
+    assert_eq!(app.acquirer.captured(), 0);
+    assert_eq!(
+        metric(&app, "holdfast_payment_settlements_pending").await,
+        3.0
+    );
+    // The server restarts while the network still refuses: nothing is forgotten.
+    let app = app.restart().await;
+    app.advance_s(60);
+    captures_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut waited = 0;
+    while app.acquirer.captured() < 3 {
+        waited += 1;
+        assert!(waited < 500, "the captures were never retried");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.acquirer.captured(), 3, "captured once each");
+}

@@ -1,0 +1,471 @@
+//! Settling authorised payments: capture what paid for an order, void what did not, and keep
+//! trying until the card network has taken each one — exactly once.
+//!
+//! The queue is durable without costing the confirm a write of its own: a confirmed order's
+//! `payment_ref` in the sale's log *is* the intent to capture it. What has been settled is
+//! recorded per sale as a watermark (`settled-through/<sale>`: every order up to it is
+//! settled), advanced and written by the background worker in batches. At start-up every order
+//! above its sale's watermark is captured again — harmless, since a capture carries the same
+//! idempotency key every time and the acquirer answers a repeat with the first answer. The
+//! rarer settlements with no order behind them (a void after a failed confirm, a till's
+//! one-step charge) are written as `settle/<authorization>` when the network does not take them
+//! at once, and closed with `settled/<authorization>`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_core::Order;
+use holdfast_store::{Batch, LogHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::api::wire::hold_id;
+use crate::clock::Clock;
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::payments::{Authorization, AuthorizeRequest, CURRENCY, PaymentError, PaymentProvider};
+
+const WATERMARK_KEY: &str = "settled-through/";
+const PENDING_KEY: &str = "settle/";
+const DONE_KEY: &str = "settled/";
+/// An order younger than this is left to the request that confirmed it, which captures it at
+/// once; the worker picks up only what that request did not finish.
+const ORDER_GRACE_MILLIS: i64 = 10_000;
+/// Orders above a sale's watermark looked at in one round of the worker.
+const ORDERS_LOOKED_AT_MAX: usize = 4_096;
+/// Retries of one settlement back off up to this.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Capture,
+    Void,
+}
+
+/// One settlement the card network has not taken yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    authorization: String,
+    action: Action,
+    idempotency_key: String,
+    /// The order it pays for, if any: settling it advances that sale's watermark.
+    #[serde(default)]
+    order: Option<(String, u64)>,
+    #[serde(skip)]
+    attempts: u32,
+    #[serde(skip)]
+    next_try: Option<tokio::time::Instant>,
+}
+
+/// Per sale: every order up to `through` is settled, and so are those in `above`.
+#[derive(Default)]
+struct Watermark {
+    through: u64,
+    above: BTreeSet<u64>,
+    written: u64,
+}
+
+impl Watermark {
+    fn settle(&mut self, order: u64) {
+        if order > self.through {
+            self.above.insert(order);
+        }
+        while self.above.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+
+    fn is_settled(&self, order: u64) -> bool {
+        order <= self.through || self.above.contains(&order)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// By authorization id.
+    pending: BTreeMap<String, Pending>,
+    watermarks: HashMap<String, Watermark>,
+    /// `settled/<authorization>` markers not yet written.
+    done_unwritten: Vec<String>,
+}
+
+pub struct Settlements {
+    state: Mutex<State>,
+    payments: Arc<dyn PaymentProvider>,
+    log: LogHandle,
+    clock: Arc<dyn Clock>,
+    wake: Notify,
+}
+
+/// Settlement records found in the log's keyed values.
+fn recover_state(values: &[(String, Vec<u8>)]) -> State {
+    let mut state = State::default();
+    let mut done = BTreeSet::new();
+    for (key, bytes) in values {
+        if let Some(sale) = key.strip_prefix(WATERMARK_KEY) {
+            let through = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let watermark = Watermark {
+                through,
+                written: through,
+                ..Watermark::default()
+            };
+            state.watermarks.insert(sale.to_owned(), watermark);
+        } else if let Some(authorization) = key.strip_prefix(DONE_KEY) {
+            done.insert(authorization.to_owned());
+        } else if key.starts_with(PENDING_KEY)
+            && let Ok(pending) = serde_json::from_slice::<Pending>(bytes)
+        {
+            state.pending.insert(pending.authorization.clone(), pending);
+        }
+    }
+    state.pending.retain(|id, _| !done.contains(id));
+    state
+}
+
+impl Settlements {
+    pub fn recover(
+        values: &[(String, Vec<u8>)],
+        payments: Arc<dyn PaymentProvider>,
+        log: LogHandle,
+        clock: Arc<dyn Clock>,
+    ) -> Settlements {
+        Settlements {
+            state: Mutex::new(recover_state(values)),
+            payments,
+            log,
+            clock,
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn payments(&self) -> &dyn PaymentProvider {
+        self.payments.as_ref()
+    }
+
+    /// Settlements the card network has not taken yet.
+    pub fn pending(&self) -> usize {
+        self.state.lock().expect("settlements").pending.len()
+    }
+
+    /// Captures the payment for a confirmed order now; if the network does not take it, the
+    /// worker keeps trying. Rehearsal orders have nothing to capture.
+    pub async fn capture_order(&self, sale_id: &str, order: &Order) {
+        if order.rehearsal {
+            self.order_settled(sale_id, order.id.0);
+            return;
+        }
+        let pending = Pending {
+            authorization: order.payment_ref.clone(),
+            action: Action::Capture,
+            idempotency_key: capture_key(sale_id, order),
+            order: Some((sale_id.to_owned(), order.id.0)),
+            attempts: 0,
+            next_try: None,
+        };
+        if self.try_settle(&pending).await {
+            self.order_settled(sale_id, order.id.0);
+        } else {
+            self.enqueue(pending);
+        }
+    }
+
+    /// Voids an authorisation that paid for nothing. If the network does not take it now, the
+    /// void is written down and retried until it does.
+    pub async fn void(
+        &self,
+        authorization: &str,
+        idempotency_key: &str,
+    ) -> Result<(), LedgerError> {
+        let pending = Pending {
+            authorization: authorization.to_owned(),
+            action: Action::Void,
+            idempotency_key: idempotency_key.to_owned(),
+            order: None,
+            attempts: 0,
+            next_try: None,
+        };
+        self.settle_or_keep(pending).await
+    }
+
+    /// Authorises and captures in one step (a till's card sale, a pay link). Once authorised
+    /// the payment is approved: a capture the network does not take now is kept and retried.
+    pub async fn charge(
+        &self,
+        card_token: String,
+        amount: u64,
+        idempotency_key: &str,
+    ) -> Result<Authorization, PaymentError> {
+        let request = AuthorizeRequest {
+            card_token,
+            amount,
+            currency: CURRENCY,
+            idempotency_key: idempotency_key.to_owned(),
+        };
+        let authorization = self.payments.authorize(request).await?;
+        let pending = Pending {
+            authorization: authorization.id.clone(),
+            action: Action::Capture,
+            idempotency_key: idempotency_key.to_owned(),
+            order: None,
+            attempts: 0,
+            next_try: None,
+        };
+        // A capture not written down is retried by the till's own retry (same reference, same
+        // key); only a failed write of the record leaves it to that.
+        if let Err(error) = self.settle_or_keep(pending).await {
+            tracing::error!(%error, "a capture to retry could not be written down");
+        }
+        Ok(authorization)
+    }
+
+    async fn settle_or_keep(&self, pending: Pending) -> Result<(), LedgerError> {
+        if self.try_settle(&pending).await {
+            return Ok(());
+        }
+        let record = serde_json::to_vec(&pending).expect("settlements serialise");
+        let batch = Batch {
+            values: vec![(format!("{PENDING_KEY}{}", pending.authorization), record)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        self.enqueue(pending);
+        Ok(())
+    }
+
+    /// True once the card network has taken it (now or before).
+    async fn try_settle(&self, pending: &Pending) -> bool {
+        let (id, key) = (&pending.authorization, &pending.idempotency_key);
+        let result = match pending.action {
+            Action::Capture => self.payments.capture(id, key).await,
+            Action::Void => self.payments.void(id, key).await,
+        };
+        match result {
+            Ok(()) => true,
+            Err(PaymentError::Unavailable) => {
+                metrics::counter!("holdfast_payment_settle_failures_total").increment(1);
+                false
+            }
+            Err(error) => {
+                // The network will never take it (it does not know the authorisation): retrying
+                // cannot help, a person must look.
+                metrics::counter!("holdfast_payment_settlements_abandoned_total").increment(1);
+                tracing::error!(%error, authorization = %id, action = ?pending.action,
+                    "a settlement was refused for good");
+                true
+            }
+        }
+    }
+
+    fn enqueue(&self, pending: Pending) {
+        let mut state = self.state.lock().expect("settlements");
+        state
+            .pending
+            .entry(pending.authorization.clone())
+            .or_insert(pending);
+        metrics::gauge!("holdfast_payment_settlements_pending").set(state.pending.len() as f64);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn order_settled(&self, sale_id: &str, order: u64) {
+        let mut state = self.state.lock().expect("settlements");
+        state
+            .watermarks
+            .entry(sale_id.to_owned())
+            .or_default()
+            .settle(order);
+    }
+
+    /// Runs until `stop` turns true: retries what is pending, finds orders no request settled,
+    /// and writes down what was settled. `every` is how often it looks without being woken.
+    pub async fn run(
+        self: Arc<Self>,
+        ledger: Arc<Ledger>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.retry_due().await;
+            self.find_unsettled_orders(&ledger).await;
+            if let Err(error) = self.write_down().await {
+                tracing::error!(%error, "settlement records could not be written");
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    async fn retry_due(&self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<Pending> = {
+            let state = self.state.lock().expect("settlements");
+            state
+                .pending
+                .values()
+                .filter(|p| p.next_try.is_none_or(|at| at <= now))
+                .cloned()
+                .collect()
+        };
+        for pending in due {
+            let settled = self.try_settle(&pending).await;
+            let mut state = self.state.lock().expect("settlements");
+            if settled {
+                state.pending.remove(&pending.authorization);
+                match &pending.order {
+                    Some((sale, order)) => state
+                        .watermarks
+                        .entry(sale.clone())
+                        .or_default()
+                        .settle(*order),
+                    None => state.done_unwritten.push(pending.authorization.clone()),
+                }
+            } else if let Some(kept) = state.pending.get_mut(&pending.authorization) {
+                kept.attempts += 1;
+                let backoff = Duration::from_secs(1 << kept.attempts.min(9)).min(RETRY_BACKOFF_MAX);
+                kept.next_try = Some(now + backoff);
+            }
+            metrics::gauge!("holdfast_payment_settlements_pending").set(state.pending.len() as f64);
+        }
+    }
+
+    /// Orders above their sale's watermark that nobody is settling (the confirming request
+    /// ended early, or the server restarted) are queued for capture.
+    async fn find_unsettled_orders(&self, ledger: &Ledger) {
+        let now = self.clock.now();
+        for (sale_id, sale) in ledger.sales() {
+            let through = {
+                let state = self.state.lock().expect("settlements");
+                state.watermarks.get(&sale_id).map_or(0, |w| w.through)
+            };
+            if sale.view().orders as u64 <= through {
+                continue;
+            }
+            let Ok(orders) = sale
+                .read(move |s| {
+                    let above = s.orders().get(through as usize..).unwrap_or_default();
+                    above[..above.len().min(ORDERS_LOOKED_AT_MAX)].to_vec()
+                })
+                .await
+            else {
+                continue;
+            };
+            for order in orders {
+                let young = order.created_at.0 > now.0 - ORDER_GRACE_MILLIS;
+                let known = {
+                    let state = self.state.lock().expect("settlements");
+                    let settled = state
+                        .watermarks
+                        .get(&sale_id)
+                        .is_some_and(|w| w.is_settled(order.id.0));
+                    settled || state.pending.contains_key(&order.payment_ref)
+                };
+                if known || young {
+                    continue;
+                }
+                if order.rehearsal {
+                    self.order_settled(&sale_id, order.id.0);
+                    continue;
+                }
+                self.enqueue(Pending {
+                    authorization: order.payment_ref.clone(),
+                    action: Action::Capture,
+                    idempotency_key: capture_key(&sale_id, &order),
+                    order: Some((sale_id.clone(), order.id.0)),
+                    attempts: 0,
+                    next_try: None,
+                });
+            }
+        }
+    }
+
+    /// Writes the watermarks that moved and the markers of settlements done, in one batch.
+    async fn write_down(&self) -> Result<(), LedgerError> {
+        let values: Vec<(String, Vec<u8>)> = {
+            let mut state = self.state.lock().expect("settlements");
+            let mut values: Vec<(String, Vec<u8>)> = state
+                .done_unwritten
+                .drain(..)
+                .map(|id| (format!("{DONE_KEY}{id}"), Vec::new()))
+                .collect();
+            for (sale, watermark) in &mut state.watermarks {
+                if watermark.through > watermark.written {
+                    watermark.written = watermark.through;
+                    values.push((
+                        format!("{WATERMARK_KEY}{sale}"),
+                        watermark.through.to_string().into_bytes(),
+                    ));
+                }
+            }
+            values
+        };
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.log
+            .append(Batch {
+                values,
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The idempotency key of an order's capture: the same every time it is tried.
+fn capture_key(sale_id: &str, order: &Order) -> String {
+    format!("settle {}", hold_id(sale_id, order.hold))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watermark_advances_over_settled_orders_in_any_order() {
+        let mut watermark = Watermark::default();
+        for order in [2, 3, 5] {
+            watermark.settle(order);
+        }
+        assert_eq!(watermark.through, 0);
+        watermark.settle(1);
+        assert_eq!(watermark.through, 3);
+        assert!(watermark.is_settled(5) && !watermark.is_settled(4));
+        watermark.settle(4);
+        assert_eq!((watermark.through, watermark.above.len()), (5, 0));
+    }
+
+    #[test]
+    fn recovery_keeps_what_is_pending_and_drops_what_was_done() {
+        let pending = |id: &str| Pending {
+            authorization: id.into(),
+            action: Action::Void,
+            idempotency_key: format!("void {id}"),
+            order: None,
+            attempts: 0,
+            next_try: None,
+        };
+        let values = vec![
+            (
+                "settle/a1".to_owned(),
+                serde_json::to_vec(&pending("a1")).unwrap(),
+            ),
+            (
+                "settle/a2".to_owned(),
+                serde_json::to_vec(&pending("a2")).unwrap(),
+            ),
+            ("settled/a1".to_owned(), Vec::new()),
+            ("settled-through/masks".to_owned(), b"41".to_vec()),
+        ];
+        let state = recover_state(&values);
+        assert_eq!(state.pending.keys().collect::<Vec<_>>(), ["a2"]);
+        assert_eq!(state.watermarks["masks"].through, 41);
+    }
+}
