@@ -10,6 +10,7 @@ mod auth;
 pub mod clock;
 mod config;
 mod error;
+pub mod fuzz_targets;
 mod idempotency;
 mod ledger;
 mod log_entry;

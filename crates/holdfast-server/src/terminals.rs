@@ -112,30 +112,59 @@ struct SaleEntry {
     receivable: Option<OpenedReceivable>,
 }
 
-#[derive(Debug, Deserialize)]
-struct OpenedReceivable {
-    id: String,
-    phone: String,
-    amount: u64,
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct OpenedReceivable {
+    pub id: String,
+    pub phone: String,
+    pub amount: u64,
 }
 
 impl SaleEntry {
     /// The receivable this entry opens, if any.
-    fn receivable(&self) -> Option<(String, String, u64)> {
+    fn receivable(&self) -> Option<OpenedReceivable> {
         if let Some(opened) = &self.receivable {
-            return Some((opened.id.clone(), opened.phone.clone(), opened.amount));
+            return Some(opened.clone());
         }
         let tender = &self.tender;
         if tender["kind"] != "pay_later" {
             return None;
         }
-        let id = tender["receivable"].as_str()?.to_owned();
-        Some((
-            id,
-            tender["phone"].as_str().unwrap_or_default().to_owned(),
-            self.total,
-        ))
+        Some(OpenedReceivable {
+            id: tender["receivable"].as_str()?.to_owned(),
+            phone: tender["phone"].as_str().unwrap_or_default().to_owned(),
+            amount: self.total,
+        })
     }
+}
+
+/// What one journal entry does on the server, read from its body once.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EntryEffects {
+    /// Units sold out of this terminal's allotment, per sale.
+    pub sold: BTreeMap<String, u32>,
+    /// Money a customer now owes the store.
+    pub receivable: Option<OpenedReceivable>,
+}
+
+/// Reads a journal entry's body. `Err` is the reason to quarantine it: the body is not a sale
+/// the server can read, or its numbers make no sense. The till's numbers are untrusted, so
+/// sums are checked (a sum that wrapped would record a small sale).
+pub fn read_entry(body: &[u8]) -> Result<EntryEffects, String> {
+    let entry: SaleEntry =
+        serde_json::from_slice(body).map_err(|_| "the entry is not a readable sale".to_owned())?;
+    let mut sold: BTreeMap<String, u32> = BTreeMap::new();
+    for line in &entry.lines {
+        if let Some(sale_id) = &line.sale_id {
+            let sum = sold.entry(sale_id.clone()).or_default();
+            *sum = sum
+                .checked_add(line.quantity)
+                .ok_or_else(|| format!("{sale_id}: the line quantities add up past any stock"))?;
+        }
+    }
+    Ok(EntryEffects {
+        sold,
+        receivable: entry.receivable(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,8 +403,8 @@ impl Terminal {
         let mut opened = Vec::new();
         for &index in &accepted.new {
             let entry = &batch[index];
-            let parsed = serde_json::from_slice::<SaleEntry>(&entry.body).ok();
-            match self.apply(ledger, entry.seq, parsed.as_ref()).await {
+            let effects = read_entry(&entry.body);
+            match self.apply(ledger, entry.seq, &effects).await {
                 Ok(None) => {}
                 Ok(Some(reason)) => quarantined.push(Quarantined {
                     seq: entry.seq,
@@ -394,7 +423,11 @@ impl Terminal {
                 applied_through: entry.seq,
                 head: entry.hash(),
             };
-            if let Some(receivable) = parsed.as_ref().and_then(SaleEntry::receivable) {
+            if let Ok(EntryEffects {
+                receivable: Some(receivable),
+                ..
+            }) = effects
+            {
                 opened.push((entry.seq, receivable));
             }
             applied.push(entry);
@@ -404,7 +437,7 @@ impl Terminal {
             next.applied_through = progress.applied_through;
             next.head = progress.head.to_hex();
             next.quarantine.extend(quarantined.iter().cloned());
-            for (seq, (id, phone, amount)) in opened {
+            for (seq, OpenedReceivable { id, phone, amount }) in opened {
                 next.receivables.entry(id).or_insert(Receivable {
                     seq,
                     phone,
@@ -478,7 +511,6 @@ impl Terminal {
         Ok(Some(settled))
     }
 
-    /// Applies one entry's effects. `Ok(Some(reason))` quarantines it: it can never apply.
     /// The terminal's progress as its stream's snapshot: recovery reads it back and never
     /// needs to replay the trail.
     fn progress_snapshot(&self, state: &SyncState) -> Snapshot {
@@ -488,29 +520,18 @@ impl Terminal {
         }
     }
 
+    /// Applies one entry's effects. `Ok(Some(reason))` quarantines it: it can never apply.
     async fn apply(
         &self,
         ledger: &Ledger,
         seq: u64,
-        sale_entry: Option<&SaleEntry>,
+        effects: &Result<EntryEffects, String>,
     ) -> Result<Option<String>, LedgerError> {
-        let Some(sale_entry) = sale_entry else {
-            return Ok(Some("the entry is not a readable sale".into()));
+        let effects = match effects {
+            Ok(effects) => effects,
+            Err(reason) => return Ok(Some(reason.clone())),
         };
-        let mut per_sale: BTreeMap<&str, u32> = BTreeMap::new();
-        for line in &sale_entry.lines {
-            if let Some(sale_id) = &line.sale_id {
-                let sum = per_sale.entry(sale_id).or_default();
-                // The till's numbers are untrusted: a sum that wraps would record a small sale.
-                let Some(total) = sum.checked_add(line.quantity) else {
-                    return Ok(Some(format!(
-                        "{sale_id}: the line quantities add up past any stock"
-                    )));
-                };
-                *sum = total;
-            }
-        }
-        for (sale_id, quantity) in per_sale {
+        for (sale_id, &quantity) in &effects.sold {
             let Some(sale) = ledger.sale(sale_id) else {
                 return Ok(Some(format!("no sale '{sale_id}'")));
             };

@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// Storm: offline sales in each terminal's journal.
     #[arg(long, default_value_t = 500)]
     entries: usize,
+    /// Strangers: connections trickling a request body in at a byte a second.
+    #[arg(long, default_value_t = 600)]
+    strangers: usize,
+    /// Strangers: the buyer's holds measured in each phase of each run.
+    #[arg(long, default_value_t = 200)]
+    holds: usize,
     /// Where the ledger's data goes. fsync happens here, so keep it off tmpfs.
     #[arg(long, default_value = "./holdfast-bench-data")]
     data: PathBuf,
@@ -57,6 +63,8 @@ enum Scenario {
     Core,
     /// Terminals reconnecting at once with journals of offline sales, under live traffic.
     Storm,
+    /// A buyer's hold with and without hundreds of slow, unauthenticated connections.
+    Strangers,
 }
 
 const OPERATOR: &str = "bench-operator";
@@ -85,6 +93,14 @@ enum Workload {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.connections == 0 || args.seconds == 0 {
         bail!("--runs, --connections and --seconds must be at least 1");
+    }
+    if args.scenario == Scenario::Strangers {
+        return crate::strangers::run(crate::strangers::StrangersArgs {
+            strangers: args.strangers,
+            holds: args.holds,
+            runs: args.runs,
+            data: args.data.clone(),
+        });
     }
     if args.scenario == Scenario::Storm {
         return crate::storm::run(crate::storm::StormArgs {

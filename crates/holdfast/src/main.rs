@@ -4,6 +4,7 @@ mod bench;
 mod http;
 mod load;
 mod storm;
+mod strangers;
 mod verify;
 
 /// The server allocates small, short-lived objects per request on several threads, the case
