@@ -37,6 +37,8 @@ pub enum Rejection {
     QueueFull,
     #[error("no delivery day can be promised: the fulfilment calendar is full")]
     NoDeliveryDay,
+    #[error("sold at {charged} a unit; the sale's price is {price}")]
+    PriceMismatch { charged: u64, price: u64 },
 }
 
 impl Rejection {
@@ -58,6 +60,7 @@ impl Rejection {
             Rejection::NoQueue => "no_queue",
             Rejection::QueueFull => "queue_full",
             Rejection::NoDeliveryDay => "no_delivery_day",
+            Rejection::PriceMismatch { .. } => "price_mismatch",
         }
     }
 }

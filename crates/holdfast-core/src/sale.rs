@@ -121,6 +121,12 @@ pub enum Command {
         /// The holder's journal entry this sale comes from. A sale from an entry at or below
         /// the last one applied for this holder is a repeat and changes nothing.
         journal_seq: Option<u64>,
+        /// When the holder sold, by its clock: the sale's window applies to that instant.
+        sold_at: Timestamp,
+        /// The price per unit the holder charged; it must be the sale's.
+        unit_price: u64,
+        /// Who bought, when the holder recorded it: counted against the per-person limit.
+        buyer: Option<Shopper>,
     },
     /// Does nothing but bring the sale up to `now`: expires due holds.
     Tick,
@@ -166,6 +172,8 @@ pub enum Event {
         holder: HolderId,
         quantity: u32,
         journal_seq: Option<u64>,
+        #[serde(default)]
+        buyer: Option<Shopper>,
     },
     Joined {
         entry: EntryId,
@@ -199,7 +207,12 @@ pub enum Reply {
         quantity: u32,
     },
     Returned,
-    AllottedSaleRecorded,
+    /// A holder's sale was recorded. `over_limit`: with it, its buyer has more than the
+    /// per-person limit; the units are gone already, so it is recorded and flagged for a
+    /// person rather than refused.
+    AllottedSaleRecorded {
+        over_limit: bool,
+    },
     Ticked,
     /// The entry index (join order, from 0) of the shopper's place in line.
     Joined {
@@ -257,6 +270,8 @@ pub struct Sale {
     /// Holds no longer active, with their owner's customer id, so a stranger learns nothing.
     ended: BTreeMap<HoldId, (String, HoldEnd)>,
     usage: HashMap<IdentityKey, u32>,
+    /// Units bought at tills per identity key, learned when the till synced.
+    till_usage: HashMap<IdentityKey, u32>,
     orders: Vec<Order>,
     deliveries: DeliveryCalendar,
     last_hold: u64,
@@ -292,6 +307,7 @@ impl Sale {
             expiry_queue: BTreeSet::new(),
             ended: BTreeMap::new(),
             usage: HashMap::new(),
+            till_usage: HashMap::new(),
             orders: Vec::new(),
             deliveries: calendar_for(&spec),
             last_hold: 0,
@@ -560,6 +576,12 @@ impl Sale {
                 if self.is_closed(now) {
                     return Err(Rejection::Closed);
                 }
+                // A till holding units before the opening could sell them before it.
+                if now < self.spec.opens_at {
+                    return Err(Rejection::NotOpenYet {
+                        opens_at: self.spec.opens_at,
+                    });
+                }
                 if *quantity == 0 || *quantity > STOCK_MAX {
                     return Err(Rejection::InvalidQuantity { max: STOCK_MAX });
                 }
@@ -586,21 +608,80 @@ impl Sale {
                 holder,
                 quantity,
                 journal_seq,
-            } => {
-                let applied = self.journal_applied.get(holder).copied().unwrap_or(0);
-                if journal_seq.is_some_and(|seq| seq <= applied) {
-                    return Ok((vec![], Reply::AllottedSaleRecorded));
-                }
-                self.check_allotment(holder, *quantity)?;
-                let event = Event::AllottedSold {
-                    holder: holder.clone(),
-                    quantity: *quantity,
-                    journal_seq: *journal_seq,
-                };
-                Ok((vec![event], Reply::AllottedSaleRecorded))
-            }
+                sold_at,
+                unit_price,
+                buyer,
+            } => self.decide_allotted_sale(
+                holder,
+                *quantity,
+                *journal_seq,
+                *sold_at,
+                *unit_price,
+                buyer.as_ref(),
+            ),
             Command::Tick => Ok((vec![], Reply::Ticked)),
         }
+    }
+
+    /// A holder (a till) reports units it sold out of its allotment. Everything a web sale
+    /// must respect applies to the instant it sold: the window and the price. A sale beyond a
+    /// person's limit has happened already — the units left the counter — so it is recorded
+    /// and flagged, never refused.
+    fn decide_allotted_sale(
+        &self,
+        holder: &HolderId,
+        quantity: u32,
+        journal_seq: Option<u64>,
+        sold_at: Timestamp,
+        unit_price: u64,
+        buyer: Option<&Shopper>,
+    ) -> Result<(Vec<Event>, Reply), Rejection> {
+        let applied = self.journal_applied.get(holder).copied().unwrap_or(0);
+        if journal_seq.is_some_and(|seq| seq <= applied) {
+            return Ok((vec![], Reply::AllottedSaleRecorded { over_limit: false }));
+        }
+        if sold_at < self.spec.opens_at {
+            return Err(Rejection::NotOpenYet {
+                opens_at: self.spec.opens_at,
+            });
+        }
+        let closed_by = self.closed_at.or(self.spec.closes_at);
+        if closed_by.is_some_and(|at| sold_at >= at) {
+            return Err(Rejection::Closed);
+        }
+        if unit_price != self.spec.price {
+            return Err(Rejection::PriceMismatch {
+                charged: unit_price,
+                price: self.spec.price,
+            });
+        }
+        self.check_allotment(holder, quantity)?;
+        let used = buyer.map_or(0, |b| self.used_by(b));
+        let over_limit =
+            u64::from(used) + u64::from(quantity) > u64::from(self.spec.per_customer_limit);
+        let event = Event::AllottedSold {
+            holder: holder.clone(),
+            quantity,
+            journal_seq,
+            buyer: buyer.cloned(),
+        };
+        Ok((vec![event], Reply::AllottedSaleRecorded { over_limit }))
+    }
+
+    /// Units this person has, through any of their identity keys: held or bought online, and
+    /// bought at a till.
+    fn used_by(&self, shopper: &Shopper) -> u32 {
+        shopper
+            .keys()
+            .iter()
+            .map(|k| self.usage(k).saturating_add(self.till_usage(k)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Units this identity key bought at tills (recorded after the fact; may exceed the limit).
+    pub fn till_usage(&self, key: &IdentityKey) -> u32 {
+        self.till_usage.get(key).copied().unwrap_or(0)
     }
 
     fn decide_hold(
@@ -626,12 +707,7 @@ impl Sale {
             });
         }
         let limit = self.spec.per_customer_limit;
-        let used = shopper
-            .keys()
-            .iter()
-            .map(|k| self.usage(k))
-            .max()
-            .unwrap_or(0);
+        let used = self.used_by(shopper);
         if u64::from(used) + u64::from(quantity) > u64::from(limit) {
             return Err(Rejection::LimitExceeded { limit, used });
         }
@@ -778,11 +854,16 @@ impl Sale {
                 holder,
                 quantity,
                 journal_seq,
+                buyer,
             } => {
                 self.take_from_allotment(holder, *quantity);
                 self.sold += quantity;
                 if let Some(seq) = journal_seq {
                     self.journal_applied.insert(holder.clone(), *seq);
+                }
+                for key in buyer.iter().flat_map(Shopper::keys) {
+                    let used = self.till_usage.entry(key.clone()).or_default();
+                    *used = used.saturating_add(*quantity);
                 }
             }
             Event::Joined { entry, keys } => self.queue.apply_joined(*entry, keys),
@@ -966,6 +1047,11 @@ impl Sale {
             last_hold: self.last_hold,
             queue: self.queue.snapshot(),
             journal_applied: self.journal_applied.clone().into_iter().collect(),
+            till_usage: {
+                let mut usage: Vec<_> = self.till_usage.clone().into_iter().collect();
+                usage.sort();
+                usage
+            },
         }
     }
 
@@ -994,6 +1080,7 @@ impl Sale {
                 .map(|(id, owner, end)| (id, (owner, end)))
                 .collect(),
             usage: HashMap::new(),
+            till_usage: snapshot.till_usage.into_iter().collect(),
             orders: Vec::new(),
             deliveries,
             last_hold: snapshot.last_hold,
@@ -1047,4 +1134,6 @@ pub struct SaleSnapshot {
     last_hold: u64,
     queue: QueueSnapshot,
     journal_applied: Vec<(HolderId, u64)>,
+    #[serde(default)]
+    till_usage: Vec<(IdentityKey, u32)>,
 }

@@ -15,6 +15,7 @@ const DAY_MILLIS: i64 = 86_400_000;
 const OPENS_AT: i64 = 10 * DAY_MILLIS;
 const HOLD_TTL: u64 = 60_000;
 const LIMIT: u32 = 3;
+const PRICE: u64 = 39_900;
 const DELIVERY_PER_DAY: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,7 +55,10 @@ struct Model {
     holds: Vec<ModelHold>,
     released_shares: Vec<Channel>,
     closed: bool,
+    closed_at: Option<i64>,
     opens_at: i64,
+    /// Sales recorded from tills: who bought (if known) and how many.
+    till_sales: Vec<(Option<Shopper>, u32)>,
 }
 
 impl Model {
@@ -73,7 +77,9 @@ impl Model {
             holds: Vec::new(),
             released_shares: Vec::new(),
             closed: false,
+            closed_at: None,
             opens_at: OPENS_AT,
+            till_sales: Vec::new(),
         }
     }
 
@@ -96,6 +102,14 @@ impl Model {
             .filter(|h| matches!(h.state, HoldState::Active | HoldState::Confirmed))
             .filter(|h| h.shopper.keys().contains(key))
             .map(|h| h.quantity)
+            .sum()
+    }
+
+    fn till_used_by(&self, key: &IdentityKey) -> u32 {
+        self.till_sales
+            .iter()
+            .filter(|(buyer, _)| buyer.as_ref().is_some_and(|b| b.keys().contains(key)))
+            .map(|(_, quantity)| quantity)
             .sum()
     }
 
@@ -162,7 +176,7 @@ impl Model {
                 let over = shopper
                     .keys()
                     .iter()
-                    .any(|k| self.used_by(k) + quantity > LIMIT);
+                    .any(|k| self.used_by(k) + self.till_used_by(k) + quantity > LIMIT);
                 if over {
                     return "limit_exceeded".into();
                 }
@@ -235,6 +249,7 @@ impl Model {
             }
             Command::Close => {
                 self.closed = true;
+                self.closed_at.get_or_insert(now);
                 "ok:closed".into()
             }
             Command::ReleaseChannelShare { channel } => {
@@ -256,7 +271,7 @@ impl Model {
                 channel,
                 quantity,
             } => {
-                if self.is_closed() {
+                if self.is_closed() || now < self.opens_at {
                     return "not_open".into();
                 }
                 if *quantity == 0 {
@@ -276,8 +291,35 @@ impl Model {
                 "ok:returned",
             ),
             Command::RecordAllottedSale {
-                holder, quantity, ..
-            } => self.move_allotted(holder, *quantity, Place::Sold, "ok:allotted sold"),
+                holder,
+                quantity,
+                sold_at,
+                unit_price,
+                buyer,
+                ..
+            } => {
+                if sold_at.0 < self.opens_at || self.closed_at.is_some_and(|at| sold_at.0 >= at) {
+                    return "not_open".into();
+                }
+                if *unit_price != PRICE {
+                    return "price_mismatch".into();
+                }
+                let over = buyer.as_ref().is_some_and(|b| {
+                    b.keys()
+                        .iter()
+                        .any(|k| self.used_by(k) + self.till_used_by(k) + quantity > LIMIT)
+                });
+                let outcome = if over {
+                    "ok:allotted sold over"
+                } else {
+                    "ok:allotted sold"
+                };
+                let answer = self.move_allotted(holder, *quantity, Place::Sold, outcome);
+                if answer.starts_with("ok") {
+                    self.till_sales.push((buyer.clone(), *quantity));
+                }
+                answer
+            }
             Command::Tick => "ok:ticked".into(),
             Command::Join { .. } => "no_queue".into(),
         }
@@ -323,7 +365,8 @@ fn describe(outcome: &Result<Reply, holdfast_core::Rejection>) -> String {
         Ok(Reply::ShareReleased { quantity }) => format!("ok:share released {quantity}"),
         Ok(Reply::Granted { quantity }) => format!("ok:granted {quantity}"),
         Ok(Reply::Returned) => "ok:returned".into(),
-        Ok(Reply::AllottedSaleRecorded) => "ok:allotted sold".into(),
+        Ok(Reply::AllottedSaleRecorded { over_limit: false }) => "ok:allotted sold".into(),
+        Ok(Reply::AllottedSaleRecorded { over_limit: true }) => "ok:allotted sold over".into(),
         Ok(Reply::Ticked) => "ok:ticked".into(),
         Ok(Reply::Joined { entry }) => format!("ok:joined {entry}"),
     }
@@ -368,9 +411,23 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (holder.clone(), 0..4u32).prop_map(|(holder, quantity)| {
             Command::ReturnAllotment { holder, quantity }
         }),
-        1 => (holder, 0..4u32).prop_map(|(holder, quantity)| {
-            Command::RecordAllottedSale { holder, quantity, journal_seq: None }
-        }),
+        2 => (
+            holder,
+            0..4u32,
+            -60_000..600_000i64,
+            prop::sample::select(vec![PRICE, PRICE, 1_000]),
+            prop::option::of(0..4usize),
+        )
+            .prop_map(|(holder, quantity, after_opening, unit_price, buyer)| {
+                Command::RecordAllottedSale {
+                    holder,
+                    quantity,
+                    journal_seq: None,
+                    sold_at: Timestamp(OPENS_AT + after_opening),
+                    unit_price,
+                    buyer: buyer.map(shopper),
+                }
+            }),
         1 => Just(Command::Tick),
         1 => Just(Command::Close),
     ]

@@ -365,20 +365,12 @@ fn allotments_leave_the_pool_and_come_back() {
         hold(&mut sale, &alice(), 1, at(1)),
         Err(Rejection::SoldOut { available: 0 })
     );
-    let sold = Command::RecordAllottedSale {
-        holder: holder.clone(),
-        quantity: 4,
-        journal_seq: Some(1),
-    };
+    let sold = till_sale(&holder, 4, Some(1), at(2), None);
     assert!(sale.handle(&sold, at(2)).outcome.is_ok());
     // The same journal entry again (a retried sync) changes nothing.
     assert!(sale.handle(&sold, at(2)).outcome.is_ok());
     assert_eq!(sale.sold(), 4);
-    let over = Command::RecordAllottedSale {
-        holder: holder.clone(),
-        quantity: 7,
-        journal_seq: Some(2),
-    };
+    let over = till_sale(&holder, 7, Some(2), at(3), None);
     assert_eq!(
         sale.handle(&over, at(3)).outcome,
         Err(Rejection::AllotmentExceeded { allotted: 6 })
@@ -409,4 +401,115 @@ fn another_customers_hold_is_invisible() {
         Err(Rejection::HoldNotFound)
     );
     assert_eq!(sale.held(), 1);
+}
+
+fn till_sale(
+    holder: &holdfast_core::HolderId,
+    quantity: u32,
+    journal_seq: Option<u64>,
+    sold_at: Timestamp,
+    buyer: Option<Shopper>,
+) -> Command {
+    Command::RecordAllottedSale {
+        holder: holder.clone(),
+        quantity,
+        journal_seq,
+        sold_at,
+        unit_price: 39_900,
+        buyer,
+    }
+}
+
+fn till_holding(units: u32) -> (Sale, holdfast_core::HolderId) {
+    let mut sale = Sale::new(spec(10, 1));
+    let holder = holdfast_core::HolderId("terminal-7".into());
+    let claim = Command::ClaimAllotment {
+        holder: holder.clone(),
+        channel: Channel::Store,
+        quantity: units,
+    };
+    assert!(sale.handle(&claim, at(0)).outcome.is_ok());
+    (sale, holder)
+}
+
+#[test]
+fn a_till_cannot_take_units_before_the_opening() {
+    let mut sale = Sale::new(spec(10, 1));
+    let claim = Command::ClaimAllotment {
+        holder: holdfast_core::HolderId("terminal-7".into()),
+        channel: Channel::Store,
+        quantity: 3,
+    };
+    assert_eq!(
+        sale.handle(&claim, at(-3600)).outcome,
+        Err(Rejection::NotOpenYet { opens_at: OPENS })
+    );
+    assert_eq!(sale.allotted(), 0);
+}
+
+#[test]
+fn a_till_sale_outside_the_window_or_at_another_price_is_refused() {
+    let (mut sale, holder) = till_holding(5);
+    let early = till_sale(&holder, 1, Some(1), at(-60), None);
+    assert_eq!(
+        sale.handle(&early, at(10)).outcome,
+        Err(Rejection::NotOpenYet { opens_at: OPENS })
+    );
+    let cheap = Command::RecordAllottedSale {
+        holder: holder.clone(),
+        quantity: 3,
+        journal_seq: Some(2),
+        sold_at: at(5),
+        unit_price: 1_000,
+        buyer: None,
+    };
+    assert_eq!(
+        sale.handle(&cheap, at(10)).outcome,
+        Err(Rejection::PriceMismatch {
+            charged: 1_000,
+            price: 39_900
+        })
+    );
+    assert!(sale.handle(&Command::Close, at(20)).outcome.is_ok());
+    let late = till_sale(&holder, 1, Some(3), at(21), None);
+    assert_eq!(sale.handle(&late, at(30)).outcome, Err(Rejection::Closed));
+    let before_closing = till_sale(&holder, 1, Some(4), at(19), None);
+    assert_eq!(
+        sale.handle(&before_closing, at(30)).outcome,
+        Ok(Reply::AllottedSaleRecorded { over_limit: false }),
+        "sold while open, synced after the close"
+    );
+    assert_eq!((sale.allotted(), sale.sold()), (4, 1));
+}
+
+/// What a till sold is counted against the person's limit everywhere: a phone that bought at
+/// two tills is flagged, and cannot then buy online.
+#[test]
+fn till_sales_count_against_the_person_and_beyond_the_limit_are_flagged() {
+    let (mut sale, holder) = till_holding(5);
+    let buyer = || Shopper::new("till-buyer", Some("010-1234-5678"), None).unwrap();
+    let first = till_sale(&holder, 1, Some(1), at(1), Some(buyer()));
+    assert_eq!(
+        sale.handle(&first, at(2)).outcome,
+        Ok(Reply::AllottedSaleRecorded { over_limit: false })
+    );
+    let second = till_sale(&holder, 1, Some(2), at(3), Some(buyer()));
+    assert_eq!(
+        sale.handle(&second, at(4)).outcome,
+        Ok(Reply::AllottedSaleRecorded { over_limit: true }),
+        "recorded, since the units left the counter, and flagged"
+    );
+    assert_eq!(sale.sold(), 2);
+    assert_eq!(
+        hold(&mut sale, &alice(), 1, at(5)),
+        Err(Rejection::LimitExceeded { limit: 1, used: 2 }),
+        "alice shares the phone"
+    );
+    let restored = Sale::restore(sale.snapshot()).unwrap();
+    let buyer = buyer();
+    assert_eq!(
+        restored.till_usage(&buyer.keys()[1]),
+        2,
+        "kept in snapshots"
+    );
 }

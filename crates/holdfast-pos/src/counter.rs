@@ -1,24 +1,32 @@
 //! Ringing up a sale. Everything one sale changes — the journal entry, the allotment it uses,
-//! the receivable or the stored card it creates — is written in one transaction, synced, before
-//! the receipt exists.
+//! what its buyer took, the receivable, stored card or transfer it creates — is written in one
+//! transaction, synced, before the receipt exists.
+//!
+//! The rules a web sale keeps hold at the counter too, on what the till can see: a scarce item
+//! sells only inside its sale's window (by the server's time as the till last learned it), at
+//! the sale's price, within the sale's per-person limit — counted per line, and per buyer
+//! across this till's sales when the buyer's phone is recorded. The server counts again, across
+//! every till and the web, when the till syncs.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng};
 use chacha20poly1305::{AeadCore, ChaCha20Poly1305, Key, Nonce};
-use rusqlite::params;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use holdfast_core::normalise_phone;
+use holdfast_core::terminal::entry::{EntryBody, EntryLine, EntryTender};
+use holdfast_core::terminal::wire::OfflineCardLimits;
 
-use crate::journal::{Item, Journal, append};
+use crate::journal::{Creates, Item, Journal, NewSale};
 
 /// How a customer pays.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tender {
     Cash,
-    /// Authorised and captured online before the sale was journaled.
+    /// Authorised online before the sale was journaled, under the till's `reference`.
     Card {
         authorization: String,
+        reference: String,
     },
     /// Taken with the network down: the card is sealed on disk and authorised later. The phone
     /// is how the customer is reached if the card is declined after the fact.
@@ -26,7 +34,7 @@ pub enum Tender {
         card_token: String,
         phone: String,
     },
-    /// Recorded as pending until the bank confirms it.
+    /// Recorded as pending until the owner confirms the money arrived.
     BankTransfer,
     /// The customer leaves a phone number and pays later by a link.
     PayLater {
@@ -34,23 +42,11 @@ pub enum Tender {
     },
 }
 
-/// Limits on store-and-forward card payments, as the operator sets them for the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OfflineCardLimits {
-    pub per_sale_max: u64,
-    pub outstanding_total_max: u64,
-    pub outstanding_count_max: u32,
-    /// Offline card payments older than this are refused (the major vendors use 24 hours).
-    pub age_max_hours: u32,
-}
-
-impl Default for OfflineCardLimits {
-    fn default() -> Self {
-        OfflineCardLimits {
-            per_sale_max: 100_000,
-            outstanding_total_max: 1_000_000,
-            outstanding_count_max: 50,
-            age_max_hours: 24,
+impl Tender {
+    fn phone(&self) -> Option<&str> {
+        match self {
+            Tender::CardOffline { phone, .. } | Tender::PayLater { phone } => Some(phone),
+            _ => None,
         }
     }
 }
@@ -65,15 +61,42 @@ pub enum Refusal {
         "only {left} of '{sku}' left in this till's allotment; ask the server for more when online"
     )]
     AllotmentExhausted { sku: String, left: u32 },
+    #[error("'{sku}' is not on sale now (its sale opens at {opens_at} and may have closed)")]
+    NotOnSale { sku: String, opens_at: String },
+    #[error("'{sku}' is limited to {limit} per person; this buyer would have {would_have}")]
+    LimitExceeded {
+        sku: String,
+        limit: u32,
+        would_have: u32,
+    },
     #[error("offline card limit: {0}")]
     OfflineCardLimit(String),
     #[error("a pay-later or offline card sale needs the customer's phone number")]
     PhoneRequired,
+    #[error("'{0}' is not a phone number")]
+    InvalidPhone(String),
 }
 
 pub struct Line {
     pub sku: String,
     pub quantity: u32,
+}
+
+/// A sale as the cashier rings it up.
+pub struct Basket {
+    pub lines: Vec<Line>,
+    /// The buyer's phone for a cash, card or transfer sale of a scarce item, when given: the
+    /// per-person limit counts it here and on the server.
+    pub buyer_phone: Option<String>,
+}
+
+impl Basket {
+    pub fn of(lines: Vec<Line>) -> Basket {
+        Basket {
+            lines,
+            buyer_phone: None,
+        }
+    }
 }
 
 /// What was sold, as printed on the receipt.
@@ -141,31 +164,49 @@ pub fn open(key: &Key, sealed: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn tender_json(tender: &Tender, receivable: Option<&str>) -> serde_json::Value {
+fn entry_tender(tender: &Tender, receivable: Option<&str>) -> EntryTender {
     match tender {
-        Tender::Cash => json!({"kind": "cash"}),
-        Tender::Card { authorization } => json!({"kind": "card", "authorization": authorization}),
+        Tender::Cash => EntryTender::Cash,
+        Tender::Card { authorization, .. } => EntryTender::Card {
+            authorization: authorization.clone(),
+        },
         // The journal (which is synced and may be read) never holds card data.
-        Tender::CardOffline { phone, .. } => json!({"kind": "card_offline", "phone": phone}),
-        Tender::BankTransfer => json!({"kind": "bank_transfer", "status": "pending"}),
-        Tender::PayLater { phone } => {
-            json!({"kind": "pay_later", "phone": phone, "receivable": receivable})
-        }
+        Tender::CardOffline { phone, .. } => EntryTender::CardOffline {
+            phone: phone.clone(),
+        },
+        Tender::BankTransfer => EntryTender::BankTransfer { reference: None },
+        Tender::PayLater { phone } => EntryTender::PayLater {
+            phone: phone.clone(),
+            receivable: receivable.map(str::to_owned),
+        },
     }
 }
 
-/// What `lines` cost at this till's prices, or why they cannot be sold (unknown item, not
-/// enough allotment left).
-pub fn quote(journal: &Journal, lines: &[Line]) -> anyhow::Result<Result<u64, Refusal>> {
-    Ok(price(journal, lines)?.map(|(_, total)| total))
+/// A basket priced and checked against everything the till knows.
+pub struct Priced {
+    items: Vec<(Item, u32)>,
+    pub total: u64,
+    /// Units per scarce sale.
+    allotted: BTreeMap<String, u32>,
+    /// The buyer's normalised phone, when known.
+    buyer: Option<String>,
 }
 
-type Priced = (Vec<(Item, u32)>, u64);
-
-fn price(journal: &Journal, lines: &[Line]) -> anyhow::Result<Result<Priced, Refusal>> {
-    let mut priced = Vec::new();
+/// What `basket` costs, paid with `tender` at `now_millis`, or why it cannot be sold.
+pub fn price(
+    journal: &Journal,
+    basket: &Basket,
+    tender: &Tender,
+    now_millis: i64,
+) -> anyhow::Result<Result<Priced, Refusal>> {
+    let buyer = match buyer_phone(basket, tender) {
+        Ok(buyer) => buyer,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let mut items = Vec::new();
+    let mut allotted: BTreeMap<String, u32> = BTreeMap::new();
     let mut total = 0u64;
-    for line in lines {
+    for line in &basket.lines {
         if line.quantity == 0 {
             return Ok(Err(Refusal::Quantity));
         }
@@ -173,92 +214,174 @@ fn price(journal: &Journal, lines: &[Line]) -> anyhow::Result<Result<Priced, Ref
             return Ok(Err(Refusal::UnknownItem(line.sku.clone())));
         };
         if let Some(sale_id) = &item.sale_id {
-            let asked: u32 = lines
-                .iter()
-                .filter(|l| l.sku == line.sku)
-                .map(|l| l.quantity)
-                .sum();
-            let left = journal.allotment(sale_id)?;
-            if asked > left {
-                return Ok(Err(Refusal::AllotmentExhausted {
-                    sku: line.sku.clone(),
-                    left,
-                }));
-            }
+            let units = allotted.entry(sale_id.clone()).or_default();
+            *units = units.saturating_add(line.quantity);
         }
-        total += item.price * u64::from(line.quantity);
-        priced.push((item, line.quantity));
+        total = total.saturating_add(item.price.saturating_mul(u64::from(line.quantity)));
+        items.push((item, line.quantity));
     }
-    Ok(Ok((priced, total)))
+    for (sale_id, &asked) in &allotted {
+        let sku = items
+            .iter()
+            .find(|(item, _)| item.sale_id.as_ref() == Some(sale_id))
+            .map(|(item, _)| item.sku.clone())
+            .unwrap_or_default();
+        if let Some(refusal) =
+            scarce_refusal(journal, sale_id, &sku, asked, buyer.as_deref(), now_millis)?
+        {
+            return Ok(Err(refusal));
+        }
+    }
+    Ok(Ok(Priced {
+        items,
+        total,
+        allotted,
+        buyer,
+    }))
+}
+
+/// The buyer's normalised phone: given for the sale, or the tender's.
+fn buyer_phone(basket: &Basket, tender: &Tender) -> Result<Option<String>, Refusal> {
+    if let Some(phone) = tender.phone()
+        && phone.trim().is_empty()
+    {
+        return Err(Refusal::PhoneRequired);
+    }
+    match basket.buyer_phone.as_deref().or(tender.phone()) {
+        None => Ok(None),
+        Some(raw) => normalise_phone(raw)
+            .map(Some)
+            .map_err(|_| Refusal::InvalidPhone(raw.to_owned())),
+    }
+}
+
+fn scarce_refusal(
+    journal: &Journal,
+    sale_id: &str,
+    sku: &str,
+    asked: u32,
+    buyer: Option<&str>,
+    now_millis: i64,
+) -> anyhow::Result<Option<Refusal>> {
+    let allotment = journal.allotment(sale_id)?;
+    let left = allotment.as_ref().map_or(0, |a| a.remaining);
+    if asked > left {
+        return Ok(Some(Refusal::AllotmentExhausted {
+            sku: sku.to_owned(),
+            left,
+        }));
+    }
+    let Some(terms) = allotment.and_then(|a| a.terms) else {
+        return Ok(None);
+    };
+    if !terms.open_at(now_millis) {
+        let opens_at = chrono::DateTime::from_timestamp_millis(terms.opens_at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        return Ok(Some(Refusal::NotOnSale {
+            sku: sku.to_owned(),
+            opens_at,
+        }));
+    }
+    let before = match buyer {
+        Some(phone) => journal.bought_here(sale_id, phone)?,
+        None => 0,
+    };
+    let would_have = before.saturating_add(asked);
+    if would_have > terms.per_customer_limit {
+        return Ok(Some(Refusal::LimitExceeded {
+            sku: sku.to_owned(),
+            limit: terms.per_customer_limit,
+            would_have,
+        }));
+    }
+    Ok(None)
+}
+
+/// What `basket` would cost, or why it cannot be sold (for an online card, before asking).
+pub fn quote(
+    journal: &Journal,
+    basket: &Basket,
+    now_millis: i64,
+) -> anyhow::Result<Result<u64, Refusal>> {
+    Ok(price(journal, basket, &Tender::Cash, now_millis)?.map(|p| p.total))
 }
 
 /// Rings up a sale. Refusals change nothing; an accepted sale is durable when this returns.
 pub fn sell(
     journal: &mut Journal,
     card_key: &Key,
-    lines: &[Line],
+    basket: &Basket,
     tender: Tender,
     now_millis: i64,
 ) -> anyhow::Result<Result<Sold, Refusal>> {
-    let limits: OfflineCardLimits = journal.setting("offline_card_limits")?.unwrap_or_default();
-    let (priced, total) = match price(journal, lines)? {
+    let priced = match price(journal, basket, &tender, now_millis)? {
         Ok(priced) => priced,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    if let Tender::PayLater { phone } | Tender::CardOffline { phone, .. } = &tender
-        && phone.trim().is_empty()
-    {
-        return Ok(Err(Refusal::PhoneRequired));
-    }
-    if matches!(tender, Tender::CardOffline { .. })
-        && let Some(refusal) = offline_card_refusal(journal, &limits, total, now_millis)?
-    {
-        return Ok(Err(refusal));
+    if matches!(tender, Tender::CardOffline { .. }) {
+        let limits: OfflineCardLimits = journal.setting("offline_card_limits")?.unwrap_or_default();
+        if let Some(refusal) = offline_card_refusal(journal, &limits, priced.total, now_millis)? {
+            return Ok(Err(refusal));
+        }
     }
     let receivable = matches!(tender, Tender::PayLater { .. }).then(new_receivable_id);
-    let body = json!({
-        "lines": priced.iter().map(|(item, quantity)| json!({
-            "sku": item.sku, "name": item.name, "quantity": quantity, "unit_price": item.price, "sale_id": item.sale_id,
-        })).collect::<Vec<_>>(),
-        "total": total,
-        "tender": tender_json(&tender, receivable.as_deref()),
-        "at": now_millis,
-    })
-    .to_string();
-    let tx = journal.connection().transaction()?;
-    let seq = append(&tx, &body, now_millis)?;
-    for (item, quantity) in &priced {
-        if let Some(sale_id) = &item.sale_id {
-            tx.execute(
-                "UPDATE allotment SET remaining = remaining - ?1 WHERE sale_id = ?2",
-                params![quantity, sale_id],
-            )?;
-        }
-    }
-    match &tender {
-        Tender::PayLater { phone } => {
-            tx.execute(
-                "INSERT INTO receivable (id, seq, phone, amount, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![receivable, seq as i64, phone, total as i64, now_millis],
-            )?;
-        }
-        Tender::CardOffline { card_token, phone } => {
-            tx.execute(
-                "INSERT INTO offline_card (seq, amount, sealed, phone, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![seq as i64, total as i64, seal(card_key, card_token.as_bytes()), phone, now_millis],
-            )?;
-        }
-        Tender::Cash | Tender::Card { .. } | Tender::BankTransfer => {}
-    }
-    tx.commit()?;
+    let body = EntryBody {
+        lines: priced
+            .items
+            .iter()
+            .map(|(item, quantity)| EntryLine {
+                sku: item.sku.clone(),
+                name: item.name.clone(),
+                quantity: *quantity,
+                unit_price: item.price,
+                sale_id: item.sale_id.clone(),
+            })
+            .collect(),
+        total: priced.total,
+        tender: Some(entry_tender(&tender, receivable.as_deref())),
+        at: now_millis,
+        // The tender's phone is in the tender already.
+        buyer_phone: basket
+            .buyer_phone
+            .clone()
+            .filter(|_| tender.phone().is_none()),
+        ..EntryBody::default()
+    };
+    let creates = match &tender {
+        Tender::PayLater { phone } => Creates::Receivable {
+            id: receivable
+                .clone()
+                .expect("a pay-later sale has a receivable"),
+            phone: phone.clone(),
+        },
+        Tender::CardOffline { card_token, phone } => Creates::StoredCard {
+            sealed: seal(card_key, card_token.as_bytes()),
+            phone: phone.clone(),
+        },
+        Tender::BankTransfer => Creates::BankTransfer,
+        Tender::Card { reference, .. } => Creates::CardSold {
+            reference: reference.clone(),
+        },
+        Tender::Cash => Creates::Nothing,
+    };
+    let seq = journal.record_sale(&NewSale {
+        body: body.to_json(),
+        at: now_millis,
+        total: priced.total,
+        allotted: priced.allotted.into_iter().collect(),
+        buyer_phone: priced.buyer,
+        creates,
+    })?;
     let lines = priced
+        .items
         .into_iter()
         .map(|(item, q)| (item.name, q, item.price))
         .collect();
     Ok(Ok(Sold {
         seq,
         lines,
-        total,
+        total: priced.total,
         tender,
         receivable,
         at_millis: now_millis,
@@ -278,17 +401,13 @@ fn offline_card_refusal(
         ))));
     }
     let oldest_allowed = now_millis - i64::from(limits.age_max_hours) * 3_600_000;
-    let (count, sum, oldest): (i64, i64, Option<i64>) = journal.read().query_row(
-        "SELECT COUNT(*), COALESCE(SUM(amount), 0), MIN(created_at) FROM offline_card WHERE forwarded = 0",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?;
-    let refusal = if count as u64 >= u64::from(limits.outstanding_count_max) {
+    let (count, sum, oldest) = journal.stored_card_totals()?;
+    let refusal = if count >= u64::from(limits.outstanding_count_max) {
         Some(format!(
             "{count} offline card payments are already waiting (at most {})",
             limits.outstanding_count_max
         ))
-    } else if sum as u64 + amount > limits.outstanding_total_max {
+    } else if sum.saturating_add(amount) > limits.outstanding_total_max {
         Some(format!(
             "{sum} is already waiting; at most {} may be outstanding",
             limits.outstanding_total_max

@@ -1,17 +1,21 @@
 //! `holdfast-pos`: the shop-counter agent. Its own binary, because a counter machine needs the
 //! agent and its journal, not the server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use holdfast_pos::counter::{self, Line, OfflineCardLimits, Tender};
+use clap::{Parser, Subcommand, ValueEnum};
+use holdfast_core::terminal::wire::OfflineCardLimits;
+use holdfast_pos::card::{self, CardOutcome};
+use holdfast_pos::counter::{self, Basket, Line, Tender};
 use holdfast_pos::journal::{Item, Journal};
 use holdfast_pos::receipt::receipt;
-use holdfast_pos::sync::{ForwardReport, forward_cards, sync_once};
-use holdfast_pos::uplink::{Uplink, back_off};
-use serde::{Deserialize, Serialize};
+use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, set_allotment, sync_once};
+use holdfast_pos::till::{Registration, Till};
+use holdfast_pos::uplink::{UplinkError, back_off};
+use holdfast_pos::web::LineStatus;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -22,10 +26,25 @@ use serde_json::json;
 )]
 struct Cli {
     /// Where this till keeps its journal and keys.
-    #[arg(long, global = true, default_value = "./holdfast-pos-data")]
+    #[arg(short, long, global = true, default_value = "./holdfast-pos-data")]
     data: PathBuf,
     #[command(subcommand)]
     command: Commands,
+}
+
+/// How the customer pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TenderKind {
+    /// Cash in the drawer.
+    Cash,
+    /// A card authorised online now (the line is checked first; needs --card-token).
+    Card,
+    /// A card stored while offline and authorised later (needs --card-token and --phone).
+    CardOffline,
+    /// A bank transfer, pending until the owner confirms it arrived.
+    BankTransfer,
+    /// The customer leaves a phone number and pays by the link on the receipt (needs --phone).
+    PayLater,
 }
 
 #[derive(Subcommand)]
@@ -33,19 +52,24 @@ enum Commands {
     /// Register this till with the server (needs the operator token once).
     Init {
         /// Server addresses in order of preference, e.g. the shop's line then a mobile backup.
-        #[arg(long, required = true, num_args = 1..)]
+        #[arg(short, long, required = true, num_args = 1..)]
         server: Vec<String>,
-        #[arg(long)]
+        /// This till's name, unique on the server: letters, digits, '-' or '_'.
+        #[arg(short, long)]
         terminal_id: String,
+        /// The store the till belongs to; its tills share catalogue and card limits.
         #[arg(long)]
         store: String,
+        /// The server's operator token (from the environment, so it stays out of the history).
         #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
         operator_token: String,
     },
-    /// Add or change an item in this till's catalogue.
+    /// Add or change an item typed in at this till (the server's catalogue comes by itself).
     Item {
+        /// The item's code, as typed at the counter.
         #[arg(long)]
         sku: String,
+        /// The name printed on receipts.
         #[arg(long)]
         name: String,
         /// Price in minor units (won).
@@ -57,101 +81,173 @@ enum Commands {
     },
     /// Ask the server to set this till's allotment of a scarce sale (syncs first).
     Allot {
+        /// The server's sale id.
         #[arg(long)]
         sale_id: String,
-        #[arg(long)]
+        /// Units to hold from now on (0 gives everything back).
+        #[arg(short, long)]
         quantity: u32,
     },
-    /// Ring up a sale and print the receipt. Works with no network.
+    /// Ring up a sale and print the receipt. Works with no network (but for --tender card).
     Sell {
         /// Items as SKU or SKU:QUANTITY.
         #[arg(required = true, num_args = 1..)]
         items: Vec<String>,
-        /// cash, card (online), card-offline, bank-transfer or pay-later.
-        #[arg(long, default_value = "cash")]
-        tender: String,
-        /// The card token from the terminal's card reader (card, card-offline).
+        #[arg(short, long, value_enum, default_value_t = TenderKind::Cash)]
+        tender: TenderKind,
+        /// The card token from the card reader (card, card-offline).
         #[arg(long)]
         card_token: Option<String>,
-        /// The customer's phone number (pay-later, card-offline).
-        #[arg(long)]
+        /// The customer's phone (pay-later, card-offline; optional otherwise, and counted
+        /// against a scarce item's per-person limit when given).
+        #[arg(short, long)]
         phone: Option<String>,
     },
-    /// Upload what the server has not acknowledged yet, once.
+    /// Upload what the server has not acknowledged yet, once, and forward stored cards.
     Sync,
     /// Keep syncing: every few seconds while online, backing off while the network is down.
     Run {
+        /// Seconds between syncs while online.
         #[arg(long, default_value_t = 5)]
         every_s: u64,
     },
-    /// What is waiting: unsynced entries, allotments, receivables, stored cards.
+    /// What is waiting: unsynced entries, allotments, receivables, stored cards, transfers.
     Status,
+    /// Bank transfers waiting for the owner, or confirm that one arrived.
+    Transfer {
+        /// The receipt number (#) of the sale whose transfer arrived.
+        #[arg(long)]
+        confirm: Option<u64>,
+    },
+    /// Close a receivable the customer paid at the counter (cash in hand).
+    Paid {
+        /// The receivable id printed on the receipt (R-...).
+        receivable: String,
+    },
+    /// This till as the server sees it: synced, takings, receivables, quarantine, flags.
+    View,
     /// Serve the counter page on this machine, and keep syncing in the background.
     Web {
-        #[arg(long, default_value = "127.0.0.1:8090")]
+        /// Where the page listens (loopback unless you mean otherwise).
+        #[arg(short, long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
+        /// Seconds between background syncs while online.
         #[arg(long, default_value_t = 5)]
         every_s: u64,
     },
 }
 
-/// Syncs forever: every `every_s` while online, backing off with jitter while offline, waiting
-/// as long as the server asks when it is busy.
-async fn keep_syncing(
-    mut journal: Journal,
-    uplink: Uplink,
-    key: chacha20poly1305::Key,
-    every_s: u64,
-) {
-    let mut failures = 0u32;
-    loop {
-        let synced = match sync_once(&mut journal, &uplink).await {
-            Ok(_) => forward_cards(&mut journal, &key, &uplink).await.map(|_| ()),
-            Err(error) => Err(error),
-        };
-        let pause = match synced {
-            Ok(()) => {
-                failures = 0;
-                Duration::from_secs(every_s)
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let data = cli.data;
+    runtime.block_on(async move {
+        match cli.command {
+            Commands::Init {
+                server,
+                terminal_id,
+                store,
+                operator_token,
+            } => init(&data, server, terminal_id, store, &operator_token).await,
+            Commands::Item {
+                sku,
+                name,
+                price,
+                sale_id,
+            } => item(&data, sku, name, price, sale_id),
+            Commands::Allot { sale_id, quantity } => allot(&data, &sale_id, quantity).await,
+            Commands::Sell {
+                items,
+                tender,
+                card_token,
+                phone,
+            } => sell(&data, &items, tender, card_token, phone).await,
+            Commands::Sync => sync(&data).await,
+            Commands::Run { every_s } => {
+                let till = Till::open(&data)?;
+                keep_syncing(till, every_s, None).await;
+                Ok(())
             }
-            Err(holdfast_pos::sync::SyncError::Uplink(
-                holdfast_pos::uplink::UplinkError::RetryAfter(wait),
-            )) => wait,
-            Err(error) => {
-                eprintln!("sync failed ({error}); retrying");
-                failures += 1;
-                back_off(failures - 1)
-            }
-        };
-        tokio::time::sleep(pause).await;
-    }
+            Commands::Status => status(&data),
+            Commands::Transfer { confirm } => transfer(&data, confirm),
+            Commands::Paid { receivable } => paid(&data, &receivable),
+            Commands::View => view(&data).await,
+            Commands::Web { listen, every_s } => web(&data, listen, every_s).await,
+        }
+    })
 }
 
-#[derive(Serialize, Deserialize)]
-struct Registration {
+async fn init(
+    data: &Path,
+    server: Vec<String>,
     terminal_id: String,
     store: String,
-    servers: Vec<String>,
-    secret: String,
+    operator_token: &str,
+) -> anyhow::Result<()> {
+    let journal = Journal::open(data)?;
+    let url = format!("{}/v1/terminals", server[0].trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(operator_token)
+        .json(&json!({"terminal_id": terminal_id, "store": store}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {url}"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("the server refused the registration ({status}): {answer}");
+    }
+    let registration = Registration {
+        terminal_id,
+        store,
+        servers: server,
+        secret: answer["secret"]
+            .as_str()
+            .context("no secret in the server's answer")?
+            .to_owned(),
+    };
+    journal.set_setting("registration", &registration)?;
+    journal.set_setting("offline_card_limits", &OfflineCardLimits::default())?;
+    counter::card_key(data)?;
+    println!(
+        "till {} of {} registered; data in {}",
+        registration.terminal_id,
+        registration.store,
+        data.display()
+    );
+    Ok(())
 }
 
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+fn item(
+    data: &Path,
+    sku: String,
+    name: String,
+    price: u64,
+    sale_id: Option<String>,
+) -> anyhow::Result<()> {
+    Journal::open(data)?.put_item(&Item {
+        sku,
+        name,
+        price,
+        sale_id,
+    })?;
+    println!("saved");
+    Ok(())
 }
 
-fn registration(journal: &Journal) -> anyhow::Result<Registration> {
-    journal
-        .setting("registration")?
-        .context("this till is not registered yet: run `holdfast-pos init`")
-}
-
-fn uplink(registration: &Registration) -> anyhow::Result<Uplink> {
-    let secret = hex::decode(&registration.secret).context("damaged secret")?;
-    Ok(Uplink::new(
-        registration.servers.clone(),
-        registration.terminal_id.clone(),
-        secret,
-    ))
+async fn allot(data: &Path, sale_id: &str, quantity: u32) -> anyhow::Result<()> {
+    let mut till = Till::open(data)?;
+    // The server's view of the allotment must include every sale made from it first.
+    sync_once(&mut till.journal, &till.uplink).await?;
+    let answer = set_allotment(&till.uplink, sale_id, quantity).await?;
+    till.journal
+        .set_allotment(sale_id, answer.granted, Some(&answer.terms))?;
+    println!(
+        "this till now holds {} unit(s) of {sale_id}, sold at {} each, at most {} per person",
+        answer.granted, answer.terms.price, answer.terms.per_customer_limit
+    );
+    Ok(())
 }
 
 fn parse_line(raw: &str) -> anyhow::Result<Line> {
@@ -159,7 +255,7 @@ fn parse_line(raw: &str) -> anyhow::Result<Line> {
         Some((sku, q)) => (
             sku,
             q.parse()
-                .with_context(|| format!("bad quantity in '{raw}'"))?,
+                .with_context(|| format!("bad quantity in '{raw}': use SKU:QUANTITY"))?,
         ),
         None => (raw, 1),
     };
@@ -169,229 +265,249 @@ fn parse_line(raw: &str) -> anyhow::Result<Line> {
     })
 }
 
-fn tender(kind: &str, card_token: Option<String>, phone: Option<String>) -> anyhow::Result<Tender> {
+fn offline_tender(
+    kind: TenderKind,
+    card_token: Option<String>,
+    phone: Option<String>,
+) -> anyhow::Result<Tender> {
     Ok(match kind {
-        "cash" => Tender::Cash,
-        "card-offline" => Tender::CardOffline {
+        TenderKind::Cash => Tender::Cash,
+        TenderKind::CardOffline => Tender::CardOffline {
             card_token: card_token.context("card-offline needs --card-token")?,
             phone: phone.context(
                 "card-offline needs --phone, to reach the customer if the card is declined later",
             )?,
         },
-        "bank-transfer" => Tender::BankTransfer,
-        "pay-later" => Tender::PayLater {
+        TenderKind::BankTransfer => Tender::BankTransfer,
+        TenderKind::PayLater => Tender::PayLater {
             phone: phone.context("pay-later needs --phone")?,
         },
-        other => {
-            bail!("unknown tender '{other}': cash, card, card-offline, bank-transfer or pay-later")
-        }
+        TenderKind::Card => unreachable!("an online card is paid by card::pay"),
     })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut journal = Journal::open(&cli.data)?;
-    match cli.command {
-        Commands::Init {
-            server,
-            terminal_id,
-            store,
-            operator_token,
-        } => {
-            let client = reqwest::Client::new();
-            let url = format!("{}/v1/terminals", server[0].trim_end_matches('/'));
-            let response = client
-                .post(url)
-                .bearer_auth(operator_token)
-                .json(&json!({"terminal_id": terminal_id, "store": store}))
-                .send()
-                .await?;
-            let status = response.status();
-            let answer: serde_json::Value = response.json().await?;
-            if !status.is_success() {
-                bail!("the server refused the registration ({status}): {answer}");
-            }
-            let registration = Registration {
-                terminal_id,
-                store,
-                servers: server,
-                secret: answer["secret"]
-                    .as_str()
-                    .context("no secret in the answer")?
-                    .to_owned(),
-            };
-            journal.set_setting("registration", &registration)?;
-            journal.set_setting("offline_card_limits", &OfflineCardLimits::default())?;
-            counter::card_key(&cli.data)?;
-            println!(
-                "till {} of {} registered; data in {}",
-                registration.terminal_id,
-                registration.store,
-                cli.data.display()
-            );
+async fn sell(
+    data: &Path,
+    items: &[String],
+    kind: TenderKind,
+    card_token: Option<String>,
+    phone: Option<String>,
+) -> anyhow::Result<()> {
+    let mut till = Till::open(data)?;
+    let lines = items
+        .iter()
+        .map(|i| parse_line(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let buyer_phone = phone
+        .clone()
+        .filter(|_| !matches!(kind, TenderKind::PayLater | TenderKind::CardOffline));
+    let basket = Basket { lines, buyer_phone };
+    let now = till.now_millis();
+    let sold = if kind == TenderKind::Card {
+        let card = card_token.context("card needs --card-token")?;
+        let outcome = card::pay(
+            &mut till.journal,
+            &till.key,
+            &till.uplink,
+            &basket,
+            &card,
+            now,
+        )
+        .await?;
+        match outcome {
+            CardOutcome::Sold(sold) => sold,
+            CardOutcome::Refused(refusal) => bail!("not sold: {refusal}"),
+            CardOutcome::Declined => bail!("not sold: the card was declined"),
+            CardOutcome::LineDown => bail!(
+                "not sold: the line is down, nothing was charged; take it as card-offline, cash or pay-later"
+            ),
+            CardOutcome::AnswerLost { reference } => bail!(
+                "not sold yet: the card network's answer was lost ({reference}); run the same \
+                 sale again to finish it (it will not charge twice), or take another tender"
+            ),
         }
-        Commands::Item {
-            sku,
-            name,
-            price,
-            sale_id,
-        } => {
-            journal.put_item(&Item {
-                sku,
-                name,
-                price,
-                sale_id,
-            })?;
-            println!("saved");
+    } else {
+        let tender = offline_tender(kind, card_token, phone)?;
+        match counter::sell(&mut till.journal, &till.key, &basket, tender, now)? {
+            Ok(sold) => sold,
+            Err(refusal) => bail!("not sold: {refusal}"),
         }
-        Commands::Allot { sale_id, quantity } => {
-            let registration = registration(&journal)?;
-            let uplink = uplink(&registration)?;
-            // The server's view of the allotment must include every sale made from it first.
-            sync_once(&mut journal, &uplink).await?;
-            let path = format!("/v1/terminals/{}/allotments", registration.terminal_id);
-            let (status, answer) = uplink
-                .post(&path, &json!({"sale_id": sale_id, "quantity": quantity}))
-                .await?;
-            if status != 200 {
-                bail!("the server refused ({status}): {answer}");
-            }
-            let granted = answer["granted"].as_u64().unwrap_or(0) as u32;
-            journal.set_allotment(&sale_id, granted)?;
-            println!("this till now holds {granted} unit(s) of {sale_id}");
-        }
-        Commands::Sell {
-            items,
-            tender: kind,
-            card_token,
-            phone,
-        } => {
-            let registration = registration(&journal)?;
-            let lines = items
-                .iter()
-                .map(|i| parse_line(i))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let tender = if kind == "card" {
-                // Online card: authorised before anything is journaled.
-                let total = counter::quote(&journal, &lines)?
-                    .map_err(|r| anyhow::anyhow!("not sold: {r}"))?;
-                let uplink = uplink(&registration)?;
-                let path = format!("/v1/terminals/{}/payments", registration.terminal_id);
-                let reference = format!("online-{}", hex::encode(rand::random::<[u8; 8]>()));
-                let card = card_token.context("card needs --card-token")?;
-                let body = json!({"reference": reference, "amount": total, "card_token": card});
-                match uplink.post(&path, &body).await {
-                    Ok((200, answer)) => Tender::Card {
-                        authorization: answer["authorization_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    },
-                    Ok((402, _)) => bail!("not sold: the card was declined"),
-                    Ok((status, answer)) => {
-                        bail!("not sold: the server answered {status}: {answer}")
-                    }
-                    Err(error) => {
-                        bail!("not sold: {error}; take it as card-offline, cash or pay-later")
-                    }
-                }
-            } else {
-                tender(&kind, card_token, phone)?
-            };
-            let key = counter::card_key(&cli.data)?;
-            match counter::sell(&mut journal, &key, &lines, tender, now_millis())? {
-                Ok(sold) => print!(
-                    "{}",
-                    receipt(
-                        &registration.store,
-                        &registration.terminal_id,
-                        &registration.servers[0],
-                        &sold
-                    )
-                ),
-                Err(refusal) => bail!("not sold: {refusal}"),
-            }
-        }
-        Commands::Sync => {
-            let uplink = uplink(&registration(&journal)?)?;
-            let report = sync_once(&mut journal, &uplink).await?;
-            println!(
-                "acknowledged through #{} ({} uploaded now)",
-                report.acked_through, report.uploaded
-            );
-            let key = counter::card_key(&cli.data)?;
-            let cards = forward_cards(&mut journal, &key, &uplink).await?;
-            if cards != ForwardReport::default() {
-                println!(
-                    "stored cards: {} approved, {} declined (now receivables), {} waiting",
-                    cards.approved, cards.declined, cards.waiting
-                );
-            }
-            if !report.quarantined.is_empty() {
-                println!("quarantined by the server: {:?}", report.quarantined);
-            }
-        }
-        Commands::Run { every_s } => {
-            let uplink = uplink(&registration(&journal)?)?;
-            let key = counter::card_key(&cli.data)?;
-            keep_syncing(journal, uplink, key, every_s).await;
-        }
-        Commands::Web { listen, every_s } => {
-            let registration = registration(&journal)?;
-            let key = counter::card_key(&cli.data)?;
-            let syncing = Journal::open(&cli.data)?;
-            tokio::spawn(keep_syncing(syncing, uplink(&registration)?, key, every_s));
-            let counter = std::sync::Arc::new(holdfast_pos::web::Counter {
-                journal: tokio::sync::Mutex::new(journal),
-                card_key: key,
-                store: registration.store.clone(),
-                terminal: registration.terminal_id.clone(),
-                pay_base: registration.servers[0].clone(),
-                clock: now_millis,
-            });
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            println!("counter page on http://{}", listener.local_addr()?);
-            axum::serve(listener, holdfast_pos::web::router(counter)).await?;
-        }
-        Commands::Status => {
-            let (last, _) = journal.head()?;
-            let acked = journal.acked()?;
-            println!("journal: {last} entries, {} waiting to sync", last - acked);
-            let mut statement = journal
-                .read()
-                .prepare("SELECT sale_id, remaining FROM allotment")?;
-            for row in
-                statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-            {
-                let (sale, remaining) = row?;
-                println!("allotment {sale}: {remaining} left");
-            }
-            let mut statement = journal
-                .read()
-                .prepare("SELECT id, phone, amount, created_at FROM receivable WHERE settled = 0 ORDER BY created_at")?;
-            for row in statement.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })? {
-                let (id, phone, amount, created) = row?;
-                let age_h = (now_millis() - created) / 3_600_000;
-                println!("receivable {id}: {amount} from {phone}, {age_h} h old");
-            }
-            let (cards, amount): (i64, i64) = journal.read().query_row(
-                "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM offline_card WHERE forwarded = 0",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            println!("stored card payments waiting: {cards} ({amount})");
-        }
+    };
+    print!("{}", receipt(&till.header()?, &sold));
+    Ok(())
+}
+
+async fn sync(data: &Path) -> anyhow::Result<()> {
+    let mut till = Till::open(data)?;
+    let report = sync_once(&mut till.journal, &till.uplink).await?;
+    println!(
+        "synced: acknowledged through #{} ({} uploaded now)",
+        report.acked_through, report.uploaded
+    );
+    let now = till.now_millis();
+    let cards = forward_cards(&mut till.journal, &till.key, &till.uplink, now).await?;
+    if cards != ForwardReport::default() {
+        println!(
+            "stored cards: {} approved, {} declined (now receivables), {} waiting",
+            cards.approved, cards.declined, cards.waiting
+        );
+    }
+    let settled = card::settle_unanswered(&mut till.journal, &till.key, &till.uplink, now).await?;
+    if settled > 0 {
+        println!("{settled} unanswered card payment(s) settled");
+    }
+    if !report.quarantined.is_empty() {
+        println!(
+            "quarantined by the server (for a person): {:?}",
+            report.quarantined
+        );
+    }
+    if !report.flagged.is_empty() {
+        println!(
+            "flagged by the server (over a per-person limit): {:?}",
+            report.flagged
+        );
+    }
+    if report.given_back > 0 {
+        println!(
+            "{} unit(s) given back: the sale ran out online",
+            report.given_back
+        );
     }
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(cli))
+/// One round of the background sync: upload, forward stored cards, settle unanswered cards.
+async fn sync_round(till: &mut Till) -> Result<(), SyncError> {
+    let report = sync_once(&mut till.journal, &till.uplink).await?;
+    let now = till.now_millis();
+    forward_cards(&mut till.journal, &till.key, &till.uplink, now).await?;
+    card::settle_unanswered(&mut till.journal, &till.key, &till.uplink, now).await?;
+    if report.uploaded > 0 || report.given_back > 0 {
+        println!(
+            "synced: acknowledged through #{} ({} uploaded, {} unit(s) given back)",
+            report.acked_through, report.uploaded, report.given_back
+        );
+    }
+    Ok(())
+}
+
+/// Syncs forever: every `every_s` while online, backing off with jitter while offline, waiting
+/// as long as the server asks when it is busy.
+async fn keep_syncing(mut till: Till, every_s: u64, line: Option<Arc<LineStatus>>) {
+    let mut failures = 0u32;
+    loop {
+        if let Some(line) = &line {
+            line.syncing();
+        }
+        let pause = match sync_round(&mut till).await {
+            Ok(()) => {
+                failures = 0;
+                if let Some(line) = &line {
+                    line.synced(till.now_millis());
+                }
+                Duration::from_secs(every_s)
+            }
+            Err(SyncError::Uplink(UplinkError::RetryAfter(wait))) => wait,
+            Err(error) => {
+                if let Some(line) = &line {
+                    line.down();
+                }
+                eprintln!("sync failed ({error}); retrying");
+                failures += 1;
+                back_off(failures - 1)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn status(data: &Path) -> anyhow::Result<()> {
+    let journal = Journal::open(data)?;
+    let waiting = journal.waiting()?;
+    println!(
+        "journal: {} entries, {} waiting to sync",
+        waiting.entries, waiting.unsynced
+    );
+    for allotment in journal.allotments()? {
+        println!(
+            "allotment {}: {} left",
+            allotment.sale_id, allotment.remaining
+        );
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    for receivable in journal.open_receivables()? {
+        let age_h = (now - receivable.created_at) / 3_600_000;
+        println!(
+            "receivable {}: {} from {}, {age_h} h old",
+            receivable.id, receivable.amount, receivable.phone
+        );
+    }
+    for transfer in journal.pending_transfers()? {
+        println!(
+            "bank transfer for #{}: {} not yet confirmed",
+            transfer.seq, transfer.amount
+        );
+    }
+    println!(
+        "stored card payments waiting: {} ({})",
+        waiting.cards_waiting, waiting.cards_waiting_amount
+    );
+    if waiting.refunds_due > 0 {
+        println!(
+            "card payments approved with no sale, to refund: {}",
+            waiting.refunds_due
+        );
+    }
+    for reference in card::unanswered(&journal)? {
+        println!("card payment {reference}: answer not yet known");
+    }
+    Ok(())
+}
+
+fn transfer(data: &Path, confirm: Option<u64>) -> anyhow::Result<()> {
+    let mut journal = Journal::open(data)?;
+    let Some(seq) = confirm else {
+        for transfer in journal.pending_transfers()? {
+            println!("#{}: {} pending", transfer.seq, transfer.amount);
+        }
+        return Ok(());
+    };
+    let at = chrono::Utc::now().timestamp_millis();
+    if !journal.confirm_transfer(seq, at)? {
+        bail!("no pending bank transfer for receipt #{seq}");
+    }
+    println!("bank transfer for #{seq} confirmed; the server learns it on the next sync");
+    Ok(())
+}
+
+fn paid(data: &Path, receivable: &str) -> anyhow::Result<()> {
+    if !Journal::open(data)?.settle_receivable(receivable)? {
+        bail!("no open receivable '{receivable}'");
+    }
+    println!("receivable {receivable} closed");
+    Ok(())
+}
+
+async fn view(data: &Path) -> anyhow::Result<()> {
+    let till = Till::open(data)?;
+    let path = format!("/v1/terminals/{}/view", till.uplink.terminal());
+    let (status, answer) = till.uplink.post(&path, &json!({})).await?;
+    if status != 200 {
+        bail!("the server refused ({status}): {answer}");
+    }
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+async fn web(data: &Path, listen: std::net::SocketAddr, every_s: u64) -> anyhow::Result<()> {
+    let counter = holdfast_pos::web::Counter::open(data)?;
+    let line = Some(counter.line.clone());
+    tokio::spawn(keep_syncing(Till::open(data)?, every_s, line));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("counter page on http://{}", listener.local_addr()?);
+    axum::serve(listener, holdfast_pos::web::router(counter)).await?;
+    Ok(())
 }

@@ -1,12 +1,20 @@
 //! Uploading the journal: from the server's last acknowledgement, in batches, until nothing is
 //! left. Safe to interrupt anywhere: the server applies each entry once, and the next run
-//! resumes from whatever was acknowledged.
+//! resumes from whatever was acknowledged. Each answer also brings what the server holds for
+//! this till: paid receivables, the store's offline-card limits and catalogue, and scarce sales
+//! to give units back to.
 
+use chacha20poly1305::Key;
 use holdfast_core::terminal::auth;
+use holdfast_core::terminal::entry::{EntryBody, OpenedReceivable};
+use holdfast_core::terminal::wire::{
+    AllotmentAnswer, AllotmentRequest, PaymentRequest, SyncAnswer, SyncRequest, TillReport,
+    WireEntry,
+};
 use holdfast_core::terminal::{ChainHash, Progress};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::journal::Journal;
+use crate::journal::{DeclinedCard, Journal};
 use crate::uplink::{Uplink, UplinkError};
 
 const BATCH_ENTRIES_MAX: usize = 500;
@@ -17,20 +25,41 @@ pub struct SyncReport {
     pub uploaded: u64,
     /// Entries the server will never apply (kept for a person to settle).
     pub quarantined: Vec<u64>,
+    /// Entries applied but flagged for a person (a buyer past the per-person limit).
+    pub flagged: Vec<u64>,
     /// Why the server stopped short, if it did.
     pub stopped: Option<String>,
+    /// Units given back to sales whose pool ran dry.
+    pub given_back: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
     Uplink(#[from] UplinkError),
-    #[error("the server refused the sync ({0}): {1}")]
+    #[error("the server refused ({0}): {1}")]
     Refused(u16, Value),
     #[error("the server's receipt does not verify: not trusting its acknowledgement")]
     BadReceipt,
     #[error(transparent)]
     Local(#[from] anyhow::Error),
+}
+
+/// What is waiting here, told to the server with every sync.
+fn report(journal: &Journal) -> anyhow::Result<TillReport> {
+    let waiting = journal.waiting()?;
+    Ok(TillReport {
+        unsynced: waiting.unsynced,
+        cards_waiting: waiting.cards_waiting,
+        cards_waiting_amount: waiting.cards_waiting_amount,
+        transfers_pending: waiting.transfers_pending,
+        refunds_due: waiting.refunds_due,
+        allotments: journal
+            .allotments()?
+            .into_iter()
+            .map(|a| (a.sale_id, a.remaining))
+            .collect(),
+    })
 }
 
 pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncReport, SyncError> {
@@ -43,73 +72,114 @@ pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncRep
         acked_through: journal.acked()?,
         ..SyncReport::default()
     };
-    // At least one request even with nothing to upload: its answer also says which
-    // receivables customers have paid by link.
+    // At least one request even with nothing to upload: its answer also brings what the
+    // server holds for this till.
     let mut first = true;
     loop {
         let entries = journal.after(report.acked_through, BATCH_ENTRIES_MAX)?;
         if entries.is_empty() && !first {
-            return Ok(report);
+            break;
         }
         first = false;
-        let wire: Vec<Value> = entries
-            .iter()
-            .map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)}))
-            .collect();
-        let (status, answer) = uplink.post(&path, &json!({"entries": wire})).await?;
+        let request = SyncRequest {
+            entries: entries.iter().map(WireEntry::of).collect(),
+            report: Some(self::report(journal)?),
+            catalogue_version: journal.setting("catalogue_version")?.unwrap_or(0),
+        };
+        let body = serde_json::to_value(&request).expect("sync requests serialise");
+        let (status, answer) = uplink.post(&path, &body).await?;
         if status != 200 {
             return Err(SyncError::Refused(status, answer));
         }
-        let acked = answer["acked_through"].as_u64().unwrap_or(0);
+        let answer: SyncAnswer =
+            serde_json::from_value(answer).map_err(|_| SyncError::BadReceipt)?;
         let progress = Progress {
-            applied_through: acked,
-            head: answer["head"]
-                .as_str()
-                .and_then(ChainHash::from_hex)
-                .ok_or(SyncError::BadReceipt)?,
+            applied_through: answer.acked_through,
+            head: ChainHash::from_hex(&answer.head).ok_or(SyncError::BadReceipt)?,
         };
-        let receipt = answer["receipt"].as_str().unwrap_or_default();
-        if !auth::receipt_verifies(uplink.secret(), &progress, receipt) {
+        if !auth::receipt_verifies(uplink.secret(), &progress, &answer.receipt) {
             return Err(SyncError::BadReceipt);
         }
-        report.quarantined.extend(
-            answer["quarantined"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_u64),
-        );
-        report.stopped = answer["stopped"].as_str().map(str::to_owned);
-        // The operator's offline-card limits for this store, when set, replace the till's own.
-        if let Ok(limits) = serde_json::from_value::<crate::counter::OfflineCardLimits>(
-            answer["offline_card_limits"].clone(),
-        ) {
-            journal.set_setting("offline_card_limits", &limits)?;
-        }
-        for id in answer["settled"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            journal
-                .read()
-                .execute("UPDATE receivable SET settled = 1 WHERE id = ?1", [id])
-                .map_err(anyhow::Error::from)?;
+        journal.set_setting("clock_offset_ms", &uplink.clock_offset_ms())?;
+        report.quarantined.extend(&answer.quarantined);
+        report.flagged.extend(&answer.flagged);
+        report.stopped = answer.stopped.clone();
+        take_what_the_server_holds(journal, &answer)?;
+        if !answer.give_back.is_empty() {
+            report.given_back += give_back(journal, uplink, &answer.give_back).await?;
         }
         if entries.is_empty() {
-            return Ok(report);
+            break;
         }
-        let advanced = acked > report.acked_through;
+        let advanced = answer.acked_through > report.acked_through;
         if advanced {
-            report.uploaded += acked - report.acked_through;
-            report.acked_through = acked;
-            journal.set_setting("acked_through", &acked)?;
+            report.uploaded += answer.acked_through - report.acked_through;
+            report.acked_through = answer.acked_through;
+            journal.set_setting("acked_through", &answer.acked_through)?;
         }
         if !advanced || report.stopped.is_some() {
-            return Ok(report);
+            break;
         }
     }
+    Ok(report)
+}
+
+/// Paid receivables, the store's offline-card limits, its catalogue.
+fn take_what_the_server_holds(journal: &mut Journal, answer: &SyncAnswer) -> anyhow::Result<()> {
+    if let Some(limits) = answer.offline_card_limits {
+        journal.set_setting("offline_card_limits", &limits)?;
+    }
+    for id in &answer.settled {
+        journal.settle_receivable(id)?;
+    }
+    if let Some(catalogue) = &answer.catalogue {
+        journal.replace_server_catalogue(&catalogue.items)?;
+        journal.set_setting("business_number", &catalogue.business_number)?;
+        journal.set_setting("bank_account", &catalogue.bank_account)?;
+        journal.set_setting("catalogue_version", &catalogue.version)?;
+    }
+    Ok(())
+}
+
+/// Gives back what this till holds beyond `keep` of sales whose pool ran dry, having synced
+/// every sale made from them first. Returns the units given back.
+async fn give_back(
+    journal: &mut Journal,
+    uplink: &Uplink,
+    sales: &[(String, u32)],
+) -> Result<u32, SyncError> {
+    let mut given = 0;
+    for (sale_id, keep) in sales {
+        let Some(allotment) = journal.allotment(sale_id)? else {
+            continue;
+        };
+        if allotment.remaining <= *keep || journal.acked()? < journal.entry_count()? {
+            continue;
+        }
+        let answer = set_allotment(uplink, sale_id, *keep).await?;
+        journal.set_allotment(sale_id, answer.granted, Some(&answer.terms))?;
+        given += allotment.remaining.saturating_sub(answer.granted);
+    }
+    Ok(given)
+}
+
+/// Asks the server to set this till's allotment of `sale_id` to `quantity`.
+pub async fn set_allotment(
+    uplink: &Uplink,
+    sale_id: &str,
+    quantity: u32,
+) -> Result<AllotmentAnswer, SyncError> {
+    let path = format!("/v1/terminals/{}/allotments", uplink.terminal());
+    let request = AllotmentRequest {
+        sale_id: sale_id.to_owned(),
+        quantity: i64::from(quantity),
+    };
+    let body = serde_json::to_value(&request).expect("allotment requests serialise");
+    let (status, answer) = uplink.post(&path, &body).await?;
+    if status != 200 {
+        return Err(SyncError::Refused(status, answer));
+    }
+    serde_json::from_value(answer.clone()).map_err(|_| SyncError::Refused(status, answer))
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -123,70 +193,65 @@ pub struct ForwardReport {
 
 /// Sends stored offline card payments to the card network through the server. Each carries
 /// the till's reference (`offline-<entry>`) as its idempotency key, so a retry never charges
-/// twice. Once settled either way, the sealed card is erased.
+/// twice; the outcome is recorded once however many syncs forward at the same time. Once
+/// settled either way, the sealed card is erased.
 pub async fn forward_cards(
     journal: &mut Journal,
-    key: &chacha20poly1305::Key,
+    key: &Key,
     uplink: &Uplink,
+    now_millis: i64,
 ) -> Result<ForwardReport, SyncError> {
-    let pending: Vec<(i64, i64, Vec<u8>, String, i64)> = {
-        let mut statement = journal
-            .read()
-            .prepare("SELECT seq, amount, sealed, phone, created_at FROM offline_card WHERE forwarded = 0 ORDER BY seq")
-            .map_err(anyhow::Error::from)?;
-        let rows = statement
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .map_err(anyhow::Error::from)?;
-        rows.collect::<Result<_, _>>()
-            .map_err(anyhow::Error::from)?
-    };
     let path = format!("/v1/terminals/{}/payments", uplink.terminal());
     let mut report = ForwardReport::default();
-    for (seq, amount, sealed, phone, created_at) in pending {
-        let Some(card) = crate::counter::open(key, &sealed) else {
+    for card in journal.stored_cards()? {
+        let Some(token) = crate::counter::open(key, &card.sealed) else {
             return Err(SyncError::Local(anyhow::anyhow!(
-                "stored card #{seq} does not open: the key or the data was changed"
+                "stored card #{} does not open: the key or the data was changed",
+                card.seq
             )));
         };
-        let body = json!({"reference": format!("offline-{seq}"), "amount": amount, "card_token": String::from_utf8_lossy(&card)});
-        let outcome = match uplink.post(&path, &body).await {
-            Ok((200, _)) => "approved",
-            Ok((402, _)) => "declined",
+        let request = PaymentRequest {
+            reference: format!("offline-{}", card.seq),
+            amount: i64::try_from(card.amount).unwrap_or(i64::MAX),
+            card_token: String::from_utf8_lossy(&token).into_owned(),
+        };
+        let body = serde_json::to_value(&request).expect("payments serialise");
+        let declined = match uplink.post(&path, &body).await {
+            Ok((200, _)) => false,
+            Ok((402, _)) => true,
             Ok((status, answer)) => return Err(SyncError::Refused(status, answer)),
             Err(_) => {
                 report.waiting += 1;
                 continue;
             }
         };
-        let tx = journal
-            .connection()
-            .transaction()
-            .map_err(anyhow::Error::from)?;
-        if outcome == "declined" {
-            // The customer now owes the store: journal it, so the server can offer the pay link.
+        // The customer now owes the store: journaled, so the server offers the pay link.
+        let receivable = declined.then(|| {
             let id = crate::counter::new_receivable_id();
-            let body =
-                json!({"receivable": {"id": id, "phone": phone, "amount": amount, "for_seq": seq}})
-                    .to_string();
-            let at = chrono::Utc::now().timestamp_millis();
-            let entry = crate::journal::append(&tx, &body, at)?;
-            tx.execute(
-                "INSERT INTO receivable (id, seq, phone, amount, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![id, entry as i64, phone, amount, created_at],
-            )
-            .map_err(anyhow::Error::from)?;
+            let body = EntryBody {
+                receivable: Some(OpenedReceivable {
+                    id: id.clone(),
+                    phone: card.phone.clone(),
+                    amount: card.amount,
+                    for_seq: Some(card.seq),
+                }),
+                at: now_millis,
+                ..EntryBody::default()
+            };
+            DeclinedCard {
+                id,
+                body: body.to_json(),
+                at: now_millis,
+            }
+        });
+        if !journal.card_forwarded(&card, receivable.as_ref())? {
+            continue; // Another sync recorded this card first.
+        }
+        if declined {
             report.declined += 1;
         } else {
             report.approved += 1;
         }
-        tx.execute(
-            "UPDATE offline_card SET forwarded = 1, sealed = X'' WHERE seq = ?1",
-            [seq],
-        )
-        .map_err(anyhow::Error::from)?;
-        tx.commit().map_err(anyhow::Error::from)?;
     }
     Ok(report)
 }

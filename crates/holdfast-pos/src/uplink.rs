@@ -11,8 +11,13 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("no server address answered")]
+    /// No address could be connected to: the request reached no server.
+    #[error("no server address could be reached (the line is down)")]
     Unreachable,
+    /// A request was sent but its answer never came back: the server may have acted on it.
+    /// Every call is idempotent, so sending it again is safe and finds out.
+    #[error("the request was sent but its answer was lost; sending it again is safe")]
+    AnswerLost,
     #[error("the server asked to come back in {0:?}")]
     RetryAfter(Duration),
 }
@@ -27,6 +32,18 @@ pub struct Uplink {
     /// Server time minus local time, learned from answers, so signatures carry the server's
     /// time even when the shop's clock is wrong.
     clock_offset_ms: AtomicI64,
+}
+
+impl Uplink {
+    /// Server time minus this machine's time, as last learned (0 until an answer came).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Starts from an offset learned earlier (kept in the journal across restarts).
+    pub fn set_clock_offset_ms(&self, offset: i64) {
+        self.clock_offset_ms.store(offset, Ordering::Relaxed);
+    }
 }
 
 impl Uplink {
@@ -58,11 +75,17 @@ impl Uplink {
     /// the shop's line before the mobile backup) the one tried first. Returns whether any
     /// address is healthy.
     pub async fn check_health(&self) -> bool {
+        self.check_health_within(Duration::from_secs(2)).await
+    }
+
+    /// Like `check_health`, giving each address at most `timeout`: before asking a customer
+    /// at the counter to wait for the card network, find out fast whether the line is up.
+    pub async fn check_health_within(&self, timeout: Duration) -> bool {
         for (index, url) in self.urls.iter().enumerate() {
             let probe = self
                 .client
                 .get(format!("{}/health", url.trim_end_matches('/')))
-                .timeout(Duration::from_secs(2))
+                .timeout(timeout)
                 .send()
                 .await;
             if let Ok(response) = &probe {
@@ -87,19 +110,26 @@ impl Uplink {
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), UplinkError> {
         let bytes = serde_json::to_vec(body).expect("JSON serialises");
         let first = self.preferred.load(Ordering::Relaxed);
+        let mut sent = false;
         for offset in 0..self.urls.len() {
             let index = (first + offset) % self.urls.len();
             let url = format!("{}{path}", self.urls[index].trim_end_matches('/'));
-            let Some((mut response, clock_corrected)) = self.send_signed(&url, path, &bytes).await
-            else {
-                continue;
+            let (mut response, clock_corrected) = match self.send_signed(&url, path, &bytes).await {
+                Ok(answered) => answered,
+                Err(error) => {
+                    sent |= !error.is_connect();
+                    continue;
+                }
             };
             self.preferred.store(index, Ordering::Relaxed);
             if response.status() == reqwest::StatusCode::UNAUTHORIZED && clock_corrected {
                 // Our clock was too far off for the server; sign again on its time.
                 match self.send_signed(&url, path, &bytes).await {
-                    Some((again, _)) => response = again,
-                    None => continue,
+                    Ok((again, _)) => response = again,
+                    Err(error) => {
+                        sent |= !error.is_connect();
+                        continue;
+                    }
                 }
             }
             let status = response.status().as_u16();
@@ -112,10 +142,19 @@ impl Uplink {
                     .unwrap_or(1);
                 return Err(UplinkError::RetryAfter(Duration::from_secs(seconds)));
             }
-            let value = response.json().await.unwrap_or(Value::Null);
+            // An answer cut off half-way is an answer lost, not an empty one.
+            let Ok(text) = response.text().await else {
+                sent = true;
+                continue;
+            };
+            let value = serde_json::from_str(&text).unwrap_or(Value::Null);
             return Ok((status, value));
         }
-        Err(UplinkError::Unreachable)
+        Err(if sent {
+            UplinkError::AnswerLost
+        } else {
+            UplinkError::Unreachable
+        })
     }
 
     /// Sends one signed attempt; also says whether its answer corrected our clock.
@@ -124,7 +163,7 @@ impl Uplink {
         url: &str,
         path: &str,
         bytes: &[u8],
-    ) -> Option<(reqwest::Response, bool)> {
+    ) -> Result<(reqwest::Response, bool), reqwest::Error> {
         let mut nonce = [0u8; 16];
         rand::rng().fill(&mut nonce);
         let nonce = hex::encode(nonce);
@@ -143,10 +182,9 @@ impl Uplink {
             .header("Content-Type", "application/json")
             .body(bytes.to_vec())
             .send()
-            .await
-            .ok()?;
+            .await?;
         let corrected = self.learn_clock(&response);
-        Some((response, corrected))
+        Ok((response, corrected))
     }
 
     /// The server's time as best known: the local clock, corrected by the offset learned from

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Fault, FaultProxy, Server, masks_till};
-use holdfast_pos::counter::{self, Line, Tender};
+use holdfast_pos::counter::{self, Tender};
 use holdfast_pos::journal::Item;
 use holdfast_pos::sync::sync_once;
 use holdfast_pos::uplink::Uplink;
@@ -28,12 +28,9 @@ async fn lost_requests_and_lost_answers_neither_lose_nor_double_a_sale() {
         let sold = counter::sell(
             &mut till.journal,
             &till.key,
-            &[Line {
-                sku: sku.into(),
-                quantity: 1,
-            }],
+            &common::basket(sku, 1),
             Tender::Cash,
-            n,
+            common::now_millis() + n,
         );
         assert!(sold.unwrap().is_ok());
     }
@@ -137,12 +134,9 @@ async fn a_till_whose_clock_is_an_hour_off_still_syncs() {
     let sold = counter::sell(
         &mut till.journal,
         &till.key,
-        &[Line {
-            sku: "KF94".into(),
-            quantity: 1,
-        }],
+        &common::basket("KF94", 1),
         Tender::Cash,
-        local_now,
+        local_now + 3_600_000,
     );
     assert!(sold.unwrap().is_ok());
     let report = sync_once(&mut till.journal, &till.uplink).await.unwrap();

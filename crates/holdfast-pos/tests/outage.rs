@@ -5,18 +5,24 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Server;
-use holdfast_pos::counter::{self, Line, OfflineCardLimits, Refusal, Tender};
+use common::{Server, basket};
+use holdfast_core::terminal::wire::{OfflineCardLimits, WireEntry};
+use holdfast_pos::counter::{self, Refusal, Tender};
 use holdfast_pos::journal::{Item, Journal};
-use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, sync_once};
+use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, set_allotment, sync_once};
 use holdfast_pos::uplink::{Uplink, UplinkError};
 use serde_json::{Value, json};
 
-fn line(sku: &str, quantity: u32) -> Vec<Line> {
-    vec![Line {
-        sku: sku.into(),
-        quantity,
-    }]
+/// The stored card bytes of entry `seq`, read straight from the file: what a thief would see.
+fn sealed_on_disk(dir: &std::path::Path, seq: u64) -> Vec<u8> {
+    let connection = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+    connection
+        .query_row(
+            "SELECT sealed FROM offline_card WHERE seq = ?1",
+            [seq as i64],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 #[tokio::test]
@@ -74,15 +80,11 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
             sale_id: None,
         })
         .unwrap();
-    let (status, granted) = uplink
-        .post(
-            "/v1/terminals/till-1/allotments",
-            &json!({"sale_id": "masks", "quantity": 3}),
-        )
-        .await
+    let granted = set_allotment(&uplink, "masks", 3).await.unwrap();
+    assert_eq!(granted.granted, 3);
+    journal
+        .set_allotment("masks", 3, Some(&granted.terms))
         .unwrap();
-    assert_eq!((status, granted["granted"].as_u64()), (200, Some(3)));
-    journal.set_allotment("masks", 3).unwrap();
     sync_once(&mut journal, &uplink).await.unwrap();
     let limits: OfflineCardLimits = journal.setting("offline_card_limits").unwrap().unwrap();
     assert_eq!(
@@ -92,45 +94,40 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
 
     // The outage: the server is gone, connections are refused.
     server.stop().await;
-    let now = 1_800_000_000_000i64;
-    let sells: Vec<(Vec<Line>, Tender)> = vec![
-        (line("KF94", 2), Tender::Cash),
+    let now = common::now_millis();
+    let sells = vec![
+        (basket("KF94", 1), Tender::Cash),
         (
-            line("AMERICANO", 1),
+            basket("AMERICANO", 1),
             Tender::PayLater {
                 phone: "010-1234-5678".into(),
             },
         ),
-        (line("AMERICANO", 2), Tender::BankTransfer),
+        (basket("AMERICANO", 2), Tender::BankTransfer),
         (
-            line("KF94", 1),
+            basket("KF94", 1),
             Tender::CardOffline {
                 card_token: "tok_visa_4242".into(),
                 phone: "010-2222-3333".into(),
             },
         ),
         (
-            line("AMERICANO", 1),
+            basket("AMERICANO", 1),
             Tender::CardOffline {
                 card_token: "tok_declined".into(),
                 phone: "010-4444-5555".into(),
             },
         ),
+        (basket("KF94", 1), Tender::Cash),
     ];
-    // Lunchtime, 11:20 to 12:00: a sale every ten minutes through a forty-minute outage.
-    for (n, (lines, tender)) in sells.into_iter().enumerate() {
-        let sold = counter::sell(
-            &mut journal,
-            &key,
-            &lines,
-            tender,
-            now + n as i64 * 10 * 60_000,
-        )
-        .unwrap();
+    // Lunchtime, 11:20 to 12:00: a sale every few minutes through a forty-minute outage.
+    for (n, (basket, tender)) in sells.into_iter().enumerate() {
+        let at = now + n as i64 * 6 * 60_000;
+        let sold = counter::sell(&mut journal, &key, &basket, tender, at).unwrap();
         assert!(sold.is_ok(), "{sold:?}");
     }
     let fourth_mask =
-        counter::sell(&mut journal, &key, &line("KF94", 1), Tender::Cash, now).unwrap();
+        counter::sell(&mut journal, &key, &basket("KF94", 1), Tender::Cash, now).unwrap();
     assert_eq!(
         fourth_mask.unwrap_err(),
         Refusal::AllotmentExhausted {
@@ -141,10 +138,10 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     let big_card = counter::sell(
         &mut journal,
         &key,
-        &line("AMERICANO", 20),
+        &basket("AMERICANO", 20),
         Tender::CardOffline {
             card_token: "t".into(),
-            phone: "010".into(),
+            phone: "010-7777-8888".into(),
         },
         now,
     )
@@ -153,10 +150,10 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     let third_card = counter::sell(
         &mut journal,
         &key,
-        &line("AMERICANO", 1),
+        &basket("AMERICANO", 1),
         Tender::CardOffline {
             card_token: "t".into(),
-            phone: "010".into(),
+            phone: "010-7777-8888".into(),
         },
         now,
     )
@@ -171,17 +168,12 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     ));
     assert_eq!(
         journal.head().unwrap().0,
-        5,
-        "five sales journaled, refusals left no trace"
+        6,
+        "six sales journaled, refusals left no trace"
     );
 
     // Stored cards are sealed: not readable on disk, and any change breaks the seal.
-    let sealed: Vec<u8> = journal
-        .read()
-        .query_row("SELECT sealed FROM offline_card WHERE seq = 4", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let sealed = sealed_on_disk(till_dir.path(), 4);
     assert!(!sealed.windows(12).any(|w| w == b"tok_visa_424"));
     assert_eq!(
         counter::open(&key, &sealed).as_deref(),
@@ -190,10 +182,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     let mut tampered = sealed.clone();
     *tampered.last_mut().unwrap() ^= 1;
     assert_eq!(counter::open(&key, &tampered), None);
-    let journal_text: String = journal
-        .read()
-        .query_row("SELECT group_concat(body) FROM journal", [], |r| r.get(0))
-        .unwrap();
+    let journal_text = journal.bodies().unwrap().join("\n");
     assert!(
         !journal_text.contains("tok_visa"),
         "card data never goes into the journal"
@@ -203,7 +192,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     let server = Server::start(server_dir.path(), address).await;
     // An upload whose answer is lost: the server applied entries 1-2, the till never heard.
     let first_two = journal.after(0, 2).unwrap();
-    let lost: Vec<Value> = first_two.iter().map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)})).collect();
+    let lost: Vec<WireEntry> = first_two.iter().map(WireEntry::of).collect();
     uplink
         .post("/v1/terminals/till-1/sync", &json!({"entries": lost}))
         .await
@@ -215,7 +204,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
             report.quarantined.clone(),
             report.stopped.clone()
         ),
-        (5, vec![], None)
+        (6, vec![], None)
     );
     assert_eq!(
         sync_once(&mut journal, &uplink).await.unwrap().uploaded,
@@ -224,40 +213,34 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     );
 
     let sale = common::operator(&base, reqwest::Method::GET, "/v1/sales/masks", None).await;
-    assert_eq!(sale["stock"]["sold"], 3, "2 + 1 allotted masks, each once");
+    assert_eq!(sale["stock"]["sold"], 3, "three allotted masks, each once");
     assert_eq!(sale["stock"]["allotted"], 0);
     assert_eq!(sale["stock"]["total"], 10);
     // Stored cards go to the card network; the declined one becomes a receivable with its phone.
-    let forwarded = forward_cards(&mut journal, &key, &uplink).await.unwrap();
+    let forwarded = forward_cards(&mut journal, &key, &uplink, now)
+        .await
+        .unwrap();
     assert_eq!(
         (forwarded.approved, forwarded.declined, forwarded.waiting),
         (1, 1, 0)
     );
     assert_eq!(
-        forward_cards(&mut journal, &key, &uplink).await.unwrap(),
+        forward_cards(&mut journal, &key, &uplink, now)
+            .await
+            .unwrap(),
         ForwardReport::default(),
         "nothing charged twice"
     );
-    let erased: i64 = journal
-        .read()
-        .query_row(
-            "SELECT COUNT(*) FROM offline_card WHERE length(sealed) > 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(erased, 0, "settled cards are erased");
-    let receivables: Vec<(String, i64)> = {
-        let mut statement = journal
-            .read()
-            .prepare("SELECT phone, amount FROM receivable WHERE settled = 0 ORDER BY seq")
-            .unwrap();
-        statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    assert!(
+        sealed_on_disk(till_dir.path(), 4).is_empty(),
+        "settled cards are erased"
+    );
+    let receivables: Vec<(String, u64)> = journal
+        .open_receivables()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.phone, r.amount))
+        .collect();
     assert_eq!(
         receivables,
         [
@@ -272,20 +255,17 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
             .await
             .unwrap()
             .acked_through,
-        6,
+        7,
         "the late decline was journaled as a receivable"
     );
-    let ids: Vec<String> = {
-        let mut statement = journal
-            .read()
-            .prepare("SELECT id FROM receivable ORDER BY seq")
-            .unwrap();
-        statement
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let mut ids: Vec<(u64, String)> = journal
+        .open_receivables()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.id))
+        .collect();
+    ids.sort();
+    let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
     for id in &ids {
         let page = client
             .get(format!("{base}/pay/till-1/{id}"))
@@ -326,42 +306,40 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     sync_once(&mut journal, &uplink).await.unwrap();
-    let open: i64 = journal
-        .read()
-        .query_row(
-            "SELECT COUNT(*) FROM receivable WHERE settled = 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(open, 0, "both receivables closed at the till");
+    assert_eq!(
+        journal.open_receivables().unwrap(),
+        [],
+        "both receivables closed at the till"
+    );
 
     // Online card at the counter, now that the network is back: authorised before journaling.
-    let paid = uplink
-        .post(
-            "/v1/terminals/till-1/payments",
-            &json!({"reference": "online-1", "amount": 4500, "card_token": "tok_visa"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(paid.0, 200);
-    let authorization = paid.1["authorization_id"].as_str().unwrap().to_owned();
-    let sold = counter::sell(
+    let paid = holdfast_pos::card::pay(
         &mut journal,
         &key,
-        &line("AMERICANO", 1),
-        Tender::Card { authorization },
-        now,
+        &uplink,
+        &basket("AMERICANO", 1),
+        "tok_visa",
+        common::now_millis(),
     )
+    .await
     .unwrap();
-    assert!(sold.is_ok());
-    let declined = uplink
-        .post(
-            "/v1/terminals/till-1/payments",
-            &json!({"reference": "online-2", "amount": 4500, "card_token": "tok_declined"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declined.0, 402);
+    assert!(
+        matches!(paid, holdfast_pos::card::CardOutcome::Sold(_)),
+        "{paid:?}"
+    );
+    let declined = holdfast_pos::card::pay(
+        &mut journal,
+        &key,
+        &uplink,
+        &basket("AMERICANO", 1),
+        "tok_declined",
+        common::now_millis(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        declined,
+        holdfast_pos::card::CardOutcome::Declined
+    ));
     server.stop().await;
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{OPERATOR, Server, Till, client, masks_till};
-use holdfast_pos::counter::{self, Line, Tender};
+use holdfast_pos::counter::{self, Tender};
 use holdfast_pos::journal::{Item, Journal};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -25,16 +25,12 @@ fn sell_many(till: &mut Till, sales: u64, every: u64) {
     till.journal.put_item(&tea).unwrap();
     for n in 0..sales {
         let sku = if n % every == 0 { "KF94" } else { "TEA" };
-        let line = [Line {
-            sku: sku.into(),
-            quantity: 1,
-        }];
         let sold = counter::sell(
             &mut till.journal,
             &till.key,
-            &line,
+            &common::basket(sku, 1),
             Tender::Cash,
-            1_800_000_000_000 + n as i64,
+            common::now_millis() + n as i64,
         );
         assert!(sold.unwrap().is_ok());
     }

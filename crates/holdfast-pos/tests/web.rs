@@ -1,9 +1,7 @@
 //! The counter page, with no server anywhere: selling must not need the network.
 
-use std::sync::Arc;
-
-use holdfast_pos::counter;
 use holdfast_pos::journal::{Item, Journal};
+use holdfast_pos::till::Registration;
 use holdfast_pos::web::{Counter, router};
 
 async fn counter_page() -> (String, tempfile::TempDir) {
@@ -17,14 +15,15 @@ async fn counter_page() -> (String, tempfile::TempDir) {
             sale_id: None,
         })
         .unwrap();
-    let counter = Arc::new(Counter {
-        journal: tokio::sync::Mutex::new(journal),
-        card_key: counter::card_key(dir.path()).unwrap(),
+    let registration = Registration {
+        terminal_id: "till-1".into(),
         store: "Mapo cafe".into(),
-        terminal: "till-1".into(),
-        pay_base: "http://127.0.0.1:9".into(),
-        clock: || 1_800_000_000_000,
-    });
+        servers: vec!["http://127.0.0.1:9".into()],
+        secret: hex::encode([7u8; 32]),
+    };
+    journal.set_setting("registration", &registration).unwrap();
+    drop(journal);
+    let counter = Counter::open(dir.path()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(counter)).await.unwrap() });
@@ -54,7 +53,7 @@ async fn the_counter_page_sells_and_prints_a_receipt_offline() {
         page.contains("Barley &lt;tea&gt; · 3000"),
         "the catalogue is listed, escaped: {page}"
     );
-    assert!(page.contains("0 sale(s) waiting to sync"));
+    assert!(page.contains("<span id=\"waiting\">0</span> sale(s) waiting to sync"));
 
     let sold = form(
         &client,

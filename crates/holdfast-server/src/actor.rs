@@ -139,6 +139,46 @@ impl SaleHandle {
         answer.await.map_err(|_| LedgerError::Stopped)?
     }
 
+    /// Runs `commands` in order, answering each once its events are durable. They are queued
+    /// together, so the actor decides them in one batch and makes them durable with one write.
+    /// If the queue cannot take one, neither it nor any after it is sent (each answers `Busy`):
+    /// a later command never runs ahead of an earlier one.
+    pub async fn execute_many(&self, commands: Vec<Command>) -> Vec<Result<Executed, LedgerError>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut refused = None;
+        for command in commands {
+            if let Some(error) = &refused {
+                answers.push(Err(error_like(error)));
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let request = Request::Execute {
+                command,
+                idempotent: None,
+                reply: Some(reply),
+            };
+            match self.sender.try_send(request) {
+                Ok(()) => answers.push(Ok(answer)),
+                Err(error) => {
+                    let error = match error {
+                        mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
+                        mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
+                    };
+                    answers.push(Err(error_like(&error)));
+                    refused = Some(error);
+                }
+            }
+        }
+        let mut executed = Vec::with_capacity(answers.len());
+        for answer in answers {
+            executed.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(LedgerError::Stopped)),
+                Err(error) => Err(error),
+            });
+        }
+        executed
+    }
+
     /// Reads from the sale's full state inside its actor; answers once every earlier command
     /// is durable, so the answer never shows what a crash could still undo.
     pub async fn read<T: Send + 'static>(
@@ -446,4 +486,12 @@ fn command_name(command: &Command) -> Option<&'static str> {
         Command::Tick => return None,
     };
     Some(name)
+}
+
+/// The same refusal for each command not sent after the first that could not be.
+fn error_like(error: &LedgerError) -> LedgerError {
+    match error {
+        LedgerError::Busy => LedgerError::Busy,
+        _ => LedgerError::Stopped,
+    }
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::payments::PaymentError;
+use crate::terminals::TerminalError;
 
 /// Failures of the server's own machinery, as opposed to refusals of a request.
 #[derive(Debug, Error)]
@@ -106,12 +107,25 @@ impl From<Rejection> for ApiError {
             Rejection::HoldConfirmed
             | Rejection::ShareAlreadyReleased { .. }
             | Rejection::AllotmentExceeded { .. }
-            | Rejection::NoDeliveryDay => StatusCode::CONFLICT,
+            | Rejection::NoDeliveryDay
+            | Rejection::PriceMismatch { .. } => StatusCode::CONFLICT,
             Rejection::PassRequired | Rejection::PassInvalid { .. } => StatusCode::FORBIDDEN,
             Rejection::NoQueue => StatusCode::CONFLICT,
             Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, rejection.code(), rejection.to_string())
+    }
+}
+
+impl From<TerminalError> for ApiError {
+    fn from(error: TerminalError) -> ApiError {
+        match error {
+            TerminalError::UnknownSale(id) => {
+                ApiError::not_found("sale_not_found", format!("no sale with id '{id}'"))
+            }
+            TerminalError::Rejected(rejection) => rejection.into(),
+            TerminalError::Ledger(error) => error.into(),
+        }
     }
 }
 

@@ -110,13 +110,13 @@ pub async fn masks_till(
         terminal.into(),
         hex::decode(&secret).unwrap(),
     );
-    let path = format!("/v1/terminals/{terminal}/allotments");
-    let (_, granted) = uplink
-        .post(&path, &json!({"sale_id": "masks", "quantity": allot}))
+    let granted = holdfast_pos::sync::set_allotment(&uplink, "masks", allot)
         .await
         .unwrap();
-    assert_eq!(granted["granted"], allot, "{granted}");
-    journal.set_allotment("masks", allot).unwrap();
+    assert_eq!(granted.granted, allot);
+    journal
+        .set_allotment("masks", allot, Some(&granted.terms))
+        .unwrap();
     let item = Item {
         sku: "KF94".into(),
         name: "KF94 masks".into(),
@@ -209,4 +209,17 @@ async fn relay(
             }
         }
     }
+}
+
+/// The time the server sees now, as a till would journal it.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A basket of one line.
+pub fn basket(sku: &str, quantity: u32) -> holdfast_pos::counter::Basket {
+    holdfast_pos::counter::Basket::of(vec![holdfast_pos::counter::Line {
+        sku: sku.into(),
+        quantity,
+    }])
 }

@@ -9,21 +9,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_core::terminal::auth::{self, Authorization, SignedRequest};
-use holdfast_core::terminal::{ChainHash, JournalEntry};
-use holdfast_core::{STOCK_MAX, is_valid_sale_id};
+use holdfast_core::terminal::wire::{
+    AllotmentAnswer, AllotmentRequest, CatalogueItem, OfflineCardLimits, PaymentAnswer,
+    PaymentRequest, StoreCatalogue, SyncAnswer, SyncRequest,
+};
+use holdfast_core::{STOCK_MAX, Timestamp, is_valid_sale_id};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::overload::WriteSlot;
-use super::wire::in_range;
+use super::sales::find_sale;
+use super::wire::{format_time, in_range};
 use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
-use crate::terminals::{AuthRefusal, OfflineCardLimits, SYNC_ENTRIES_MAX, Terminal};
+use crate::terminals::{AuthRefusal, SYNC_ENTRIES_MAX, Terminal, TerminalView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,6 +35,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/terminals/{id}/allotments", post(allotments))
         .route("/v1/terminals/{id}/sync", post(sync))
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
+        .route("/v1/terminals/{id}", get(view))
+        .route("/v1/terminals/{id}/view", post(own_view))
+        .route(
+            "/v1/stores/{store}/catalogue",
+            get(get_catalogue).put(set_catalogue),
+        )
         .route("/v1/terminals/{id}/payments", post(card_payment))
         .route(
             "/v1/stores/{store}/offline-card-limits",
@@ -150,46 +160,27 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
-struct AllotmentRequest {
-    sale_id: String,
-    /// The allotment the terminal wants to hold from now on (0 returns everything).
-    quantity: i64,
-}
-
 async fn allotments(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AllotmentAnswer>, ApiError> {
     let _slot = WriteSlot::take(&state)?;
     let request: AllotmentRequest = parse(&body)?;
     let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
-    let granted = terminal
+    let (granted, terms) = terminal
         .set_allotment(&state.ledger, &request.sale_id, target)
         .await?;
-    Ok(Json(
-        json!({"sale_id": request.sale_id, "granted": granted}),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncRequest {
-    entries: Vec<WireEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireEntry {
-    seq: u64,
-    /// Hex hash of the previous entry (64 zeros before entry 1).
-    prev: String,
-    /// The entry exactly as the terminal journaled it; hashed as these UTF-8 bytes.
-    body: String,
+    Ok(Json(AllotmentAnswer {
+        sale_id: request.sale_id,
+        granted,
+        terms,
+    }))
 }
 
 async fn sync(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SyncAnswer>, ApiError> {
     // Reconnect storms: a few syncs at a time, the rest told to come back at a spread-out time,
     // so live shoppers keep being answered.
     let Ok(_slot) = state.sync_permits.clone().try_acquire_owned() else {
@@ -206,38 +197,39 @@ async fn sync(
     let entries = request
         .entries
         .into_iter()
-        .map(|e| {
-            let prev = ChainHash::from_hex(&e.prev).ok_or_else(|| {
-                ApiError::bad_request("invalid_entry", "prev must be 64 hex digits")
-            })?;
-            Ok(JournalEntry {
-                seq: e.seq,
-                prev,
-                body: e.body.into_bytes(),
-            })
+        .map(|entry| {
+            entry
+                .into_entry()
+                .ok_or_else(|| ApiError::bad_request("invalid_entry", "prev must be 64 hex digits"))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let answer = terminal
-        .sync(&state.ledger, state.ledger.log(), &entries)
+    let now = state.clock.now();
+    let outcome = terminal
+        .sync(
+            &state.ledger,
+            state.ledger.log(),
+            &entries,
+            request.report,
+            now,
+        )
         .await?;
     metrics::counter!("holdfast_sync_entries_total").increment(entries.len() as u64);
-    Ok(Json(json!({
-        "acked_through": answer.acked_through,
-        "head": answer.head.to_hex(),
-        "receipt": answer.receipt,
-        "stopped": answer.stopped,
-        "quarantined": answer.quarantined,
-        "settled": answer.settled,
-        "offline_card_limits": state.terminals.store_limits(&terminal.store),
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-struct PaymentRequest {
-    /// The till's own name for this payment; retries reuse it, so a card is charged once.
-    reference: String,
-    amount: i64,
-    card_token: String,
+    let store = state.terminals.stores.get(&terminal.store);
+    let catalogue = store
+        .catalogue
+        .filter(|c| c.version > request.catalogue_version);
+    Ok(Json(SyncAnswer {
+        acked_through: outcome.acked_through,
+        head: outcome.head.to_hex(),
+        receipt: outcome.receipt,
+        stopped: outcome.stopped,
+        quarantined: outcome.quarantined,
+        flagged: outcome.flagged,
+        settled: outcome.settled,
+        offline_card_limits: store.offline_card_limits,
+        catalogue,
+        give_back: outcome.give_back,
+    }))
 }
 
 const PAYMENT_REFERENCE_LEN_MAX: usize = 128;
@@ -282,10 +274,14 @@ async fn card_payment(
         .charge(request.card_token, amount, &key)
         .await;
     let answer = match charged {
-        Ok(authorization) => StoredAnswer::json(
-            200,
-            &json!({"status": "approved", "authorization_id": authorization.id, "amount": amount}),
-        ),
+        Ok(authorization) => {
+            let approved = PaymentAnswer {
+                status: "approved".into(),
+                authorization_id: authorization.id,
+                amount,
+            };
+            StoredAnswer::json(200, &approved)
+        }
         Err(declined @ PaymentError::Declined { .. }) => {
             StoredAnswer::error(&ApiError::from(declined))
         }
@@ -331,7 +327,7 @@ async fn set_store_limits(
         )? as u32,
         age_max_hours: in_range("age_max_hours", body.age_max_hours, 1, 7 * 24)? as u32,
     };
-    state.terminals.set_store_limits(&store, limits).await?;
+    state.terminals.stores.set_limits(&store, limits).await?;
     Ok(Json(json!({"store": store, "offline_card_limits": limits})))
 }
 
@@ -340,17 +336,136 @@ async fn quarantine(
     _: Operator,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let terminal = state
+    let view = find_terminal(&state, &id)?.view(state.clock.now()).await;
+    Ok(Json(json!({
+        "terminal_id": view.terminal_id,
+        "store": view.store,
+        "quarantine": view.quarantine,
+        "flagged": view.flagged,
+    })))
+}
+
+fn find_terminal(state: &AppState, id: &str) -> Result<Arc<Terminal>, ApiError> {
+    state
         .terminals
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found("terminal_not_found", format!("no terminal '{id}'")))?;
-    let entries: Vec<Value> = terminal
-        .quarantine()
-        .await
-        .into_iter()
-        .map(|q| json!({"seq": q.seq, "reason": q.reason}))
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("terminal_not_found", format!("no terminal '{id}'")))
+}
+
+/// The shop as its owner sees it from the server: what the till sold and synced, who owes
+/// what, transfers to confirm, what waits at the till, entries a person must look at.
+async fn view(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = find_terminal(&state, &id)?.view(state.clock.now()).await;
+    Ok(Json(view_body(&view)))
+}
+
+/// The same view, asked for by the till itself (a signed POST with an empty body).
+async fn own_view(
+    State(state): State<AppState>,
+    Signed { terminal, .. }: Signed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view_body(&terminal.view(state.clock.now()).await)))
+}
+
+fn view_body(view: &TerminalView) -> Value {
+    let transfers: Vec<Value> = view
+        .transfers_pending
+        .iter()
+        .map(|(seq, t)| json!({"seq": seq, "amount": t.amount, "taken_at": format_time(Timestamp(t.at))}))
         .collect();
+    json!({
+        "terminal_id": view.terminal_id,
+        "store": view.store,
+        "last_sync_at": view.last_sync_at.map(format_time),
+        "synced_through": view.synced_through,
+        "takings": view.takings,
+        "units_sold": view.units_sold,
+        "waiting_at_till": view.waiting_at_till,
+        "receivables": view.receivables,
+        "transfers_pending": transfers,
+        "quarantine": view.quarantine,
+        "flagged": view.flagged,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueRequest {
+    items: Vec<CatalogueItem>,
+    business_number: Option<String>,
+    bank_account: Option<String>,
+}
+
+const CATALOGUE_ITEMS_MAX: usize = 5_000;
+const CATALOGUE_TEXT_CHARS_MAX: usize = 128;
+
+/// The operator sets a store's catalogue once; every till of the store pulls it on its next
+/// sync. A scarce item's price is its sale's, whatever the request says.
+async fn set_catalogue(
+    State(state): State<AppState>,
+    _: Operator,
+    _slot: WriteSlot,
+    ApiPath(store): ApiPath<String>,
+    ApiJson(body): ApiJson<CatalogueRequest>,
+) -> Result<Json<StoreCatalogue>, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_catalogue", why);
+    if body.items.len() > CATALOGUE_ITEMS_MAX {
+        return Err(invalid(format!("at most {CATALOGUE_ITEMS_MAX} items")));
+    }
+    let text_ok = |t: &str| {
+        !t.trim().is_empty()
+            && t.chars().count() <= CATALOGUE_TEXT_CHARS_MAX
+            && !t.chars().any(char::is_control)
+    };
+    let mut items = Vec::with_capacity(body.items.len());
+    for mut item in body.items {
+        if !text_ok(&item.sku) || !text_ok(&item.name) {
+            return Err(invalid(format!(
+                "sku and name must be 1-{CATALOGUE_TEXT_CHARS_MAX} characters without control characters"
+            )));
+        }
+        if let Some(sale_id) = &item.sale_id {
+            let sale = find_sale(&state, sale_id)?;
+            item.price = sale.view().spec.price;
+        }
+        items.push(item);
+    }
+    let extra_ok = |t: &Option<String>| t.as_deref().is_none_or(text_ok);
+    if !extra_ok(&body.business_number) || !extra_ok(&body.bank_account) {
+        return Err(invalid(
+            "business_number and bank_account must be short text".into(),
+        ));
+    }
+    let catalogue = StoreCatalogue {
+        version: 0,
+        items,
+        business_number: body.business_number,
+        bank_account: body.bank_account,
+    };
     Ok(Json(
-        json!({"terminal_id": id, "store": terminal.store, "quarantine": entries}),
+        state
+            .terminals
+            .stores
+            .set_catalogue(&store, catalogue)
+            .await?,
+    ))
+}
+
+async fn get_catalogue(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(store): ApiPath<String>,
+) -> Result<Json<StoreCatalogue>, ApiError> {
+    Ok(Json(
+        state
+            .terminals
+            .stores
+            .get(&store)
+            .catalogue
+            .unwrap_or_default(),
     ))
 }

@@ -94,9 +94,9 @@ fn wire(entries: &[JournalEntry]) -> Value {
 
 fn journal() -> Vec<JournalEntry> {
     chain(&[
-        br#"{"lines":[{"sku":"KF94","quantity":2,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"cash"}}"#,
-        br#"{"lines":[{"sku":"AMERICANO","quantity":1,"unit_price":4500}],"tender":{"kind":"pay_later","phone":"010-1234-5678"}}"#,
-        br#"{"lines":[{"sku":"KF94","quantity":1,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"card_offline"}}"#,
+        br#"{"lines":[{"sku":"KF94","quantity":2,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"cash"},"at":1767225600000}"#,
+        br#"{"lines":[{"sku":"AMERICANO","quantity":1,"unit_price":4500}],"tender":{"kind":"pay_later","phone":"010-1234-5678"},"at":1767225601000}"#,
+        br#"{"lines":[{"sku":"KF94","quantity":1,"unit_price":39900,"sale_id":"masks"}],"tender":{"kind":"card_offline","phone":"010-2222-3333"},"at":1767225602000}"#,
     ])
 }
 

@@ -1,0 +1,429 @@
+//! Shop terminals: registration, request signatures, allotments, stores, and exactly-once
+//! journal sync (`sync.rs`).
+//!
+//! A terminal signs every request with its own secret. Its journal arrives as hash-chained
+//! entries (`holdfast_core::terminal`); each new entry's effects on sales (units sold out of an
+//! allotment) are applied by the sale's actor, idempotently per journal entry, and only then is
+//! the terminal's progress made durable and acknowledged. A crash between the two is safe: the
+//! terminal resends, the sale ignores an entry it already applied, and progress catches up.
+
+mod stores;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use holdfast_core::terminal::auth::{self, Authorization, ReplayGuard, SignedRequest};
+use holdfast_core::terminal::wire::{SaleTerms, TillReport};
+use holdfast_core::terminal::{ChainHash, Progress};
+use holdfast_core::{Channel, Command, HolderId, Rejection, Reply, SaleSpec, Timestamp};
+use holdfast_store::{Batch, LogHandle, Snapshot, StoredSnapshot};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+pub use stores::{StoreSettings, Stores};
+pub use sync::SyncOutcome;
+
+/// Log streams and values under these prefixes belong to terminals, not sales. Sale ids cannot
+/// contain ':' or '/', so the namespaces cannot collide.
+pub const STREAM_PREFIX: &str = "terminal:";
+const REGISTRATION_KEY: &str = "terminal/";
+/// Entries one sync request may carry.
+pub const SYNC_ENTRIES_MAX: usize = 1_000;
+/// A sync carries up to `SYNC_ENTRIES_MAX` journal entries of a few hundred bytes each.
+pub const SYNC_BODY_BYTES_MAX: usize = SYNC_ENTRIES_MAX * 2048;
+const SECRET_BYTES: usize = 32;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Registration {
+    store: String,
+    secret: String,
+}
+
+/// An entry with a reason a person must read: quarantined (never applied) or flagged
+/// (applied, but past a rule such as the per-person limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Noted {
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receivable {
+    pub seq: u64,
+    pub phone: String,
+    pub amount: u64,
+    /// When the sale that opened it was made, by the till's clock.
+    #[serde(default)]
+    pub at: i64,
+    /// The card authorisation that settled it, once paid.
+    pub settled_by: Option<String>,
+}
+
+/// A bank transfer a till took, waiting for the owner to confirm it arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransfer {
+    pub amount: u64,
+    pub at: i64,
+}
+
+/// What the server knows of one terminal, kept as its stream's snapshot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SyncState {
+    applied_through: u64,
+    head: String,
+    quarantine: Vec<Noted>,
+    #[serde(default)]
+    flagged: Vec<Noted>,
+    /// Money customers owe this till's store, learned from synced entries.
+    #[serde(default)]
+    receivables: BTreeMap<String, Receivable>,
+    /// Bank transfers taken and not yet confirmed, by entry.
+    #[serde(default)]
+    transfers: BTreeMap<u64, PendingTransfer>,
+    /// Takings of synced sale entries, in minor units.
+    #[serde(default)]
+    takings: u64,
+    /// Units sold per scarce sale, from synced entries that applied.
+    #[serde(default)]
+    units_sold: BTreeMap<String, u64>,
+    #[serde(default)]
+    last_sync_at: Option<Timestamp>,
+    /// What the till said was waiting there, at its last sync.
+    #[serde(default)]
+    report: Option<TillReport>,
+}
+
+impl SyncState {
+    fn progress(&self) -> Progress {
+        Progress {
+            applied_through: self.applied_through,
+            head: ChainHash::from_hex(&self.head).unwrap_or(ChainHash::GENESIS),
+        }
+    }
+}
+
+pub struct Terminal {
+    pub id: String,
+    pub store: String,
+    secret: Vec<u8>,
+    /// One sync or allotment change at a time per terminal.
+    state: tokio::sync::Mutex<SyncState>,
+    replay: std::sync::Mutex<ReplayGuard>,
+    /// Held while a pay link of this till is being charged.
+    pub paying: tokio::sync::Mutex<()>,
+}
+
+/// Why a terminal's request is not let in.
+#[derive(Debug, Error)]
+pub enum AuthRefusal {
+    #[error("the signature does not match this terminal's key")]
+    BadSignature,
+    #[error(transparent)]
+    Refused(#[from] auth::Refused),
+}
+
+/// Why a terminal's call about a sale is refused.
+#[derive(Debug, Error)]
+pub enum TerminalError {
+    #[error("no sale with id '{0}'")]
+    UnknownSale(String),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+pub struct Terminals {
+    registry: RwLock<HashMap<String, Arc<Terminal>>>,
+    pub stores: Stores,
+    registering: tokio::sync::Mutex<()>,
+    log: LogHandle,
+    /// Requests signed before this are refused: the nonces seen before a restart are gone.
+    started_at: Timestamp,
+}
+
+fn holder(terminal: &str) -> HolderId {
+    HolderId(format!("{STREAM_PREFIX}{terminal}"))
+}
+
+/// The terms a till sells a scarce sale under.
+pub fn terms(spec: &SaleSpec) -> SaleTerms {
+    SaleTerms {
+        price: spec.price,
+        per_customer_limit: spec.per_customer_limit,
+        opens_at_ms: spec.opens_at.0,
+        closes_at_ms: spec.closes_at.map(|t| t.0),
+    }
+}
+
+impl Terminals {
+    /// Rebuilds registrations and stores (keyed values) and sync progress (the terminal
+    /// streams' snapshots, written with every applied batch).
+    pub fn recover(
+        log: LogHandle,
+        values: &[(String, Vec<u8>)],
+        snapshots: &[StoredSnapshot],
+        started_at: Timestamp,
+    ) -> Result<Terminals, serde_json::Error> {
+        let mut registrations = BTreeMap::new();
+        for (key, bytes) in values {
+            if let Some(id) = key.strip_prefix(REGISTRATION_KEY) {
+                registrations.insert(
+                    id.to_owned(),
+                    serde_json::from_slice::<Registration>(bytes)?,
+                );
+            }
+        }
+        let mut progress = HashMap::new();
+        for snapshot in snapshots {
+            if let Some(id) = snapshot.stream.strip_prefix(STREAM_PREFIX) {
+                progress.insert(
+                    id.to_owned(),
+                    serde_json::from_slice::<SyncState>(&snapshot.payload)?,
+                );
+            }
+        }
+        let registry = registrations
+            .into_iter()
+            .map(|(id, registration)| {
+                let state = progress.remove(&id).unwrap_or_default();
+                let secret = hex::decode(&registration.secret).unwrap_or_default();
+                let terminal = Terminal::new(&id, &registration.store, secret, state, started_at);
+                (id, Arc::new(terminal))
+            })
+            .collect();
+        Ok(Terminals {
+            registry: RwLock::new(registry),
+            stores: Stores::recover(log.clone(), values)?,
+            registering: tokio::sync::Mutex::new(()),
+            log,
+            started_at,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Terminal>> {
+        self.registry
+            .read()
+            .expect("terminal registry")
+            .get(id)
+            .cloned()
+    }
+
+    /// Registers a terminal durably and returns its secret (shown this once).
+    pub async fn register(&self, id: &str, store: &str) -> Result<Option<String>, LedgerError> {
+        let _one_at_a_time = self.registering.lock().await;
+        if self.get(id).is_some() {
+            return Ok(None);
+        }
+        let mut secret = vec![0u8; SECRET_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let registration = Registration {
+            store: store.to_owned(),
+            secret: hex::encode(&secret),
+        };
+        let value = serde_json::to_vec(&registration).expect("registrations serialise");
+        let batch = Batch {
+            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        let terminal = Terminal::new(
+            id,
+            store,
+            secret.clone(),
+            SyncState::default(),
+            self.started_at,
+        );
+        self.registry
+            .write()
+            .expect("terminal registry")
+            .insert(id.to_owned(), Arc::new(terminal));
+        Ok(Some(hex::encode(secret)))
+    }
+}
+
+impl Terminal {
+    fn new(
+        id: &str,
+        store: &str,
+        secret: Vec<u8>,
+        state: SyncState,
+        started_at: Timestamp,
+    ) -> Terminal {
+        Terminal {
+            id: id.to_owned(),
+            store: store.to_owned(),
+            secret,
+            state: tokio::sync::Mutex::new(state),
+            replay: std::sync::Mutex::new(ReplayGuard::new(started_at)),
+            paying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Checks a signed request: the cheap time test first, then the signature over the exact
+    /// body, then that its nonce is new. Only a genuine, fresh request is remembered.
+    pub fn admit(
+        &self,
+        auth: &Authorization,
+        request: &SignedRequest,
+        now: Timestamp,
+    ) -> Result<(), AuthRefusal> {
+        let mut replay = self.replay.lock().expect("replay guard");
+        replay.check_time(auth.signed_at, now)?;
+        if !request.verify(&self.secret, &auth.signature) {
+            return Err(AuthRefusal::BadSignature);
+        }
+        replay.admit(auth, now)?;
+        Ok(())
+    }
+
+    /// The time test alone, before the body is read.
+    pub fn check_time(&self, auth: &Authorization, now: Timestamp) -> Result<(), AuthRefusal> {
+        let replay = self.replay.lock().expect("replay guard");
+        Ok(replay.check_time(auth.signed_at, now)?)
+    }
+
+    /// Sets this terminal's allotment of a sale to `target` units, claiming or returning the
+    /// difference. Setting (rather than adding) makes a replayed request harmless. Answers the
+    /// allotment held afterwards (less than asked when the pool runs short) and the sale's
+    /// terms, which the till sells under while offline.
+    pub async fn set_allotment(
+        &self,
+        ledger: &Ledger,
+        sale_id: &str,
+        target: u32,
+    ) -> Result<(u32, SaleTerms), TerminalError> {
+        let _exclusive = self.state.lock().await;
+        let sale = ledger
+            .sale(sale_id)
+            .ok_or_else(|| TerminalError::UnknownSale(sale_id.to_owned()))?;
+        let terms = terms(&sale.view().spec);
+        let holder = holder(&self.id);
+        let current = {
+            let holder = holder.clone();
+            sale.read(move |s| s.allotment(&holder)).await?
+        };
+        let command = match target.cmp(&current) {
+            std::cmp::Ordering::Equal => return Ok((current, terms)),
+            std::cmp::Ordering::Greater => Command::ClaimAllotment {
+                holder,
+                channel: Channel::Store,
+                quantity: target - current,
+            },
+            std::cmp::Ordering::Less => Command::ReturnAllotment {
+                holder,
+                quantity: current - target,
+            },
+        };
+        let held = match sale.execute(command, None).await?.outcome? {
+            Reply::Granted { quantity } => current + quantity,
+            _ => target,
+        };
+        Ok((held, terms))
+    }
+
+    pub async fn receivable(&self, id: &str) -> Option<Receivable> {
+        self.state.lock().await.receivables.get(id).cloned()
+    }
+
+    /// Records that `id` was paid with `authorization`, durably. `None` if there is no such
+    /// receivable; the existing settlement if it was paid already.
+    pub async fn settle(
+        &self,
+        log: &LogHandle,
+        id: &str,
+        authorization: &str,
+    ) -> Result<Option<Receivable>, LedgerError> {
+        let mut state = self.state.lock().await;
+        let Some(receivable) = state.receivables.get(id).cloned() else {
+            return Ok(None);
+        };
+        if receivable.settled_by.is_some() {
+            return Ok(Some(receivable));
+        }
+        let mut next = state.clone();
+        let settled = Receivable {
+            settled_by: Some(authorization.to_owned()),
+            ..receivable
+        };
+        next.receivables.insert(id.to_owned(), settled.clone());
+        let batch = Batch {
+            snapshots: vec![self.progress_snapshot(&next)],
+            ..Batch::default()
+        };
+        log.append(batch).await?;
+        *state = next;
+        Ok(Some(settled))
+    }
+
+    /// The shop as the owner sees it from the server.
+    pub async fn view(&self, now: Timestamp) -> TerminalView {
+        let state = self.state.lock().await;
+        TerminalView {
+            terminal_id: self.id.clone(),
+            store: self.store.clone(),
+            last_sync_at: state.last_sync_at,
+            synced_through: state.applied_through,
+            takings: state.takings,
+            units_sold: state.units_sold.clone(),
+            waiting_at_till: state.report.clone(),
+            receivables: state
+                .receivables
+                .iter()
+                .map(|(id, r)| ReceivableView {
+                    id: id.clone(),
+                    seq: r.seq,
+                    phone: r.phone.clone(),
+                    amount: r.amount,
+                    age_s: (now.0 - r.at).max(0) / 1000,
+                    paid_by: r.settled_by.clone(),
+                })
+                .collect(),
+            transfers_pending: state
+                .transfers
+                .iter()
+                .map(|(seq, t)| (*seq, t.clone()))
+                .collect(),
+            quarantine: state.quarantine.clone(),
+            flagged: state.flagged.clone(),
+        }
+    }
+
+    /// The terminal's progress as its stream's snapshot: recovery reads it back and never
+    /// needs to replay the trail.
+    fn progress_snapshot(&self, state: &SyncState) -> Snapshot {
+        Snapshot {
+            stream: format!("{STREAM_PREFIX}{}", self.id),
+            payload: serde_json::to_vec(state).expect("progress serialises"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceivableView {
+    pub id: String,
+    pub seq: u64,
+    pub phone: String,
+    pub amount: u64,
+    pub age_s: i64,
+    pub paid_by: Option<String>,
+}
+
+/// Everything the server knows of one till, for its owner.
+#[derive(Clone, Debug, Serialize)]
+pub struct TerminalView {
+    pub terminal_id: String,
+    pub store: String,
+    pub last_sync_at: Option<Timestamp>,
+    pub synced_through: u64,
+    pub takings: u64,
+    pub units_sold: BTreeMap<String, u64>,
+    pub waiting_at_till: Option<TillReport>,
+    pub receivables: Vec<ReceivableView>,
+    pub transfers_pending: Vec<(u64, PendingTransfer)>,
+    pub quarantine: Vec<Noted>,
+    pub flagged: Vec<Noted>,
+}

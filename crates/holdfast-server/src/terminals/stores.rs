@@ -1,0 +1,104 @@
+//! What the operator sets once per store and every till of the store receives with its sync
+//! answers: offline-card limits, and the catalogue (items, prices, the business registration
+//! number and bank account printed on receipts). A scarce item's price is its sale's.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use holdfast_core::terminal::wire::{OfflineCardLimits, StoreCatalogue};
+use holdfast_store::{Batch, LogHandle};
+
+use crate::error::LedgerError;
+
+const LIMITS_KEY: &str = "store-limits/";
+const CATALOGUE_KEY: &str = "store-catalogue/";
+
+#[derive(Clone, Debug, Default)]
+pub struct StoreSettings {
+    pub offline_card_limits: Option<OfflineCardLimits>,
+    pub catalogue: Option<StoreCatalogue>,
+}
+
+pub struct Stores {
+    settings: RwLock<HashMap<String, StoreSettings>>,
+    log: LogHandle,
+}
+
+impl Stores {
+    pub fn recover(log: LogHandle, values: &[(String, Vec<u8>)]) -> serde_json::Result<Stores> {
+        let mut settings: HashMap<String, StoreSettings> = HashMap::new();
+        for (key, bytes) in values {
+            if let Some(store) = key.strip_prefix(LIMITS_KEY) {
+                settings
+                    .entry(store.to_owned())
+                    .or_default()
+                    .offline_card_limits = Some(serde_json::from_slice(bytes)?);
+            } else if let Some(store) = key.strip_prefix(CATALOGUE_KEY) {
+                settings.entry(store.to_owned()).or_default().catalogue =
+                    Some(serde_json::from_slice(bytes)?);
+            }
+        }
+        Ok(Stores {
+            settings: RwLock::new(settings),
+            log,
+        })
+    }
+
+    pub fn get(&self, store: &str) -> StoreSettings {
+        self.settings
+            .read()
+            .expect("stores")
+            .get(store)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets a store's offline-card limits durably; its tills receive them on their next sync.
+    pub async fn set_limits(
+        &self,
+        store: &str,
+        limits: OfflineCardLimits,
+    ) -> Result<(), LedgerError> {
+        let value = serde_json::to_vec(&limits).expect("limits serialise");
+        self.write(format!("{LIMITS_KEY}{store}"), value).await?;
+        self.settings
+            .write()
+            .expect("stores")
+            .entry(store.to_owned())
+            .or_default()
+            .offline_card_limits = Some(limits);
+        Ok(())
+    }
+
+    /// Replaces a store's catalogue durably, as the next version; its tills pull it on their
+    /// next sync. Answers the catalogue as stored.
+    pub async fn set_catalogue(
+        &self,
+        store: &str,
+        mut catalogue: StoreCatalogue,
+    ) -> Result<StoreCatalogue, LedgerError> {
+        let version = self
+            .get(store)
+            .catalogue
+            .map_or(0, |current| current.version);
+        catalogue.version = version + 1;
+        let value = serde_json::to_vec(&catalogue).expect("catalogues serialise");
+        self.write(format!("{CATALOGUE_KEY}{store}"), value).await?;
+        self.settings
+            .write()
+            .expect("stores")
+            .entry(store.to_owned())
+            .or_default()
+            .catalogue = Some(catalogue.clone());
+        Ok(catalogue)
+    }
+
+    async fn write(&self, key: String, value: Vec<u8>) -> Result<(), LedgerError> {
+        let batch = Batch {
+            values: vec![(key, value)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        Ok(())
+    }
+}
