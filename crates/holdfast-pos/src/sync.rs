@@ -219,6 +219,11 @@ pub async fn forward_cards(
         let declined = match uplink.post(&path, &body).await {
             Ok((200, _)) => false,
             Ok((402, _)) => true,
+            // Another sync is forwarding this very card right now; it records the outcome.
+            Ok((409, answer)) if answer["error"]["code"] == "idempotency_in_progress" => {
+                report.waiting += 1;
+                continue;
+            }
             Ok((status, answer)) => return Err(SyncError::Refused(status, answer)),
             Err(_) => {
                 report.waiting += 1;

@@ -78,6 +78,35 @@ pub struct Till {
     pub journal: Journal,
     pub uplink: Uplink,
     pub key: chacha20poly1305::Key,
+    secret: String,
+    terminal: String,
+    store: String,
+    base: String,
+}
+
+impl Till {
+    pub fn registration_secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Another uplink for the same till, for a second process or a concurrent sync.
+    pub fn uplink_clone(&self) -> Uplink {
+        Uplink::new(
+            vec![self.base.clone()],
+            self.terminal.clone(),
+            hex::decode(&self.secret).unwrap(),
+        )
+    }
+
+    pub fn header(&self) -> holdfast_pos::receipt::Header {
+        holdfast_pos::receipt::Header {
+            store: self.store.clone(),
+            terminal: self.terminal.clone(),
+            pay_base: self.base.clone(),
+            business_number: self.journal.setting("business_number").unwrap().flatten(),
+            bank_account: self.journal.setting("bank_account").unwrap().flatten(),
+        }
+    }
 }
 
 /// A sale "masks" of `stock` units, a till registered for `store` and saved in its journal the
@@ -93,6 +122,11 @@ pub async fn masks_till(
     let sale = json!({"id": "masks", "sku": "KF94", "name": "KF94 masks", "price": 39900, "stock": stock,
         "per_customer_limit": 1, "opens_at": "2020-01-01T00:00:00Z"});
     operator(base, reqwest::Method::POST, "/v1/sales", Some(sale)).await;
+    second_till(base, dir, terminal, store, allot).await
+}
+
+/// Another till of the same server, holding `allot` units of the existing sale "masks".
+pub async fn second_till(base: &str, dir: &Path, terminal: &str, store: &str, allot: u32) -> Till {
     let registered = operator(
         base,
         reqwest::Method::POST,
@@ -128,6 +162,10 @@ pub async fn masks_till(
         key: counter::card_key(dir).unwrap(),
         journal,
         uplink,
+        secret,
+        terminal: terminal.to_owned(),
+        store: store.to_owned(),
+        base: base.to_owned(),
     }
 }
 
