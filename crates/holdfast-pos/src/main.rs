@@ -18,6 +18,23 @@ use holdfast_pos::uplink::{UplinkError, back_off};
 use holdfast_pos::web::LineStatus;
 use serde_json::json;
 
+/// Prints a line for the person at the counter. A closed output (a till run by a service
+/// manager, a pipe whose reader left) must not stop the till: write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Like `say!`, on standard error.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "holdfast-pos",
@@ -210,7 +227,7 @@ async fn init(
     journal.set_setting("registration", &registration)?;
     journal.set_setting("offline_card_limits", &OfflineCardLimits::default())?;
     counter::card_key(data)?;
-    println!(
+    say!(
         "till {} of {} registered; data in {}",
         registration.terminal_id,
         registration.store,
@@ -232,7 +249,7 @@ fn item(
         price,
         sale_id,
     })?;
-    println!("saved");
+    say!("saved");
     Ok(())
 }
 
@@ -243,9 +260,11 @@ async fn allot(data: &Path, sale_id: &str, quantity: u32) -> anyhow::Result<()> 
     let answer = set_allotment(&till.uplink, sale_id, quantity).await?;
     till.journal
         .set_allotment(sale_id, answer.granted, Some(&answer.terms))?;
-    println!(
+    say!(
         "this till now holds {} unit(s) of {sale_id}, sold at {} each, at most {} per person",
-        answer.granted, answer.terms.price, answer.terms.per_customer_limit
+        answer.granted,
+        answer.terms.price,
+        answer.terms.per_customer_limit
     );
     Ok(())
 }
@@ -340,36 +359,39 @@ async fn sell(
 async fn sync(data: &Path) -> anyhow::Result<()> {
     let mut till = Till::open(data)?;
     let report = sync_once(&mut till.journal, &till.uplink).await?;
-    println!(
+    say!(
         "synced: acknowledged through #{} ({} uploaded now)",
-        report.acked_through, report.uploaded
+        report.acked_through,
+        report.uploaded
     );
     let now = till.now_millis();
     let cards = forward_cards(&mut till.journal, &till.key, &till.uplink, now).await?;
     if cards != ForwardReport::default() {
-        println!(
+        say!(
             "stored cards: {} approved, {} declined (now receivables), {} waiting",
-            cards.approved, cards.declined, cards.waiting
+            cards.approved,
+            cards.declined,
+            cards.waiting
         );
     }
     let settled = card::settle_unanswered(&mut till.journal, &till.key, &till.uplink, now).await?;
     if settled > 0 {
-        println!("{settled} unanswered card payment(s) settled");
+        say!("{settled} unanswered card payment(s) settled");
     }
     if !report.quarantined.is_empty() {
-        println!(
+        say!(
             "quarantined by the server (for a person): {:?}",
             report.quarantined
         );
     }
     if !report.flagged.is_empty() {
-        println!(
+        say!(
             "flagged by the server (over a per-person limit): {:?}",
             report.flagged
         );
     }
     if report.given_back > 0 {
-        println!(
+        say!(
             "{} unit(s) given back: the sale ran out online",
             report.given_back
         );
@@ -384,9 +406,11 @@ async fn sync_round(till: &mut Till) -> Result<(), SyncError> {
     forward_cards(&mut till.journal, &till.key, &till.uplink, now).await?;
     card::settle_unanswered(&mut till.journal, &till.key, &till.uplink, now).await?;
     if report.uploaded > 0 || report.given_back > 0 {
-        println!(
+        say!(
             "synced: acknowledged through #{} ({} uploaded, {} unit(s) given back)",
-            report.acked_through, report.uploaded, report.given_back
+            report.acked_through,
+            report.uploaded,
+            report.given_back
         );
     }
     Ok(())
@@ -413,7 +437,7 @@ async fn keep_syncing(mut till: Till, every_s: u64, line: Option<Arc<LineStatus>
                 if let Some(line) = &line {
                     line.down();
                 }
-                eprintln!("sync failed ({error}); retrying");
+                complain!("sync failed ({error}); retrying");
                 failures += 1;
                 back_off(failures - 1)
             }
@@ -425,42 +449,48 @@ async fn keep_syncing(mut till: Till, every_s: u64, line: Option<Arc<LineStatus>
 fn status(data: &Path) -> anyhow::Result<()> {
     let journal = Journal::open(data)?;
     let waiting = journal.waiting()?;
-    println!(
+    say!(
         "journal: {} entries, {} waiting to sync",
-        waiting.entries, waiting.unsynced
+        waiting.entries,
+        waiting.unsynced
     );
     for allotment in journal.allotments()? {
-        println!(
+        say!(
             "allotment {}: {} left",
-            allotment.sale_id, allotment.remaining
+            allotment.sale_id,
+            allotment.remaining
         );
     }
     let now = chrono::Utc::now().timestamp_millis();
     for receivable in journal.open_receivables()? {
         let age_h = (now - receivable.created_at) / 3_600_000;
-        println!(
+        say!(
             "receivable {}: {} from {}, {age_h} h old",
-            receivable.id, receivable.amount, receivable.phone
+            receivable.id,
+            receivable.amount,
+            receivable.phone
         );
     }
     for transfer in journal.pending_transfers()? {
-        println!(
+        say!(
             "bank transfer for #{}: {} not yet confirmed",
-            transfer.seq, transfer.amount
+            transfer.seq,
+            transfer.amount
         );
     }
-    println!(
+    say!(
         "stored card payments waiting: {} ({})",
-        waiting.cards_waiting, waiting.cards_waiting_amount
+        waiting.cards_waiting,
+        waiting.cards_waiting_amount
     );
     if waiting.refunds_due > 0 {
-        println!(
+        say!(
             "card payments approved with no sale, to refund: {}",
             waiting.refunds_due
         );
     }
     for reference in card::unanswered(&journal)? {
-        println!("card payment {reference}: answer not yet known");
+        say!("card payment {reference}: answer not yet known");
     }
     Ok(())
 }
@@ -469,7 +499,7 @@ fn transfer(data: &Path, confirm: Option<u64>) -> anyhow::Result<()> {
     let mut journal = Journal::open(data)?;
     let Some(seq) = confirm else {
         for transfer in journal.pending_transfers()? {
-            println!("#{}: {} pending", transfer.seq, transfer.amount);
+            say!("#{}: {} pending", transfer.seq, transfer.amount);
         }
         return Ok(());
     };
@@ -477,7 +507,7 @@ fn transfer(data: &Path, confirm: Option<u64>) -> anyhow::Result<()> {
     if !journal.confirm_transfer(seq, at)? {
         bail!("no pending bank transfer for receipt #{seq}");
     }
-    println!("bank transfer for #{seq} confirmed; the server learns it on the next sync");
+    say!("bank transfer for #{seq} confirmed; the server learns it on the next sync");
     Ok(())
 }
 
@@ -485,7 +515,7 @@ fn paid(data: &Path, receivable: &str) -> anyhow::Result<()> {
     if !Journal::open(data)?.settle_receivable(receivable)? {
         bail!("no open receivable '{receivable}'");
     }
-    println!("receivable {receivable} closed");
+    say!("receivable {receivable} closed");
     Ok(())
 }
 
@@ -496,7 +526,7 @@ async fn view(data: &Path) -> anyhow::Result<()> {
     if status != 200 {
         bail!("the server refused ({status}): {answer}");
     }
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    say!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 
@@ -507,7 +537,7 @@ async fn web(data: &Path, listen: std::net::SocketAddr, every_s: u64) -> anyhow:
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("counter page on http://{}", listener.local_addr()?);
+    say!("counter page on http://{}", listener.local_addr()?);
     axum::serve(listener, holdfast_pos::web::router(counter)).await?;
     Ok(())
 }

@@ -173,14 +173,24 @@ async fn page(State(counter): State<Arc<Counter>>) -> Result<Html<String>, Respo
          <label>Phone <input name=\"phone\" id=\"phone\"></label>\
          <label>Card <input name=\"card_token\" id=\"card_token\"></label>\
          <button id=\"sell\">Sell</button></form>\
-         <h2>Who owes</h2><table id=\"owed\">{owed}</table>\
-         <h2>Bank transfers to confirm</h2><table id=\"transfers\">{transfers}</table>\
+         <h2>Who owes</h2><table id=\"owed\">{owed}</table>{nobody_owes}\
+         <h2>Bank transfers to confirm</h2><table id=\"transfers\">{transfers}</table>{no_transfers}\
          <h2>Receipts</h2><p id=\"reprints\">{reprints}</p>\
          <script>{SCRIPT}</script>",
         store = escape(&header.store),
         till_id = escape(&header.terminal),
         line = counter.line.describe(),
         unsynced = waiting.unsynced,
+        nobody_owes = if owed.is_empty() {
+            "<p>Nobody owes anything.</p>"
+        } else {
+            ""
+        },
+        no_transfers = if transfers.is_empty() {
+            "<p>None waiting.</p>"
+        } else {
+            ""
+        },
     )))
 }
 

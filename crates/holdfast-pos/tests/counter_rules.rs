@@ -231,10 +231,7 @@ async fn an_online_card_whose_answer_was_lost_is_resumed_and_charged_once() {
     let CardOutcome::AnswerLost { reference } = lost else {
         panic!("{lost:?}")
     };
-    assert_eq!(
-        card::unanswered(&till.journal).unwrap(),
-        [reference.clone()]
-    );
+    assert_eq!(card::unanswered(&till.journal).unwrap(), vec![reference]);
     assert_eq!(till.journal.entry_count().unwrap(), 0, "not sold yet");
     proxy.set(common::Fault::Pass);
     let resumed = card::pay(
