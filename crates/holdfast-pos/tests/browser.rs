@@ -88,18 +88,7 @@ async fn a_cashier_works_the_counter_page_through_a_cut_line() {
     let sale = json!({"id": "masks", "sku": "KF94", "name": "KF94 masks", "price": 39900,
         "stock": 10, "per_customer_limit": 2, "opens_at": "2020-01-01T00:00:00Z"});
     common::operator(&server.base, reqwest::Method::POST, "/v1/sales", Some(sale)).await;
-    let catalogue = json!({"items": [
-        {"sku": "TEA", "name": "Barley tea", "price": 3000},
-        {"sku": "KF94", "name": "KF94 masks", "price": 39900, "sale_id": "masks"}
-    ], "business_number": "123-45-67890", "bank_account": "Shinhan 110-123-456789"});
-    let stored = common::client()
-        .put(format!("{}/v1/stores/Mapo/catalogue", server.base))
-        .bearer_auth(OPERATOR)
-        .json(&catalogue)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stored.status(), 200);
+    common::set_mapo_catalogue(&server.base, 39900).await;
     let data = till_dir.path();
     agent(
         data,

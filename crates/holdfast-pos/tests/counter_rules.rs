@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{OPERATOR, Server, basket, masks_till, now_millis, operator};
+use common::{Server, basket, masks_till, now_millis, operator};
 use holdfast_pos::card::{self, CardOutcome};
 use holdfast_pos::counter::{self, Basket, Line, Refusal, Tender};
 use holdfast_pos::journal::AttemptState;
@@ -329,18 +329,7 @@ async fn the_catalogue_transfers_the_owners_view_and_give_back() {
     let (server, _server_dir) = server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut till = masks_till(&server.base, dir.path(), "till-1", "Mapo", 5, 4).await;
-    let catalogue = json!({"items": [
-        {"sku": "TEA", "name": "Barley tea", "price": 3000},
-        {"sku": "KF94", "name": "KF94 masks", "price": 1, "sale_id": "masks"}
-    ], "business_number": "123-45-67890", "bank_account": "Shinhan 110-123-456789"});
-    let stored = common::client()
-        .put(format!("{}/v1/stores/Mapo/catalogue", server.base))
-        .bearer_auth(OPERATOR)
-        .json(&catalogue)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stored.status(), 200);
+    common::set_mapo_catalogue(&server.base, 1).await;
     sync_once(&mut till.journal, &till.uplink).await.unwrap();
     let kf94 = till.journal.item("KF94").unwrap().unwrap();
     assert_eq!(kf94.price, 39_900, "a scarce item's price is its sale's");

@@ -261,3 +261,20 @@ pub fn basket(sku: &str, quantity: u32) -> holdfast_pos::counter::Basket {
         quantity,
     }])
 }
+
+/// The operator sets the store "Mapo"'s catalogue: tea, and the masks of sale "masks" (listed
+/// at `masks_price`, which the server replaces with the sale's), with the receipt settings.
+pub async fn set_mapo_catalogue(base: &str, masks_price: u64) {
+    let catalogue = json!({"items": [
+        {"sku": "TEA", "name": "Barley tea", "price": 3000},
+        {"sku": "KF94", "name": "KF94 masks", "price": masks_price, "sale_id": "masks"}
+    ], "business_number": "123-45-67890", "bank_account": "Shinhan 110-123-456789"});
+    let stored = client()
+        .put(format!("{base}/v1/stores/Mapo/catalogue"))
+        .bearer_auth(OPERATOR)
+        .json(&catalogue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+}
