@@ -65,6 +65,8 @@ enum Scenario {
     Storm,
     /// A buyer's hold with and without hundreds of slow, unauthenticated connections.
     Strangers,
+    /// A till's journal of scarce sales uploaded in batches against one entry per request.
+    TillSync,
 }
 
 const OPERATOR: &str = "bench-operator";
@@ -98,6 +100,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::strangers::run(crate::strangers::StrangersArgs {
             strangers: args.strangers,
             holds: args.holds,
+            runs: args.runs,
+            data: args.data.clone(),
+        });
+    }
+    if args.scenario == Scenario::TillSync {
+        return crate::storm::till_sync(crate::storm::TillSyncArgs {
+            entries: args.entries,
             runs: args.runs,
             data: args.data.clone(),
         });

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use holdfast_core::terminal::auth::{Authorization, SignedRequest};
 use holdfast_core::terminal::{JournalEntry, chain};
 use holdfast_server::clock::Clock;
+use holdfast_server::terminals::SYNC_ENTRIES_MAX;
 use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
@@ -96,6 +97,11 @@ async fn storm(address: SocketAddr, args: &StormArgs) -> anyhow::Result<()> {
         "registering {} terminals, building {} journal entries each",
         args.terminals, args.entries
     );
+    let scarce_per_till = args.entries.div_ceil(SCARCE_EVERY) as u32;
+    let scarce = json!({"id": "scarce", "sku": "KF94", "name": "Masks", "price": SCARCE_PRICE,
+        "stock": scarce_per_till as usize * args.terminals, "per_customer_limit": 1,
+        "opens_at": "2020-01-01T00:00:00Z"});
+    operator(&client, address, "/v1/sales", scarce).await?;
     let mut terminals = Vec::new();
     for n in 0..args.terminals {
         let id = format!("till-{n}");
@@ -106,16 +112,22 @@ async fn storm(address: SocketAddr, args: &StormArgs) -> anyhow::Result<()> {
             json!({"terminal_id": id, "store": format!("store-{}", n % 97)}),
         )
         .await?;
-        let bodies: Vec<Vec<u8>> = (0..args.entries)
-            .map(|i| format!(r#"{{"lines":[{{"sku":"TEA","quantity":1,"unit_price":3000}}],"tender":{{"kind":"cash"}},"at":{i}}}"#).into_bytes())
-            .collect();
-        let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
-        terminals.push(Terminal {
-            id,
+        let terminal = Terminal {
+            journal: offline_journal(n, args.entries, SCARCE_EVERY),
             secret: hex::decode(answer["secret"].as_str().context("secret")?)?,
-            journal: chain(&refs),
-        });
+            id,
+        };
+        let path = format!("/v1/terminals/{}/allotments", terminal.id);
+        let body = serde_json::to_vec(&json!({"sale_id": "scarce", "quantity": scarce_per_till}))?;
+        let (status, _, granted) = signed_post(&client, address, &terminal, &path, body).await?;
+        ensure!(
+            status == 200,
+            "allotment answered {status}: {}",
+            String::from_utf8_lossy(&granted)
+        );
+        terminals.push(terminal);
     }
+    let commits_before = log_commits(&client, address).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let live: Vec<_> = tokens
@@ -129,13 +141,23 @@ async fn storm(address: SocketAddr, args: &StormArgs) -> anyhow::Result<()> {
     let storm_started = Instant::now();
     let syncs: Vec<_> = terminals
         .into_iter()
-        .map(|t| tokio::spawn(sync_all(client.clone(), address, t, deferred.clone())))
+        .map(|t| {
+            let deferred = deferred.clone();
+            tokio::spawn(sync_all(
+                client.clone(),
+                address,
+                t,
+                deferred,
+                SYNC_ENTRIES_MAX,
+            ))
+        })
         .collect();
     let mut acked = Vec::new();
     for sync in syncs {
         acked.push(sync.await??);
     }
     let storm_finished = Instant::now();
+    let commits = log_commits(&client, address).await? - commits_before;
     stop.store(true, Ordering::Relaxed);
     let mut samples = Vec::new();
     for task in live {
@@ -155,8 +177,18 @@ async fn storm(address: SocketAddr, args: &StormArgs) -> anyhow::Result<()> {
     let elapsed = storm_finished - storm_started;
     let entries = (args.terminals * args.entries) as f64;
     println!(
-        "holdfast bench --scenario storm: {} terminals x {} offline sales, {LIVE_CONNECTIONS} live shoppers",
+        "holdfast bench --scenario storm: {} terminals x {} offline sales (every {SCARCE_EVERY}th a scarce unit from the till's allotment, every {SCARCE_EVERY}th+1 a pay-later receivable), {LIVE_CONNECTIONS} live shoppers",
         args.terminals, args.entries
+    );
+    let scarce_sold =
+        operator_get(&client, address, "/v1/sales/scarce").await?["stock"]["sold"].clone();
+    println!(
+        "scarce units recorded sold: {scarce_sold} (of {} sold at the tills)",
+        scarce_per_till as usize * args.terminals
+    );
+    println!(
+        "durable commits during the storm: {commits} ({:.1} entries per commit)",
+        (args.terminals * args.entries) as f64 / commits.max(1) as f64
     );
     println!(
         "all journals acknowledged in full: {all_synced} (each entry applied once: the server accepts only the next entry of each chain)"
@@ -248,36 +280,19 @@ async fn sync_all(
     address: SocketAddr,
     terminal: Terminal,
     deferred: Arc<AtomicU64>,
+    entries_per_request: usize,
 ) -> anyhow::Result<u64> {
     let path = format!("/v1/terminals/{}/sync", terminal.id);
-    let url = format!("http://{address}{path}");
     let mut acked = 0u64;
     while acked < terminal.journal.len() as u64 {
         let entries: Vec<Value> = terminal.journal[acked as usize..]
             .iter()
-            .take(holdfast_server::terminals::SYNC_ENTRIES_MAX)
+            .take(entries_per_request)
             .map(|e| json!({"seq": e.seq, "prev": e.prev.to_hex(), "body": String::from_utf8_lossy(&e.body)}))
             .collect();
         let body = serde_json::to_vec(&json!({"entries": entries}))?;
-        let nonce = format!("{:032x}", rand::random::<u128>());
-        let request = SignedRequest {
-            method: "POST",
-            path: &path,
-            signed_at: holdfast_server::clock::SystemClock.now(),
-            nonce: &nonce,
-            body: &body,
-        };
-        let authorization =
-            Authorization::sign(&terminal.id, &terminal.secret, &request).header_value();
-        let (status, retry_after, answer) = send_raw_retry_after(
-            &client,
-            Method::POST,
-            &url,
-            Some(&authorization),
-            None,
-            Bytes::from(body),
-        )
-        .await?;
+        let (status, retry_after, answer) =
+            signed_post(&client, address, &terminal, &path, body).await?;
         match status {
             200 => {
                 let answer: Value = serde_json::from_slice(&answer)?;
@@ -296,4 +311,209 @@ async fn sync_all(
         }
     }
     Ok(acked)
+}
+
+const SCARCE_EVERY: usize = 5;
+const SCARCE_PRICE: u64 = 39_900;
+
+/// A till's journal of offline sales: tea for cash, every `scarce_every`th a scarce unit out
+/// of its allotment, the one after it a pay-later sale that opens a receivable.
+fn offline_journal(till: usize, entries: usize, scarce_every: usize) -> Vec<JournalEntry> {
+    let at = holdfast_server::clock::SystemClock.now().0;
+    let bodies: Vec<Vec<u8>> = (0..entries)
+        .map(|i| {
+            let body = match i % scarce_every {
+                0 => json!({"lines": [{"sku": "KF94", "name": "Masks", "quantity": 1,
+                    "unit_price": SCARCE_PRICE, "sale_id": "scarce"}], "total": SCARCE_PRICE,
+                    "tender": {"kind": "cash"}, "at": at + i as i64}),
+                1 => json!({"lines": [{"sku": "TEA", "quantity": 1, "unit_price": 3000}],
+                    "total": 3000, "tender": {"kind": "pay_later", "phone": "010-0000-0000",
+                    "receivable": format!("R-{till}-{i}")}, "at": at + i as i64}),
+                _ => json!({"lines": [{"sku": "TEA", "quantity": 1, "unit_price": 3000}],
+                    "total": 3000, "tender": {"kind": "cash"}, "at": at + i as i64}),
+            };
+            body.to_string().into_bytes()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+    chain(&refs)
+}
+
+/// A request signed by `terminal`, sent once: the status, `Retry-After`, and the answer.
+async fn signed_post(
+    client: &HttpClient,
+    address: SocketAddr,
+    terminal: &Terminal,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    let request = SignedRequest {
+        method: "POST",
+        path,
+        signed_at: holdfast_server::clock::SystemClock.now(),
+        nonce: &nonce,
+        body: &body,
+    };
+    let authorization =
+        Authorization::sign(&terminal.id, &terminal.secret, &request).header_value();
+    send_raw_retry_after(
+        client,
+        Method::POST,
+        &format!("http://{address}{path}"),
+        Some(&authorization),
+        None,
+        Bytes::from(body),
+    )
+    .await
+}
+
+async fn operator_get(
+    client: &HttpClient,
+    address: SocketAddr,
+    path: &str,
+) -> anyhow::Result<Value> {
+    let (status, answer) = send_json(
+        client,
+        Method::GET,
+        &format!("http://{address}{path}"),
+        Some(OPERATOR),
+        None,
+    )
+    .await?;
+    ensure!(status == 200, "{path} answered {status}: {answer}");
+    Ok(answer)
+}
+
+/// Durable commits the server's log has made so far, from its `/metrics`.
+pub async fn log_commits(client: &HttpClient, address: SocketAddr) -> anyhow::Result<u64> {
+    let (_, page) = send_raw(
+        client,
+        Method::GET,
+        &format!("http://{address}/metrics"),
+        None,
+        None,
+        Bytes::new(),
+    )
+    .await?;
+    Ok(String::from_utf8_lossy(&page)
+        .lines()
+        .find_map(|line| line.strip_prefix("holdfast_log_batches_per_commit_count "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
+}
+
+pub struct TillSyncArgs {
+    pub entries: usize,
+    pub runs: usize,
+    pub data: std::path::PathBuf,
+}
+
+/// `holdfast bench --scenario till-sync`: one till's journal of scarce sales uploaded as the
+/// agent does (500 entries a request, each sale's entries applied as one batch), against the
+/// same journal uploaded one entry per request (one durable write each), on one server, runs
+/// interleaved.
+pub fn till_sync(args: TillSyncArgs) -> anyhow::Result<()> {
+    let server_runtime = runtime("till-sync-server")?;
+    let client_runtime = runtime("till-sync-client")?;
+    let server = InProcessServer::start(&server_runtime, &args.data, OPERATOR)?;
+    let result = client_runtime.block_on(till_sync_runs(server.address, &args));
+    server.stop(&server_runtime);
+    let _ = std::fs::remove_dir_all(&args.data);
+    let runs = result?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "holdfast bench --scenario till-sync: {} runs, a journal of {} scarce sales each way\n",
+        args.runs, args.entries
+    );
+    println!("| upload | median entries/s | median durable commits | runs (entries/s) |");
+    println!("|---|---:|---:|---|");
+    for (name, pick) in [
+        ("500 entries a request (the agent)", 0),
+        ("one entry a request", 1),
+    ] {
+        let rates: Vec<f64> = runs.iter().map(|r| r[pick].0).collect();
+        let commits: Vec<f64> = runs.iter().map(|r| r[pick].1 as f64).collect();
+        let list: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "| {name} | {:.0} | {:.0} | {} |",
+            median(rates.clone()),
+            median(commits),
+            list.join(", ")
+        );
+    }
+    let batched = median(runs.iter().map(|r| r[0].0).collect());
+    let single = median(runs.iter().map(|r| r[1].0).collect());
+    println!(
+        "\nbatched / one per request (ratio of medians): {:.1}",
+        batched / single
+    );
+    Ok(())
+}
+
+fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// Per run: [(entries/s, commits)] batched, then one per request.
+async fn till_sync_runs(
+    address: SocketAddr,
+    args: &TillSyncArgs,
+) -> anyhow::Result<Vec<[(f64, u64); 2]>> {
+    let client = crate::http::client(4);
+    let stock = args.entries * 2 * args.runs;
+    let sale = json!({"id": "scarce", "sku": "KF94", "name": "Masks", "price": SCARCE_PRICE,
+        "stock": stock, "per_customer_limit": 1, "opens_at": "2020-01-01T00:00:00Z"});
+    operator(&client, address, "/v1/sales", sale).await?;
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let mut measured = [(0.0, 0); 2];
+        for (way, per_request) in [(0, 500), (1, 1)] {
+            eprintln!(
+                "run {}/{}: {} entries, {per_request} a request",
+                run + 1,
+                args.runs,
+                args.entries
+            );
+            let id = format!("till-{run}-{way}");
+            let answer = operator(
+                &client,
+                address,
+                "/v1/terminals",
+                json!({"terminal_id": id, "store": "bench"}),
+            )
+            .await?;
+            let terminal = Terminal {
+                journal: offline_journal(run, args.entries, 1),
+                secret: hex::decode(answer["secret"].as_str().context("secret")?)?,
+                id,
+            };
+            let path = format!("/v1/terminals/{}/allotments", terminal.id);
+            let body = serde_json::to_vec(&json!({"sale_id": "scarce", "quantity": args.entries}))?;
+            let (status, _, _) = signed_post(&client, address, &terminal, &path, body).await?;
+            ensure!(status == 200, "allotment answered {status}");
+            let commits_before = log_commits(&client, address).await?;
+            let started = Instant::now();
+            let deferred = Arc::new(AtomicU64::new(0));
+            let acked = sync_all(client.clone(), address, terminal, deferred, per_request).await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            ensure!(acked == args.entries as u64, "only {acked} acknowledged");
+            let commits = log_commits(&client, address).await? - commits_before;
+            measured[way] = (args.entries as f64 / elapsed, commits);
+        }
+        runs.push(measured);
+    }
+    let sold = operator_get(&client, address, "/v1/sales/scarce").await?["stock"]["sold"].as_u64();
+    ensure!(
+        sold == Some((args.entries * 2 * args.runs) as u64),
+        "every scarce sale recorded once: {sold:?}"
+    );
+    Ok(runs)
 }
