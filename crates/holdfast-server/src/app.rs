@@ -35,6 +35,8 @@ pub struct AppInner {
     pub idempotency: Idempotency,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
+    /// The `Date` header, formatted once a second.
+    pub http_date: crate::api::HttpDate,
     /// One permit per write request in flight (see `api::overload`).
     pub write_permits: Arc<tokio::sync::Semaphore>,
     /// One permit per terminal sync in flight: a reconnect storm gets a slice, not everything.
@@ -144,6 +146,7 @@ impl Application {
             idempotency,
             limits: config.limits,
             metrics: prometheus(),
+            http_date: crate::api::HttpDate::default(),
             write_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.writes_in_flight_max,
             )),

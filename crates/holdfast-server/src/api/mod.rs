@@ -1,7 +1,8 @@
 //! The HTTP API (shared/API.md). One router per area, merged here.
 
+mod edge;
 mod extract;
-mod intake;
+pub use edge::HttpDate;
 mod ops;
 pub(crate) mod overload;
 mod pay;
@@ -12,10 +13,8 @@ mod terminals;
 pub mod wire;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -36,27 +35,11 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
-        // `intake` has read every body whole within its bound already.
+        // `edge` has read every body whole within its bound already.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            intake::read_whole_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            stamp_date,
+            edge::edge,
         ))
         .with_state(state)
-}
-
-/// Every answer carries the server's own time: tills sign their requests with it, so a shop
-/// whose clock is wrong still gets in.
-async fn stamp_date(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    if let Some(value) =
-        wire::http_date(state.clock.now()).and_then(|d| HeaderValue::from_str(&d).ok())
-    {
-        response.headers_mut().insert(header::DATE, value);
-    }
-    response
 }

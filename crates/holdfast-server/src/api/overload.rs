@@ -6,7 +6,7 @@
 //! answered when writes are saturated, so they are never shed.
 //!
 //! A slot is taken by [`WriteSlot`], an extractor that handlers list *after* their caller's
-//! credentials and that runs after the body has been read whole (`api::intake`): a stranger
+//! credentials and that runs after the body has been read whole (`api::edge`): a stranger
 //! without credentials, or with a body that trickles in, never holds capacity meant for buyers.
 //!
 //! There is deliberately no timeout on writes: a write handed to a sale's actor completes and

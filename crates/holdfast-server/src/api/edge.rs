@@ -1,5 +1,6 @@
-//! Request bodies are read whole, within a deadline and a size bound, before routing hands the
-//! request to a handler. A body that trickles in (a byte a second) is cut off with `408` and
+//! What every request passes through, in one middleware (each layer costs a boxed future per
+//! request): its answer is stamped with the server's own time, and its body is read whole,
+//! within a deadline and a size bound, before routing hands it to a handler. A body that trickles in (a byte a second) is cut off with `408` and
 //! never reaches a handler, so it never holds a write slot or a sale's attention; a body too
 //! large is refused with `413` in our error format, from its `Content-Length` when it says so,
 //! before a byte of it is read.
@@ -53,19 +54,29 @@ fn too_slow() -> Response {
     response
 }
 
-pub async fn read_whole_body(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let bytes_max = body_bytes_max(&state, request.uri().path());
+pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = match read_whole_body(&state, request).await {
+        Ok(request) => next.run(request).await,
+        Err(refused) => refused,
+    };
+    // Tills sign their requests with the server's time, learned from this header, so a shop
+    // whose clock is wrong still gets in.
+    response
+        .headers_mut()
+        .insert(header::DATE, state.http_date.at(state.clock.now()));
+    response
+}
+
+/// The request with its body read, or the answer that refuses it.
+async fn read_whole_body(state: &AppState, request: Request) -> Result<Request, Response> {
+    let bytes_max = body_bytes_max(state, request.uri().path());
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > bytes_max as u64) {
-        return too_large().into_response();
+        return Err(too_large().into_response());
     }
     let expected = declared.unwrap_or(bytes_max as u64);
     let deadline = state.limits.body_read_timeout
@@ -78,19 +89,40 @@ pub async fn read_whole_body(
     let bytes = match read {
         Err(_) => {
             metrics::counter!("holdfast_bodies_timed_out_total").increment(1);
-            return too_slow();
+            return Err(too_slow());
         }
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return too_large().into_response();
+            return Err(too_large().into_response());
         }
         Ok(Err(_)) => {
-            return ApiError::bad_request("invalid_body", "the request body could not be read")
-                .into_response();
+            let error = ApiError::bad_request("invalid_body", "the request body could not be read");
+            return Err(error.into_response());
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// The `Date` header value, formatted once a second rather than once an answer.
+#[derive(Default)]
+pub struct HttpDate {
+    cached: std::sync::Mutex<Option<(i64, HeaderValue)>>,
+}
+
+impl HttpDate {
+    pub fn at(&self, now: holdfast_core::Timestamp) -> HeaderValue {
+        let second = now.0.div_euclid(1000);
+        let mut cached = self.cached.lock().expect("date cache");
+        if let Some((at, value)) = &*cached
+            && *at == second
+        {
+            return value.clone();
+        }
+        let text = super::wire::http_date(now).unwrap_or_default();
+        let value = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+        *cached = Some((second, value.clone()));
+        value
+    }
 }
 
 /// Counts bodies being read in `holdfast_request_bodies_in_progress`: a crowd of slow bodies
