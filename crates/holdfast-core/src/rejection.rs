@@ -5,7 +5,7 @@ use crate::time::Timestamp;
 /// Why the core refused a command. Refusals change nothing in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Rejection {
-    #[error("the sale has not opened yet; it opens at {opens_at:?}")]
+    #[error("the sale has not opened yet; it opens at {} ms after 1970-01-01 UTC", opens_at.0)]
     NotOpenYet { opens_at: Timestamp },
     #[error("the sale is closed")]
     Closed,

@@ -344,6 +344,24 @@ impl Journal {
         Ok(quantity.unwrap_or(0) as u32)
     }
 
+    /// Starts this (empty) journal after entry `through` whose hash is `head`: a till
+    /// registered again continues the chain the server already holds, acknowledged so far.
+    pub fn continue_chain(&mut self, through: u64, head: ChainHash) -> anyhow::Result<()> {
+        let tx = self.immediate()?;
+        let entries: i64 = tx.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))?;
+        anyhow::ensure!(
+            entries == 0,
+            "only an empty journal can continue another's chain"
+        );
+        let start = serde_json::to_string(&(through, head.to_hex()))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO setting (key, value) VALUES ('chain_start', ?1), ('acked_through', ?2)",
+            params![start, through.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The number and hash of the last entry.
     pub fn head(&self) -> anyhow::Result<(u64, ChainHash)> {
         head(&self.connection)
@@ -691,6 +709,8 @@ fn allotment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Allotment> {
     })
 }
 
+/// The last entry's number and hash; with no entries, where the chain starts (entry 0 of a new
+/// till, or the server's head for a till registered again).
 fn head(connection: &Connection) -> anyhow::Result<(u64, ChainHash)> {
     let last: Option<(i64, String)> = connection
         .query_row(
@@ -699,13 +719,29 @@ fn head(connection: &Connection) -> anyhow::Result<(u64, ChainHash)> {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    Ok(match last {
-        None => (0, ChainHash::GENESIS),
-        Some((seq, hash)) => (
-            seq as u64,
-            ChainHash::from_hex(&hash).ok_or_else(|| anyhow::anyhow!("damaged hash at {seq}"))?,
-        ),
-    })
+    let (seq, hash) = match last {
+        Some((seq, hash)) => (seq, hash),
+        None => {
+            let start: Option<String> = connection
+                .query_row(
+                    "SELECT value FROM setting WHERE key = 'chain_start'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match start
+                .map(|s| serde_json::from_str::<(u64, String)>(&s))
+                .transpose()?
+            {
+                Some((seq, hash)) => (seq as i64, hash),
+                None => return Ok((0, ChainHash::GENESIS)),
+            }
+        }
+    };
+    Ok((
+        seq as u64,
+        ChainHash::from_hex(&hash).ok_or_else(|| anyhow::anyhow!("damaged hash at {seq}"))?,
+    ))
 }
 
 /// Appends an entry inside `tx`, continuing the chain; returns its number.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use holdfast_core::terminal::ChainHash;
 use holdfast_core::terminal::wire::OfflineCardLimits;
 use holdfast_pos::card::{self, CardOutcome};
 use holdfast_pos::counter::{self, Basket, Line, Tender};
@@ -14,7 +15,7 @@ use holdfast_pos::journal::{Item, Journal};
 use holdfast_pos::receipt::receipt;
 use holdfast_pos::sync::{ForwardReport, SyncError, forward_cards, set_allotment, sync_once};
 use holdfast_pos::till::{Registration, Till};
-use holdfast_pos::uplink::{UplinkError, back_off};
+use holdfast_pos::uplink::{UplinkError, back_off, server_url};
 use holdfast_pos::web::LineStatus;
 use serde_json::json;
 
@@ -68,18 +69,22 @@ enum TenderKind {
 enum Commands {
     /// Register this till with the server (needs the operator token once).
     Init {
-        /// Server addresses in order of preference, e.g. the shop's line then a mobile backup.
-        #[arg(short, long, required = true, num_args = 1..)]
+        /// Server addresses in order of preference, e.g. the shop's line then a mobile backup,
+        /// each like http://192.168.0.10:8080.
+        #[arg(short, long, required = true, num_args = 1.., value_parser = server_url)]
         server: Vec<String>,
         /// This till's name, unique on the server: letters, digits, '-' or '_'.
         #[arg(short, long)]
         terminal_id: String,
-        /// The store the till belongs to; its tills share catalogue and card limits.
+        /// The store the till belongs to; its tills share catalogue and card limits. The
+        /// server's operator token comes from HOLDFAST_OPERATOR_TOKEN (never the command line,
+        /// which other users can see).
         #[arg(long)]
         store: String,
-        /// The server's operator token (from the environment, so it stays out of the history).
-        #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
-        operator_token: String,
+        /// Register again a till that lost its data: the server keeps its history and makes
+        /// it a new secret; this journal continues where the server's record ends.
+        #[arg(long)]
+        again: bool,
     },
     /// Add or change an item typed in at this till (the server's catalogue comes by itself).
     Item {
@@ -164,8 +169,8 @@ fn main() -> anyhow::Result<()> {
                 server,
                 terminal_id,
                 store,
-                operator_token,
-            } => init(&data, server, terminal_id, store, &operator_token).await,
+                again,
+            } => init(&data, server, terminal_id, store, again).await,
             Commands::Item {
                 sku,
                 name,
@@ -199,14 +204,34 @@ async fn init(
     server: Vec<String>,
     terminal_id: String,
     store: String,
-    operator_token: &str,
+    again: bool,
 ) -> anyhow::Result<()> {
-    let journal = Journal::open(data)?;
-    let url = format!("{}/v1/terminals", server[0].trim_end_matches('/'));
+    let operator_token = std::env::var("HOLDFAST_OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .context("set HOLDFAST_OPERATOR_TOKEN to the server's operator token to register a till")?;
+    let mut journal = Journal::open(data)?;
+    anyhow::ensure!(
+        journal.entry_count()? == 0,
+        "{} already holds this till's journal; registering again is for a till that lost it",
+        data.display()
+    );
+    let base = server[0].trim_end_matches('/');
+    let (url, body) = if again {
+        (
+            format!("{base}/v1/terminals/{terminal_id}/secret"),
+            json!({}),
+        )
+    } else {
+        (
+            format!("{base}/v1/terminals"),
+            json!({"terminal_id": terminal_id, "store": store}),
+        )
+    };
     let response = reqwest::Client::new()
         .post(&url)
         .bearer_auth(operator_token)
-        .json(&json!({"terminal_id": terminal_id, "store": store}))
+        .json(&body)
         .send()
         .await
         .with_context(|| format!("cannot reach the server at {url}"))?;
@@ -214,6 +239,15 @@ async fn init(
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
         bail!("the server refused the registration ({status}): {answer}");
+    }
+    if again {
+        // The server's record of this till's journal stays: this one continues after it.
+        let through = answer["acked_through"].as_u64().unwrap_or(0);
+        let head = answer["head"]
+            .as_str()
+            .and_then(ChainHash::from_hex)
+            .context("the server's answer has no journal head")?;
+        journal.continue_chain(through, head)?;
     }
     let registration = Registration {
         terminal_id,
@@ -228,9 +262,14 @@ async fn init(
     journal.set_setting("offline_card_limits", &OfflineCardLimits::default())?;
     counter::card_key(data)?;
     say!(
-        "till {} of {} registered; data in {}",
+        "till {} of {} registered{}; data in {}",
         registration.terminal_id,
         registration.store,
+        if again {
+            " again, continuing its journal"
+        } else {
+            ""
+        },
         data.display()
     );
     Ok(())
@@ -405,14 +444,18 @@ async fn sync_round(till: &mut Till) -> Result<(), SyncError> {
     let now = till.now_millis();
     forward_cards(&mut till.journal, &till.key, &till.uplink, now).await?;
     card::settle_unanswered(&mut till.journal, &till.key, &till.uplink, now).await?;
-    if report.uploaded > 0 || report.given_back > 0 {
-        say!(
-            "synced: acknowledged through #{} ({} uploaded, {} unit(s) given back)",
-            report.acked_through,
-            report.uploaded,
-            report.given_back
-        );
-    }
+    let at = chrono::DateTime::from_timestamp_millis(now)
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_default();
+    let given_back = match report.given_back {
+        0 => String::new(),
+        units => format!(", {units} unit(s) given back"),
+    };
+    say!(
+        "{at} synced: acknowledged through #{} ({} uploaded{given_back})",
+        report.acked_through,
+        report.uploaded
+    );
     Ok(())
 }
 

@@ -228,3 +228,19 @@ pub fn back_off(attempt: u32) -> Duration {
     let ceiling_ms = 1_000u64.saturating_mul(1 << attempt.min(9)).min(300_000);
     Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
 }
+
+/// A server's address as a person types it, checked so a slip is named plainly: it must be
+/// `http://host[:port]` or `https://...`. A trailing slash is dropped.
+pub fn server_url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(trimmed).map_err(|_| {
+        format!("'{raw}' is not a server address; write it like http://192.168.0.10:8080")
+    })?;
+    let named_only = url.path() == "/" || url.path().is_empty();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !named_only {
+        return Err(format!(
+            "'{raw}' should be just the server, like http://192.168.0.10:8080"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}

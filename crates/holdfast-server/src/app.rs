@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -54,14 +55,30 @@ impl Deref for AppState {
     }
 }
 
+/// Why the server does not start. Each names what to fix: the path or the address, and why.
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("cannot use the data directory: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("another holdfast server is using this data directory")]
-    DataDirInUse,
-    #[error(transparent)]
-    Store(#[from] holdfast_store::StoreError),
+    #[error("cannot listen on {address}: {source}{}", listen_hint(.source))]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use the data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another holdfast server is using the data directory {}; stop it, or give this one \
+         another --data",
+        .0.display()
+    )]
+    DataDirInUse(PathBuf),
+    #[error("cannot open the log in {}: {source}", path.display())]
+    Store {
+        path: PathBuf,
+        source: holdfast_store::StoreError,
+    },
     #[error("cannot recover the ledger: {0}")]
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
@@ -70,11 +87,37 @@ pub enum StartError {
     Terminals(#[from] serde_json::Error),
 }
 
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another program, perhaps another holdfast, is using that port: stop it, or \
+             choose another with --listen)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: choose a higher one with --listen)"
+        }
+        _ => "",
+    }
+}
+
+/// Where the operator token came from, so `serve` can say so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorTokenSource {
+    /// Given in the configuration (the environment, or a file named on the command line).
+    Configured,
+    /// Made up now, and kept in this file for the next start.
+    Created(PathBuf),
+    /// Made up at an earlier start, and read back from this file.
+    Kept(PathBuf),
+}
+
+const OPERATOR_TOKEN_FILE: &str = "operator-token";
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
     operator_token: String,
-    operator_token_generated: bool,
+    operator_token_source: OperatorTokenSource,
     limits: Limits,
     /// Tells background workers (payment settlement) to stop when serving ends.
     stop_workers: tokio::sync::watch::Sender<bool>,
@@ -101,14 +144,60 @@ fn generate_token() -> String {
     hex::encode(bytes)
 }
 
+/// The configured token, or the one kept in the data directory (made now if there is none),
+/// so a server without a configured token keeps the same one across restarts.
+fn operator_token(
+    configured: Option<String>,
+    data_dir: &Path,
+) -> std::io::Result<(String, OperatorTokenSource)> {
+    if let Some(token) = configured.filter(|t| !t.is_empty()) {
+        return Ok((token, OperatorTokenSource::Configured));
+    }
+    let path = data_dir.join(OPERATOR_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => {
+            Ok((token.trim().to_owned(), OperatorTokenSource::Kept(path)))
+        }
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is empty; delete it to have a new token made",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = generate_token();
+            crate::auth::write_private(&path, token.as_bytes())?;
+            Ok((token, OperatorTokenSource::Created(path)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Application {
     /// Recovers state from `config.data_dir` and binds `config.listen` (port 0 picks a free
     /// port; read it back with `local_addr`).
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let data_lock = File::create(config.data_dir.join("LOCK"))?;
-        data_lock.try_lock().map_err(|_| StartError::DataDirInUse)?;
-        let backend = holdfast_store::SqliteLog::open(&config.data_dir)?;
+        // The address first: a port in use is reported before any recovery work is spent.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
+        let data = &config.data_dir;
+        let data_error = |source| StartError::DataDir {
+            path: data.clone(),
+            source,
+        };
+        std::fs::create_dir_all(data).map_err(data_error)?;
+        let data_lock = File::create(data.join("LOCK")).map_err(data_error)?;
+        data_lock
+            .try_lock()
+            .map_err(|_| StartError::DataDirInUse(data.clone()))?;
+        let backend =
+            holdfast_store::SqliteLog::open(data).map_err(|source| StartError::Store {
+                path: data.clone(),
+                source,
+            })?;
         let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
         let idempotency = Idempotency::recover(&rest.values, config.clock.now())?;
         let terminals = Terminals::recover(
@@ -117,11 +206,9 @@ impl Application {
             &rest.terminal_snapshots,
             config.clock.now(),
         )?;
-        let tokens = TokenKeys::load_or_create(&config.data_dir)?;
-        let (operator_token, operator_token_generated) = match config.operator_token {
-            Some(token) if !token.is_empty() => (token, false),
-            _ => (generate_token(), true),
-        };
+        let tokens = TokenKeys::load_or_create(data).map_err(data_error)?;
+        let (operator_token, operator_token_source) =
+            operator_token(config.operator_token.clone(), data).map_err(data_error)?;
         let ledger = Arc::new(ledger);
         let settlements = Arc::new(Settlements::recover(
             &rest.values,
@@ -155,14 +242,13 @@ impl Application {
             )),
         }));
         let router = crate::api::router(state);
-        let listener = TcpListener::bind(config.listen).await?;
         Ok(Application {
             listener,
             router,
             limits: config.limits,
             stop_workers,
             operator_token,
-            operator_token_generated,
+            operator_token_source,
             _data_lock: data_lock,
         })
     }
@@ -177,9 +263,9 @@ impl Application {
         &self.operator_token
     }
 
-    /// True when no token was configured and this one was made up at start-up.
-    pub fn operator_token_generated(&self) -> bool {
-        self.operator_token_generated
+    /// Whether the token was configured, made up now, or kept from an earlier start.
+    pub fn operator_token_source(&self) -> &OperatorTokenSource {
+        &self.operator_token_source
     }
 
     /// Serves until `shutdown` resolves, then lets requests in flight finish.

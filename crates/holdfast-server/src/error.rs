@@ -113,7 +113,18 @@ impl From<Rejection> for ApiError {
             Rejection::NoQueue => StatusCode::CONFLICT,
             Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, rejection.code(), rejection.to_string())
+        ApiError::new(status, rejection.code(), rejection_message(&rejection))
+    }
+}
+
+/// A refusal as a person reads it. Times on the wire are RFC 3339; so are times in messages.
+pub fn rejection_message(rejection: &Rejection) -> String {
+    match rejection {
+        Rejection::NotOpenYet { opens_at } => format!(
+            "the sale has not opened yet; it opens at {}",
+            crate::api::wire::format_time(*opens_at)
+        ),
+        other => other.to_string(),
     }
 }
 

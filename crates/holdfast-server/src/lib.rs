@@ -18,6 +18,6 @@ pub mod payments;
 mod settlement;
 pub mod terminals;
 
-pub use app::{Application, StartError};
+pub use app::{Application, OperatorTokenSource, StartError};
 pub use config::{Config, Limits};
 pub use error::ApiError;

@@ -21,7 +21,7 @@ use holdfast_core::{
 use hyper::Method;
 use hyper::body::Bytes;
 
-use crate::http::{HttpClient, InProcessServer, send_json, send_raw};
+use crate::http::{HttpClient, InProcessServer, ToolData, send_json, send_raw};
 use serde_json::{Value, json};
 
 #[derive(Args)]
@@ -50,9 +50,8 @@ pub struct BenchArgs {
     /// Strangers: the buyer's holds measured in each phase of each run.
     #[arg(long, default_value_t = 200)]
     holds: usize,
-    /// Where the ledger's data goes. fsync happens here, so keep it off tmpfs.
-    #[arg(long, default_value = "./holdfast-bench-data")]
-    data: PathBuf,
+    #[arg(long, help = crate::http::DATA_HELP)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,14 +100,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             strangers: args.strangers,
             holds: args.holds,
             runs: args.runs,
-            data: args.data.clone(),
+            data: args.data.as_deref(),
         });
     }
     if args.scenario == Scenario::TillSync {
         return crate::storm::till_sync(crate::storm::TillSyncArgs {
             entries: args.entries,
             runs: args.runs,
-            data: args.data.clone(),
+            data: args.data.as_deref(),
         });
     }
     if args.scenario == Scenario::Storm {
@@ -116,7 +115,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             terminals: args.terminals,
             entries: args.entries,
             baseline: Duration::from_secs(args.seconds),
-            data: args.data.clone(),
+            data: args.data.as_deref(),
         });
     }
     // Server and load generator each get their own runtime, so they compete for the cores the
@@ -134,6 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .build()?,
     };
     let client = crate::http::client(args.connections);
+    let data = ToolData::new(args.data.as_deref(), "bench")?;
     let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs {
         let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
@@ -143,15 +143,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if wanted(Scenario::Ledger) {
             eprintln!("run {run}/{}: ledger hold+confirm", args.runs);
-            ledger.push(ledger_run(&runtimes, &client, &args)?);
+            ledger.push(ledger_run(&runtimes, &client, &args, &data)?);
         }
         if wanted(Scenario::Core) {
             eprintln!("run {run}/{}: core alone", args.runs);
             core.push(core_commands_per_s(Duration::from_secs(args.seconds)));
         }
     }
-    let _ = std::fs::remove_dir_all(&args.data);
-    report(&args, &bare, &ledger, &core);
+    report(&args, &data, &bare, &ledger, &core);
     Ok(())
 }
 
@@ -190,8 +189,9 @@ fn ledger_run(
     runtimes: &Runtimes,
     client: &HttpClient,
     args: &BenchArgs,
+    data: &ToolData,
 ) -> anyhow::Result<RunResult> {
-    let server = InProcessServer::start(&runtimes.server, &args.data, OPERATOR)?;
+    let server = InProcessServer::start(&runtimes.server, data, OPERATOR)?;
     let result = runtimes
         .client
         .block_on(ledger_load(client, server.address, args));
@@ -477,7 +477,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn report(args: &BenchArgs, bare: &[RunResult], ledger: &[RunResult], core: &[f64]) {
+fn report(
+    args: &BenchArgs,
+    data: &ToolData,
+    bare: &[RunResult],
+    ledger: &[RunResult],
+    core: &[f64],
+) {
     let rate = |r: &[RunResult]| median(r.iter().map(|x| x.requests_per_s).collect());
     let p50 = |r: &[RunResult]| median(r.iter().map(|x| x.p50_us as f64).collect());
     let p99 = |r: &[RunResult]| median(r.iter().map(|x| x.p99_us as f64).collect());
@@ -493,7 +499,7 @@ fn report(args: &BenchArgs, bare: &[RunResult], ledger: &[RunResult], core: &[f6
         args.runs,
         args.seconds,
         args.connections,
-        args.data.display()
+        data.root().display()
     );
     println!("| scenario | median req/s | p50 µs | p99 µs | errors | runs (req/s) |");
     println!("|---|---:|---:|---:|---:|---|");

@@ -2,7 +2,9 @@
 //! tools that bring their own.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use http_body_util::{BodyExt, Full};
 use hyper::Method;
@@ -53,7 +55,10 @@ pub async fn send_raw_retry_after(
     if let Some(key) = idempotency_key {
         request = request.header("idempotency-key", key);
     }
-    let response = client.request(request.body(Full::new(body))?).await?;
+    let response = client
+        .request(request.body(Full::new(body))?)
+        .await
+        .with_context(|| format!("cannot reach the server at {url}"))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -90,6 +95,86 @@ pub async fn send_json(
     Ok((status, value))
 }
 
+/// A server's address as a person types it, checked so a slip is named plainly: it must be
+/// `http://host[:port]` (the tools speak plain HTTP). A trailing slash is dropped.
+pub fn server_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let example = "like http://127.0.0.1:8080";
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a server address; write it {example}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) if uri.path() == "/" || uri.path().is_empty() => Ok(url.to_owned()),
+        (Some("https"), _) => Err(format!(
+            "'{raw}': the tools speak plain HTTP to a server on this machine or network; write it {example}"
+        )),
+        (None, _) => Err(format!(
+            "'{raw}' has no http:// in front; write it {example}"
+        )),
+        _ => Err(format!("'{raw}' should name only the server, {example}")),
+    }
+}
+
+/// What a tool says in `--help` about `--data`.
+pub const DATA_HELP: &str = "Where the tool's own servers keep their data. Left out: a fresh \
+    hidden directory in the current directory (on disk, so fsync is real), removed afterwards. \
+    Given: it must be empty or not exist yet, and it is kept; nothing in it is ever deleted";
+
+/// Where a tool's own servers keep their data. A tool never deletes what it did not create: a
+/// directory the user named must be empty (or absent) and is left in place; the default is a
+/// temporary directory the tool made, removed when it is done.
+pub struct ToolData {
+    root: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+    servers: std::sync::atomic::AtomicUsize,
+}
+
+impl ToolData {
+    pub fn new(named: Option<&Path>, tool: &str) -> anyhow::Result<ToolData> {
+        let Some(dir) = named else {
+            let temporary = tempfile::Builder::new()
+                .prefix(&format!(".holdfast-{tool}-"))
+                .tempdir_in(".")
+                .context("cannot make a temporary data directory in the current directory")?;
+            return Ok(ToolData {
+                root: temporary.path().to_path_buf(),
+                _temporary: Some(temporary),
+                servers: Default::default(),
+            });
+        };
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => anyhow::ensure!(
+                entries.next().is_none(),
+                "{} is not empty: name an empty or new directory for --data (nothing in a \
+                 directory you name is ever deleted), or leave --data out for a temporary one",
+                dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the data directory {}", dir.display()))?,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        }
+        Ok(ToolData {
+            root: dir.to_path_buf(),
+            _temporary: None,
+            servers: Default::default(),
+        })
+    }
+
+    /// A new, empty directory for one server.
+    pub fn next_server_dir(&self) -> anyhow::Result<PathBuf> {
+        let n = self
+            .servers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.root.join(format!("server-{}", n + 1));
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
 /// A Holdfast server running on its own runtime in this process, on a fresh data directory.
 pub struct InProcessServer {
     pub address: SocketAddr,
@@ -98,15 +183,15 @@ pub struct InProcessServer {
 }
 
 impl InProcessServer {
+    /// Starts a server on a new directory of `data`.
     pub fn start(
         runtime: &tokio::runtime::Runtime,
-        data: &Path,
+        data: &ToolData,
         operator_token: &str,
     ) -> anyhow::Result<Self> {
-        let _ = std::fs::remove_dir_all(data);
         let config = holdfast_server::Config::new(
             "127.0.0.1:0".parse()?,
-            data.to_path_buf(),
+            data.next_server_dir()?,
             Some(operator_token.into()),
         );
         let app = runtime.block_on(holdfast_server::Application::build(config))?;

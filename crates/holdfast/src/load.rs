@@ -16,16 +16,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::http::{HttpClient, InProcessServer, send_json};
+use crate::http::{HttpClient, InProcessServer, ToolData, send_json};
 
 #[derive(Args)]
 pub struct LoadArgs {
-    /// Server to drive (e.g. http://127.0.0.1:8080). Without it, one is started in-process.
-    #[arg(long)]
+    /// Server to drive, like http://127.0.0.1:8080 (its operator token in
+    /// HOLDFAST_OPERATOR_TOKEN). Without it, one is started in-process.
+    #[arg(long, value_parser = crate::http::server_url)]
     url: Option<String>,
-    /// Operator token of the server given by --url.
-    #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
-    operator_token: Option<String>,
     /// Simulated shoppers, each with their own account and phone number.
     #[arg(long, default_value_t = 10_000)]
     shoppers: usize,
@@ -62,9 +60,8 @@ pub struct LoadArgs {
     /// Process id of the server given by --url, to report its peak memory.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Data directory of the in-process server.
-    #[arg(long, default_value = "./holdfast-load-data")]
-    data: PathBuf,
+    #[arg(long, help = crate::http::DATA_HELP)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -312,25 +309,25 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         .build()?;
     let (base, operator, server) = match &args.url {
         Some(url) => {
-            let token = args
-                .operator_token
-                .clone()
-                .context("--url needs --operator-token (or HOLDFAST_OPERATOR_TOKEN)")?;
+            let token = std::env::var("HOLDFAST_OPERATOR_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .context("--url needs the server's operator token in HOLDFAST_OPERATOR_TOKEN")?;
             (url.trim_end_matches('/').to_owned(), token, None)
         }
         None => {
-            let server = InProcessServer::start(&server_runtime, &args.data, OPERATOR_IN_PROCESS)?;
+            let data = ToolData::new(args.data.as_deref(), "load")?;
+            let server = InProcessServer::start(&server_runtime, &data, OPERATOR_IN_PROCESS)?;
             (
                 format!("http://{}", server.address),
                 OPERATOR_IN_PROCESS.to_owned(),
-                Some(server),
+                Some((server, data)),
             )
         }
     };
     let result = client_runtime.block_on(drive(&args, base, &operator));
-    if let Some(server) = server {
+    if let Some((server, _data)) = server {
         server.stop(&server_runtime);
-        let _ = std::fs::remove_dir_all(&args.data);
     }
     result
 }

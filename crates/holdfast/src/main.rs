@@ -13,12 +13,14 @@ mod verify;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use holdfast_server::payments::{NetworkConditions, SimulatedAcquirer};
-use holdfast_server::{Application, Config};
+use holdfast_server::{Application, Config, OperatorTokenSource};
 
 #[derive(Parser)]
 #[command(
@@ -27,12 +29,22 @@ use holdfast_server::{Application, Config};
     about = "A commerce engine for flash sales and outages: exact stock, durable, fair.",
     long_about = "A commerce engine for flash sales and outages: exact stock, durable, fair.\n\n\
         Start a server with `holdfast serve`; it keeps its data in ./holdfast-data and needs no \
-        other setup. The operator token (for creating sales) comes from HOLDFAST_OPERATOR_TOKEN, \
-        or is generated and printed at start-up."
+        other setup. The operator token (for creating sales) comes from HOLDFAST_OPERATOR_TOKEN \
+        or --operator-token-file; without either, one is made at the first start and kept in the \
+        data directory (file operator-token, readable by its owner only)."
 )]
 struct Cli {
+    /// Log lines as plain text (coloured only on a terminal) or as JSON objects for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Commands,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -40,14 +52,15 @@ enum Commands {
     /// Run the HTTP server on an embedded store (no setup needed).
     Serve {
         /// Address and port to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(short, long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Directory for the durable log; created if missing.
-        #[arg(long, default_value = "./holdfast-data")]
+        /// Directory for the durable log and the server's secrets; created if missing.
+        #[arg(short, long, default_value = "./holdfast-data")]
         data: PathBuf,
-        /// The operator's bearer token. Generated and printed when not given.
-        #[arg(long, env = "HOLDFAST_OPERATOR_TOKEN", hide_env_values = true)]
-        operator_token: Option<String>,
+        /// A file holding the operator token (instead of HOLDFAST_OPERATOR_TOKEN; a token on
+        /// the command line would show in process listings, so there is no such option).
+        #[arg(long)]
+        operator_token_file: Option<PathBuf>,
         /// Simulated card network: milliseconds added to every call.
         #[arg(long, default_value_t = 0)]
         card_latency_ms: u64,
@@ -63,13 +76,18 @@ enum Commands {
     VerifyDraw(verify::VerifyDrawArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colour codes only where a person reads them: not in files or collectors.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -88,6 +106,24 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// The operator token from the environment or the named file; `None` lets the server keep its
+/// own in the data directory.
+fn configured_operator_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(file) = file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the operator token file {}", file.display()))?;
+        anyhow::ensure!(
+            !token.trim().is_empty(),
+            "the operator token file {} is empty",
+            file.display()
+        );
+        return Ok(Some(token.trim().to_owned()));
+    }
+    Ok(std::env::var("HOLDFAST_OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
+}
+
 async fn serve(
     listen: SocketAddr,
     data: PathBuf,
@@ -99,24 +135,41 @@ async fn serve(
     config.payments = Arc::new(SimulatedAcquirer::new(card, config.clock.clone()));
     let app = Application::build(config).await?;
     // Scripts and tests wait for this line; keep its shape.
-    println!("holdfast listening on http://{}", app.local_addr());
-    if app.operator_token_generated() {
-        println!("operator token: {}", app.operator_token());
-        println!("(set HOLDFAST_OPERATOR_TOKEN to choose your own)");
+    say(&format!(
+        "holdfast listening on http://{}",
+        app.local_addr()
+    ));
+    match app.operator_token_source() {
+        OperatorTokenSource::Configured => {
+            say("operator token: as configured (HOLDFAST_OPERATOR_TOKEN or --operator-token-file)")
+        }
+        OperatorTokenSource::Created(path) => say(&format!(
+            "operator token: {} (made now and kept in {}; set HOLDFAST_OPERATOR_TOKEN to choose your own)",
+            app.operator_token(),
+            path.display()
+        )),
+        OperatorTokenSource::Kept(path) => {
+            say(&format!("operator token: kept in {}", path.display()))
+        }
     }
     tracing::info!(data = %data.display(), "serving");
     app.run_until(shutdown_signal()).await?;
+    tracing::info!("shut down: requests in flight were answered");
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing();
+/// Prints a line; a closed output (a pipe whose reader left) must not stop the server.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Serve {
             listen,
             data,
-            operator_token,
+            operator_token_file,
             card_latency_ms,
             card_declines_per_mille,
         } => {
@@ -125,10 +178,26 @@ fn main() -> anyhow::Result<()> {
                 declines_per_mille: card_declines_per_mille.min(1000),
                 outages: Vec::new(),
             };
-            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, operator_token, card))
+            let token = configured_operator_token(operator_token_file.as_deref())?;
+            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, token, card))
         }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),
         Commands::VerifyDraw(args) => verify::run(args),
+    }
+}
+
+/// Errors are told in one line with their causes (`error: what: why`), never as a stack trace,
+/// whatever RUST_BACKTRACE says: they are for the person who ran the command.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

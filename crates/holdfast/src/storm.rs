@@ -17,16 +17,18 @@ use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use crate::http::{HttpClient, InProcessServer, send_json, send_raw, send_raw_retry_after};
+use crate::http::{
+    HttpClient, InProcessServer, ToolData, send_json, send_raw, send_raw_retry_after,
+};
 
 const OPERATOR: &str = "storm-operator";
 const LIVE_CONNECTIONS: usize = 64;
 
-pub struct StormArgs {
+pub struct StormArgs<'a> {
     pub terminals: usize,
     pub entries: usize,
     pub baseline: Duration,
-    pub data: std::path::PathBuf,
+    pub data: Option<&'a std::path::Path>,
 }
 
 struct Terminal {
@@ -35,7 +37,7 @@ struct Terminal {
     journal: Vec<JournalEntry>,
 }
 
-pub fn run(args: StormArgs) -> anyhow::Result<()> {
+pub fn run(args: StormArgs<'_>) -> anyhow::Result<()> {
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("storm-server")
@@ -46,10 +48,10 @@ pub fn run(args: StormArgs) -> anyhow::Result<()> {
         .thread_name("storm-client")
         .enable_all()
         .build()?;
-    let server = InProcessServer::start(&server_runtime, &args.data, OPERATOR)?;
+    let data = ToolData::new(args.data, "storm")?;
+    let server = InProcessServer::start(&server_runtime, &data, OPERATOR)?;
     let result = client_runtime.block_on(storm(server.address, &args));
     server.stop(&server_runtime);
-    let _ = std::fs::remove_dir_all(&args.data);
     result
 }
 
@@ -74,7 +76,7 @@ async fn operator(
     Ok(answer)
 }
 
-async fn storm(address: SocketAddr, args: &StormArgs) -> anyhow::Result<()> {
+async fn storm(address: SocketAddr, args: &StormArgs<'_>) -> anyhow::Result<()> {
     let client = crate::http::client(LIVE_CONNECTIONS + args.terminals);
     let sale = json!({"id": "live", "sku": "L", "name": "Live stock", "price": 1000, "stock": 10_000_000,
         "per_customer_limit": 1_000_000, "opens_at": "2020-01-01T00:00:00Z"});
@@ -403,23 +405,23 @@ pub async fn log_commits(client: &HttpClient, address: SocketAddr) -> anyhow::Re
         .unwrap_or(0.0) as u64)
 }
 
-pub struct TillSyncArgs {
+pub struct TillSyncArgs<'a> {
     pub entries: usize,
     pub runs: usize,
-    pub data: std::path::PathBuf,
+    pub data: Option<&'a std::path::Path>,
 }
 
 /// `holdfast bench --scenario till-sync`: one till's journal of scarce sales uploaded as the
 /// agent does (500 entries a request, each sale's entries applied as one batch), against the
 /// same journal uploaded one entry per request (one durable write each), on one server, runs
 /// interleaved.
-pub fn till_sync(args: TillSyncArgs) -> anyhow::Result<()> {
+pub fn till_sync(args: TillSyncArgs<'_>) -> anyhow::Result<()> {
     let server_runtime = runtime("till-sync-server")?;
     let client_runtime = runtime("till-sync-client")?;
-    let server = InProcessServer::start(&server_runtime, &args.data, OPERATOR)?;
+    let data = ToolData::new(args.data, "storm")?;
+    let server = InProcessServer::start(&server_runtime, &data, OPERATOR)?;
     let result = client_runtime.block_on(till_sync_runs(server.address, &args));
     server.stop(&server_runtime);
-    let _ = std::fs::remove_dir_all(&args.data);
     let runs = result?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -465,7 +467,7 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Per run: [(entries/s, commits)] batched, then one per request.
 async fn till_sync_runs(
     address: SocketAddr,
-    args: &TillSyncArgs,
+    args: &TillSyncArgs<'_>,
 ) -> anyhow::Result<Vec<[(f64, u64); 2]>> {
     let client = crate::http::client(4);
     let stock = args.entries * 2 * args.runs;

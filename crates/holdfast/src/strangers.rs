@@ -14,18 +14,18 @@ use hyper::Method;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::http::{HttpClient, InProcessServer, send_json};
+use crate::http::{HttpClient, InProcessServer, ToolData, send_json};
 
 const OPERATOR: &str = "strangers-operator";
 /// What each stranger sends: a body promised, never finished.
 const SLOW_HEAD: &[u8] = b"POST /pay/ghost/none HTTP/1.1\r\nHost: holdfast\r\n\
     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nc";
 
-pub struct StrangersArgs {
+pub struct StrangersArgs<'a> {
     pub strangers: usize,
     pub holds: usize,
     pub runs: usize,
-    pub data: std::path::PathBuf,
+    pub data: Option<&'a std::path::Path>,
 }
 
 struct Phase {
@@ -34,17 +34,17 @@ struct Phase {
     refused: u64,
 }
 
-pub fn run(args: StrangersArgs) -> anyhow::Result<()> {
+pub fn run(args: StrangersArgs<'_>) -> anyhow::Result<()> {
     ensure!(
         args.strangers > 0 && args.holds > 0 && args.runs > 0,
         "--strangers, --holds and --runs must be at least 1"
     );
     let server_runtime = runtime("strangers-server")?;
     let client_runtime = runtime("strangers-client")?;
-    let server = InProcessServer::start(&server_runtime, &args.data, OPERATOR)?;
+    let data = ToolData::new(args.data, "strangers")?;
+    let server = InProcessServer::start(&server_runtime, &data, OPERATOR)?;
     let result = client_runtime.block_on(measure(server.address, &args));
     server.stop(&server_runtime);
-    let _ = std::fs::remove_dir_all(&args.data);
     report(&args, &result?);
     Ok(())
 }
@@ -58,7 +58,10 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Per run: (without strangers, with strangers).
-async fn measure(address: SocketAddr, args: &StrangersArgs) -> anyhow::Result<Vec<(Phase, Phase)>> {
+async fn measure(
+    address: SocketAddr,
+    args: &StrangersArgs<'_>,
+) -> anyhow::Result<Vec<(Phase, Phase)>> {
     let client = crate::http::client(4);
     let base = format!("http://{address}");
     let sale = json!({"id": "drop", "sku": "KF94", "name": "Masks", "price": 39900,
@@ -184,7 +187,7 @@ fn median(mut values: Vec<u64>) -> u64 {
     values[values.len() / 2]
 }
 
-fn report(args: &StrangersArgs, runs: &[(Phase, Phase)]) {
+fn report(args: &StrangersArgs<'_>, runs: &[(Phase, Phase)]) {
     let alone_p50 = median(runs.iter().map(|(a, _)| a.p50_us).collect());
     let beside_p50 = median(runs.iter().map(|(_, b)| b.p50_us).collect());
     let alone_p99 = median(runs.iter().map(|(a, _)| a.p99_us).collect());

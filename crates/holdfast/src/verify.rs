@@ -11,8 +11,8 @@ use serde_json::Value;
 
 #[derive(Args)]
 pub struct VerifyDrawArgs {
-    /// Server to fetch the draw from, e.g. http://127.0.0.1:8080 (with --sale).
-    #[arg(long, requires = "sale")]
+    /// Server to fetch the draw from, like http://127.0.0.1:8080 (with --sale).
+    #[arg(long, requires = "sale", value_parser = crate::http::server_url)]
     url: Option<String>,
     /// The sale whose draw to verify.
     #[arg(long)]

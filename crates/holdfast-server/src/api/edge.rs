@@ -5,7 +5,7 @@
 //! large is refused with `413` in our error format, from its `Content-Length` when it says so,
 //! before a byte of it is read.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -55,6 +55,14 @@ fn too_slow() -> Response {
 }
 
 pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // One line per request at debug level; nothing is even copied unless it is wanted.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            Instant::now(),
+        )
+    });
     let mut response = match read_whole_body(&state, request).await {
         Ok(request) => next.run(request).await,
         Err(refused) => refused,
@@ -64,6 +72,11 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     response
         .headers_mut()
         .insert(header::DATE, state.http_date.at(state.clock.now()));
+    if let Some((method, path, started)) = logged {
+        let status = response.status().as_u16();
+        let micros = started.elapsed().as_micros();
+        tracing::debug!(%method, %path, status, micros, "request");
+    }
     response
 }
 

@@ -5,8 +5,8 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
-use axum::http::StatusCode;
-use axum::response::Html;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -68,18 +68,53 @@ struct PayForm {
     card_token: String,
 }
 
+/// Pays a receivable; a browser (the form on the page) is answered with a page, a program with
+/// JSON.
 async fn pay(
     State(state): State<AppState>,
     ApiPath((terminal, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
     form: Result<Form<PayForm>, FormRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Response {
+    let wants_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let paid = settle_receivable(&state, &terminal, &id, form).await;
+    match (paid, wants_page) {
+        (Ok(paid), false) => Json(paid).into_response(),
+        (Err(error), false) => error.into_response(),
+        (Ok(paid), true) => Html(format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>Paid</title>\
+             <h1>Paid. Thank you.</h1><p>{} KRW, authorisation {}</p>",
+            paid["amount"],
+            escape(paid["authorization_id"].as_str().unwrap_or_default())
+        ))
+        .into_response(),
+        (Err(error), true) => (
+            error.status,
+            Html(format!(
+                "<!doctype html><meta charset=\"utf-8\"><title>Not paid</title>\
+                 <h1>Not paid</h1><p>{}</p><p><a href=\"\">Try again</a></p>",
+                escape(&error.message)
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn settle_receivable(
+    state: &AppState,
+    terminal: &str,
+    id: &str,
+    form: Result<Form<PayForm>, FormRejection>,
+) -> Result<Value, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::bad_request("invalid_payment", e.body_text()))?;
-    let (till, receivable) = find(&state, &terminal, &id).await?;
-    let _slot = WriteSlot::take(&state)?;
+    let (till, receivable) = find(state, terminal, id).await?;
+    let _slot = WriteSlot::take(state)?;
+    let paid = |authorization: &str, amount: u64| json!({"status": "paid", "authorization_id": authorization, "amount": amount});
     if let Some(authorization) = receivable.settled_by {
-        return Ok(Json(
-            json!({"status": "paid", "authorization_id": authorization, "amount": receivable.amount}),
-        ));
+        return Ok(paid(&authorization, receivable.amount));
     }
     if form.card_token.is_empty() || form.card_token.len() > 256 {
         return Err(ApiError::bad_request(
@@ -89,10 +124,8 @@ async fn pay(
     }
     // One attempt at a time per till, so two cards presented at once cannot both be charged.
     let _one_payment = till.paying.lock().await;
-    if let Some(authorization) = till.receivable(&id).await.and_then(|r| r.settled_by) {
-        return Ok(Json(
-            json!({"status": "paid", "authorization_id": authorization, "amount": receivable.amount}),
-        ));
+    if let Some(authorization) = till.receivable(id).await.and_then(|r| r.settled_by) {
+        return Ok(paid(&authorization, receivable.amount));
     }
     // Each card is its own attempt: after a decline the customer may try another card.
     let card = fingerprint("pay link card", &form.card_token);
@@ -102,7 +135,7 @@ async fn pay(
         .charge(form.card_token, receivable.amount, &key)
         .await?;
     let settled = till
-        .settle(state.ledger.log(), &id, &authorization.id)
+        .settle(state.ledger.log(), id, &authorization.id)
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -111,9 +144,8 @@ async fn pay(
                 "no such payment request",
             )
         })?;
-    Ok(Json(json!({
-        "status": "paid",
-        "authorization_id": settled.settled_by,
-        "amount": settled.amount,
-    })))
+    Ok(paid(
+        settled.settled_by.as_deref().unwrap_or_default(),
+        settled.amount,
+    ))
 }

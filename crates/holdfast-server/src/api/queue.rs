@@ -53,9 +53,11 @@ struct QueueAnswer {
     /// Units that could still go to someone: available plus held (holds may lapse).
     units_left: u32,
     /// `likely`: fewer people ahead than units available; `possible`: fewer than units left
-    /// if holds lapse; `unlikely`: more.
+    /// if holds lapse; `unlikely`: more; `none`: nothing is left for anyone.
     chance: &'static str,
-    poll_after_s: u64,
+    /// When to ask again; `null` once there is nothing more to wait for (sold out, closed,
+    /// a pass that ran out).
+    poll_after_s: Option<u64>,
 }
 
 fn ticket_expiry(spec: &SaleSpec) -> Timestamp {
@@ -84,17 +86,19 @@ fn answer(
         ahead: None,
         units_left,
         chance: "unlikely",
-        poll_after_s: POLL_AFTER_S_MIN,
+        poll_after_s: Some(POLL_AFTER_S_MIN),
     };
     let until_open_s = u64::try_from((spec.opens_at.0 - now.0).max(0)).unwrap_or(0) / 1000;
     if units_left == 0 && view.allotted == 0 {
         answer.state = "sold_out";
-        answer.poll_after_s = POLL_AFTER_S_MAX;
+        answer.chance = "none";
+        answer.poll_after_s = None;
         return answer;
     }
     if view.status(now) == holdfast_core::SaleStatus::Closed {
         answer.state = "closed";
-        answer.poll_after_s = POLL_AFTER_S_MAX;
+        answer.chance = "none";
+        answer.poll_after_s = None;
         return answer;
     }
     match queue.standing(place.n) {
@@ -143,11 +147,12 @@ fn answer(
         Standing::PassSpent { position } => {
             answer.state = "expired";
             answer.position = Some(position);
-            answer.poll_after_s = POLL_AFTER_S_MAX;
+            answer.poll_after_s = None;
             return answer;
         }
     }
-    answer.poll_after_s = (answer.eta_s.unwrap_or(0) / 2).clamp(POLL_AFTER_S_MIN, POLL_AFTER_S_MAX);
+    answer.poll_after_s =
+        Some((answer.eta_s.unwrap_or(0) / 2).clamp(POLL_AFTER_S_MIN, POLL_AFTER_S_MAX));
     answer
 }
 

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/terminals/{id}/allotments", post(allotments))
         .route("/v1/terminals/{id}/sync", post(sync))
         .route("/v1/terminals/{id}/quarantine", get(quarantine))
+        .route("/v1/terminals/{id}/secret", post(rotate_secret))
         .route("/v1/terminals/{id}", get(view))
         .route("/v1/terminals/{id}/view", post(own_view))
         .route(
@@ -85,6 +86,26 @@ async fn register(
             "this terminal is registered already; its secret is not shown again",
         )),
     }
+}
+
+/// A till that lost its data is registered again: a new secret, the same history. Its new
+/// journal continues after `acked_through`, from `head`.
+async fn rotate_secret(
+    State(state): State<AppState>,
+    _: Operator,
+    _slot: WriteSlot,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (secret, progress) =
+        state.terminals.rotate_secret(&id).await?.ok_or_else(|| {
+            ApiError::not_found("terminal_not_found", format!("no terminal '{id}'"))
+        })?;
+    Ok(Json(json!({
+        "terminal_id": id,
+        "secret": secret,
+        "acked_through": progress.applied_through,
+        "head": progress.head.to_hex(),
+    })))
 }
 
 /// A request from the terminal named in the path, carrying that terminal's valid signature over

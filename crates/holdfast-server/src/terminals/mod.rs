@@ -245,6 +245,45 @@ impl Terminals {
     }
 }
 
+impl Terminals {
+    /// Makes a terminal a new secret (its till lost its data), keeping everything the server
+    /// knows of it: its journal's progress, receivables, quarantine. Requests signed with the
+    /// old secret are refused from now on. Answers the new secret and where the journal stands.
+    pub async fn rotate_secret(&self, id: &str) -> Result<Option<(String, Progress)>, LedgerError> {
+        let _one_at_a_time = self.registering.lock().await;
+        let Some(old) = self.get(id) else {
+            return Ok(None);
+        };
+        // Holding the old terminal's state keeps its syncs out until the new one is in place.
+        let state = old.state.lock().await;
+        let mut secret = vec![0u8; SECRET_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let registration = Registration {
+            store: old.store.clone(),
+            secret: hex::encode(&secret),
+        };
+        let value = serde_json::to_vec(&registration).expect("registrations serialise");
+        let batch = Batch {
+            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
+            ..Batch::default()
+        };
+        self.log.append(batch).await?;
+        let progress = state.progress();
+        let renewed = Terminal::new(
+            id,
+            &old.store,
+            secret.clone(),
+            state.clone(),
+            self.started_at,
+        );
+        self.registry
+            .write()
+            .expect("terminal registry")
+            .insert(id.to_owned(), Arc::new(renewed));
+        Ok(Some((hex::encode(secret), progress)))
+    }
+}
+
 impl Terminal {
     fn new(
         id: &str,

@@ -11,7 +11,7 @@ use holdfast_core::{Command, Reply, Timestamp};
 use holdfast_store::{Batch, LogHandle, Record};
 
 use super::{Noted, PendingTransfer, Receivable, STREAM_PREFIX, SyncState, Terminal, holder};
-use crate::error::LedgerError;
+use crate::error::{LedgerError, rejection_message};
 use crate::ledger::Ledger;
 
 /// Units a till keeps of a sale whose pool has run dry; the rest it is asked to give back, so
@@ -204,7 +204,9 @@ impl Terminal {
                 let outcome = &mut outcomes[index];
                 match result.map(|executed| executed.outcome) {
                     Err(error) => outcome.not_yet = Some(error),
-                    Ok(Err(rejection)) => outcome.quarantine(format!("{sale_id}: {rejection}")),
+                    Ok(Err(rejection)) => {
+                        outcome.quarantine(format!("{sale_id}: {}", rejection_message(&rejection)))
+                    }
                     Ok(Ok(Reply::AllottedSaleRecorded { over_limit: true })) => {
                         outcome.flags.push(format!(
                             "{sale_id}: the buyer now has more than the limit of {} per person",

@@ -113,6 +113,11 @@ async fn nothing_sells_before_the_opening_instant() {
         (early.status, early.code()),
         (StatusCode::FORBIDDEN, "not_open")
     );
+    assert_eq!(
+        early.body["error"]["message"],
+        "the sale has not opened yet; it opens at 2026-01-01T04:00:00.000Z",
+        "times in messages are RFC 3339, as on the wire"
+    );
     app.advance_s(4 * 3600 - 1);
     assert_eq!(app.hold("drop", &alice, 1).await.code(), "not_open");
     app.advance_s(1);
@@ -326,7 +331,7 @@ async fn a_second_server_cannot_open_the_same_data() {
     let second = holdfast_server::Application::build(config).await;
     assert!(matches!(
         second,
-        Err(holdfast_server::StartError::DataDirInUse)
+        Err(holdfast_server::StartError::DataDirInUse(_))
     ));
 }
 

@@ -185,6 +185,11 @@ async fn sold_out_reaches_every_waiter_at_once() {
     for shopper in &shoppers[2..] {
         let answer = poll(&app, "drop", &shopper.token, &shopper.ticket).await;
         assert_eq!(answer.body["state"], "sold_out", "{}", answer.body);
+        assert_eq!(
+            (&answer.body["chance"], &answer.body["poll_after_s"]),
+            (&json!("none"), &Value::Null),
+            "nothing left to wait for: the client is not asked to poll again"
+        );
     }
 }
 

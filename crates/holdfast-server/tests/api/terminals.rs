@@ -478,6 +478,21 @@ async fn a_pay_link_declined_once_can_be_paid_with_another_card_and_only_once() 
         (StatusCode::OK, &json!("paid")),
         "{body}"
     );
+    let from_a_browser = app
+        .client
+        .post(&link)
+        .header("Accept", "text/html,application/xhtml+xml")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("card_token=tok_visa")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_a_browser.status(), StatusCode::OK);
+    let page = from_a_browser.text().await.unwrap();
+    assert!(
+        page.contains("<h1>Paid. Thank you.</h1>"),
+        "a browser gets a page: {page}"
+    );
     let (again, again_body) = pay("tok_mastercard").await;
     assert_eq!(
         (again, &again_body["authorization_id"]),
