@@ -3,6 +3,8 @@
 //! The model keeps every unit of stock as its own token with a location, and answers every
 //! question by scanning. It shares no code with the core beyond the input types.
 
+mod common;
+
 use std::collections::HashMap;
 
 use holdfast_core::{
@@ -459,7 +461,7 @@ fn spec(stock: u32, shares: [u32; 4]) -> SaleSpec {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
+    #![proptest_config(common::cases(300, 3000))]
 
     #[test]
     fn core_agrees_with_the_naive_model(

@@ -1,5 +1,7 @@
 //! Waiting-room rules: order, dedupe, the draw, stock-aware admission, passes.
 
+mod common;
+
 use holdfast_core::{
     Channel, Command, Event, QueueMode, Rejection, Reply, Sale, SaleSpec, Shopper, Standing,
     Timestamp, draw,
@@ -335,7 +337,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
+        #![proptest_config(common::cases(200, 1500))]
 
         #[test]
         fn the_waiting_room_keeps_its_promises(

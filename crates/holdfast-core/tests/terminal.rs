@@ -1,5 +1,7 @@
 //! The terminal sync protocol: exactly once, in order, whatever the network does.
 
+mod common;
+
 use holdfast_core::terminal::{ChainBreak, ChainHash, JournalEntry, Progress, chain};
 use proptest::prelude::*;
 
@@ -21,7 +23,7 @@ enum Send {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(common::cases(200, 2000))]
 
     #[test]
     fn every_entry_is_applied_exactly_once_and_in_order(
