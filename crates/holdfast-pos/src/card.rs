@@ -164,7 +164,7 @@ async fn ask(uplink: &Uplink, reference: &str, amount: u64, card_token: &str) ->
         },
         Ok((402, _)) => Asked::Declined,
         Ok(_) | Err(UplinkError::AnswerLost) | Err(UplinkError::RetryAfter(_)) => Asked::Lost,
-        Err(UplinkError::Unreachable) => Asked::Unreachable,
+        Err(UplinkError::Unreachable(_)) => Asked::Unreachable,
     }
 }
 

@@ -115,6 +115,7 @@ enum Commands {
         /// Items as SKU or SKU:QUANTITY.
         #[arg(required = true, num_args = 1..)]
         items: Vec<String>,
+        /// How the customer pays.
         #[arg(short, long, value_enum, default_value_t = TenderKind::Cash)]
         tender: TenderKind,
         /// The card token from the card reader (card, card-offline).
@@ -159,8 +160,19 @@ enum Commands {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are told in one line with their causes (`error: what: why`), never as a stack trace,
+/// whatever RUST_BACKTRACE says: they are for the person at the counter.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            complain!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let data = cli.data;
     runtime.block_on(async move {

@@ -65,7 +65,9 @@ fn report(journal: &Journal) -> anyhow::Result<TillReport> {
 pub async fn sync_once(journal: &mut Journal, uplink: &Uplink) -> Result<SyncReport, SyncError> {
     // Start on the preferred healthy address, so the shop's line is used again once it is back.
     if !uplink.check_health().await {
-        return Err(SyncError::Uplink(UplinkError::Unreachable));
+        return Err(SyncError::Uplink(UplinkError::Unreachable(
+            uplink.addresses(),
+        )));
     }
     let path = format!("/v1/terminals/{}/sync", uplink.terminal());
     let mut report = SyncReport {

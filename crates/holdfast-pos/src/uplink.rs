@@ -12,8 +12,8 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     /// No address could be connected to: the request reached no server.
-    #[error("no server address could be reached (the line is down)")]
-    Unreachable,
+    #[error("no server could be reached at {0} (the line is down)")]
+    Unreachable(String),
     /// A request was sent but its answer never came back: the server may have acted on it.
     /// Every call is idempotent, so sending it again is safe and finds out.
     #[error("the request was sent but its answer was lost; sending it again is safe")]
@@ -35,6 +35,11 @@ pub struct Uplink {
 }
 
 impl Uplink {
+    /// The server addresses, as a person reads them in a message.
+    pub fn addresses(&self) -> String {
+        self.urls.join(", ")
+    }
+
     /// Server time minus this machine's time, as last learned (0 until an answer came).
     pub fn clock_offset_ms(&self) -> i64 {
         self.clock_offset_ms.load(Ordering::Relaxed)
@@ -153,7 +158,7 @@ impl Uplink {
         Err(if sent {
             UplinkError::AnswerLost
         } else {
-            UplinkError::Unreachable
+            UplinkError::Unreachable(self.addresses())
         })
     }
 
@@ -233,6 +238,11 @@ pub fn back_off(attempt: u32) -> Duration {
 /// `http://host[:port]` or `https://...`. A trailing slash is dropped.
 pub fn server_url(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim().trim_end_matches('/');
+    if !trimmed.contains("://") {
+        return Err(format!(
+            "'{raw}' has no http:// in front; write it like http://192.168.0.10:8080"
+        ));
+    }
     let url = reqwest::Url::parse(trimmed).map_err(|_| {
         format!("'{raw}' is not a server address; write it like http://192.168.0.10:8080")
     })?;

@@ -164,7 +164,7 @@ async fn a_till_sells_through_an_outage_and_every_sale_arrives_exactly_once() {
     );
     assert!(matches!(
         sync_once(&mut journal, &uplink).await,
-        Err(SyncError::Uplink(UplinkError::Unreachable))
+        Err(SyncError::Uplink(UplinkError::Unreachable(_)))
     ));
     assert_eq!(
         journal.head().unwrap().0,
