@@ -22,6 +22,17 @@ pub struct Batch {
     pub records: Vec<Record>,
     pub snapshots: Vec<Snapshot>,
     pub values: Vec<(String, Vec<u8>)>,
+    /// When set, the batch is written only while its writer still holds `fence.stream` at
+    /// `fence.epoch` (several nodes on PostgreSQL); its values belong to that stream. The
+    /// embedded log has one writer and ignores it.
+    pub fence: Option<Fence>,
+}
+
+/// A writer's claim on a stream: the epoch of the lease it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub stream: String,
+    pub epoch: u64,
 }
 
 impl Batch {
@@ -56,7 +67,7 @@ pub struct Recovery {
     pub records: Vec<StoredRecord>,
 }
 
-#[derive(Clone, Debug, Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum StoreError {
     #[error("storage I/O failed: {0}")]
     Io(String),
@@ -64,6 +75,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, key: String },
     #[error("the log stopped after an earlier write failure; restart to recover")]
     Stopped,
+    #[error("this node no longer holds '{stream}': another node took it over")]
+    Fenced { stream: String },
 }
 
 /// A durable, ordered log. `commit` returns only once every batch given is durable; a batch is
@@ -71,8 +84,10 @@ pub enum StoreError {
 pub trait LogBackend: Send + 'static {
     /// Appends the batches in order, atomically and durably, with as few syncs as the backend
     /// allows. Returns, per batch, the sequence number of its last record (or the log's last
-    /// sequence number when the batch has no records).
-    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<u64>, StoreError>;
+    /// sequence number when the batch has no records), or `Fenced` for a batch whose writer no
+    /// longer holds its stream (it is not written; the others are). An outer error means
+    /// nothing is known to be durable.
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError>;
 
     /// Reads back everything needed to rebuild state, verifying checksums.
     fn recover(&mut self) -> Result<Recovery, StoreError>;

@@ -127,7 +127,7 @@ fn write_loop<B: LogBackend>(mut backend: B, mut receiver: mpsc::Receiver<Job>, 
             Ok(ends) => {
                 assert_eq!(ends.len(), jobs.len(), "one end per batch");
                 for (job, end) in jobs.into_iter().zip(ends) {
-                    let _ = job.done.send(Ok(end));
+                    let _ = job.done.send(end);
                 }
             }
             Err(error) => {

@@ -71,7 +71,7 @@ impl SqliteLog {
 }
 
 impl LogBackend for SqliteLog {
-    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<u64>, StoreError> {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let mut last = self.last_seq;
         let tx = self.connection.transaction().map_err(io)?;
         let mut ends = Vec::with_capacity(batches.len());
@@ -111,7 +111,7 @@ impl LogBackend for SqliteLog {
                     let crc = checksum("values", &entries);
                     values.execute(params![entries, crc]).map_err(io)?;
                 }
-                ends.push(last);
+                ends.push(Ok(last));
             }
         }
         tx.commit().map_err(io)?;

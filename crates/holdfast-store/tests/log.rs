@@ -39,8 +39,9 @@ fn records_snapshots_and_values_survive_reopening() {
                 payload: b"a-state".to_vec(),
             }],
             values: vec![("idem/k".into(), b"answer".to_vec())],
+            fence: None,
         };
-        assert_eq!(log.commit(&[first, second]).unwrap(), vec![2, 3]);
+        assert_eq!(log.commit(&[first, second]).unwrap(), vec![Ok(2), Ok(3)]);
         let third = Batch {
             records: vec![record("a", "a3")],
             values: vec![
@@ -49,7 +50,7 @@ fn records_snapshots_and_values_survive_reopening() {
             ],
             ..Batch::default()
         };
-        assert_eq!(log.commit(&[third]).unwrap(), vec![4]);
+        assert_eq!(log.commit(&[third]).unwrap(), vec![Ok(4)]);
     }
     let mut log = SqliteLog::open(dir.path()).unwrap();
     let recovery = log.recover().unwrap();
@@ -85,7 +86,7 @@ fn with_every_stream_snapshotted_recovery_starts_at_the_oldest_snapshot() {
         let batch = Batch {
             records: vec![record("a", &format!("a{n}"))],
             snapshots: if n == 6 { vec![snap("a")] } else { vec![] },
-            values: vec![],
+            ..Batch::default()
         };
         log.commit(&[batch]).unwrap();
     }
@@ -103,7 +104,7 @@ struct GatedBackend {
 }
 
 impl LogBackend for GatedBackend {
-    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<u64>, StoreError> {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         if let Some(gate) = self.gate.take() {
             self.entered.send(()).unwrap();
             gate.recv().unwrap();

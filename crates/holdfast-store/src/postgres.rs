@@ -1,0 +1,559 @@
+//! PostgreSQL, for several nodes on one database. Each stream (a sale, a till) has one writer at
+//! a time: the node holding its *lease*, a row with an epoch that grows with every change of
+//! owner. Every append of a fenced batch is conditional, in the same statement, on the lease
+//! still carrying the writer's epoch (`FOR SHARE`, which also holds off a takeover until the
+//! append commits): a node paused past its lease can never write after another took over.
+//!
+//! [`PgLog`] is the writer, driven by the group-commit thread like the embedded log: one
+//! transaction (one commit, one round trip per statement, pipelined) for every batch that queued
+//! up. [`PgStore`] is everything else, asynchronous: the schema, leases, loading one stream when
+//! a node takes it over, shared secrets and the sales' published views.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::backend::{
+    Batch, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
+};
+
+/// The schema this build knows. A database with a newer one is refused: an older node must not
+/// write into a layout it does not understand.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS holdfast_schema (version INT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+    seq BIGSERIAL PRIMARY KEY,
+    stream TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    payload BYTEA NOT NULL,
+    crc BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_stream ON log (stream, seq);
+CREATE TABLE IF NOT EXISTS snapshot (
+    stream TEXT PRIMARY KEY,
+    through BIGINT NOT NULL,
+    payload BYTEA NOT NULL,
+    crc BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    stream TEXT,
+    value BYTEA NOT NULL,
+    crc BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_by_stream ON kv (stream) WHERE stream IS NOT NULL;
+CREATE TABLE IF NOT EXISTS lease (
+    stream TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    address TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS published_view (
+    stream TEXT PRIMARY KEY,
+    payload BYTEA NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+";
+
+/// A PostgreSQL failure with its causes, which the drivers keep out of their own message.
+fn pg(error: impl std::error::Error) -> StoreError {
+    let mut message = format!("PostgreSQL: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    StoreError::Io(message)
+}
+
+/// The group-commit writer on PostgreSQL, on a blocking connection of its own.
+pub struct PgLog {
+    client: postgres::Client,
+    node: String,
+}
+
+impl PgLog {
+    /// Connects as `node` (the name its leases carry). The schema must exist (`PgStore::connect`
+    /// makes it).
+    pub fn connect(url: &str, node: &str) -> Result<PgLog, StoreError> {
+        let mut config: postgres::Config = url.parse().map_err(pg)?;
+        // A writer stopped mid-transaction (SIGSTOP, a stall) must not hold its share lock on
+        // a lease for ever: the database ends the transaction, and the takeover goes on.
+        config.options("-c idle_in_transaction_session_timeout=2000");
+        let client = config.connect(postgres::NoTls).map_err(pg)?;
+        Ok(PgLog {
+            client,
+            node: node.to_owned(),
+        })
+    }
+}
+
+/// What one fenced or unfenced batch writes, inside the commit's transaction. `Ok(Err(Fenced))`
+/// when the batch's writer no longer holds its stream.
+fn write_batch(
+    tx: &mut postgres::Transaction<'_>,
+    node: &str,
+    batch: &Batch,
+) -> Result<Result<u64, StoreError>, StoreError> {
+    let fence = batch.fence.as_ref();
+    let fenced = || {
+        Ok(Err(StoreError::Fenced {
+            stream: fence.map(|f| f.stream.clone()).unwrap_or_default(),
+        }))
+    };
+    let mut last_by_stream: BTreeMap<String, i64> = BTreeMap::new();
+    if batch.records.is_empty() {
+        if let Some(fence) = fence {
+            // A snapshot or an answer from a node that lost the stream is as stale as a record.
+            let held = tx
+                .query(
+                    "SELECT 1 FROM lease WHERE stream = $1 AND epoch = $2 AND node = $3 FOR SHARE",
+                    &[&fence.stream, &(fence.epoch as i64), &node],
+                )
+                .map_err(pg)?;
+            if held.is_empty() {
+                return fenced();
+            }
+        }
+    } else {
+        let streams: Vec<&str> = batch.records.iter().map(|r| r.stream.as_str()).collect();
+        let payloads: Vec<&[u8]> = batch.records.iter().map(|r| r.payload.as_slice()).collect();
+        let crcs: Vec<i64> = batch
+            .records
+            .iter()
+            .map(|r| i64::from(checksum(&r.stream, &r.payload)))
+            .collect();
+        // The fence is part of the insert itself: the lease row is read with a share lock in
+        // the same statement, so a takeover waits for this append to commit, and an append
+        // after a takeover inserts nothing.
+        let rows = match fence {
+            Some(fence) => tx.query(
+                "INSERT INTO log (stream, epoch, payload, crc)
+                 SELECT r.stream, l.epoch, r.payload, r.crc
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
+                      AS r(stream, payload, crc, n),
+                      (SELECT epoch FROM lease
+                       WHERE stream = $4 AND epoch = $5 AND node = $6 FOR SHARE) AS l
+                 ORDER BY r.n
+                 RETURNING seq, stream",
+                &[
+                    &streams,
+                    &payloads,
+                    &crcs,
+                    &fence.stream,
+                    &(fence.epoch as i64),
+                    &node,
+                ],
+            ),
+            None => tx.query(
+                "INSERT INTO log (stream, epoch, payload, crc)
+                 SELECT r.stream, 0, r.payload, r.crc
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
+                      AS r(stream, payload, crc, n)
+                 ORDER BY r.n
+                 RETURNING seq, stream",
+                &[&streams, &payloads, &crcs],
+            ),
+        }
+        .map_err(pg)?;
+        if rows.len() != batch.records.len() {
+            return fenced();
+        }
+        for row in rows {
+            let seq: i64 = row.get(0);
+            let last = last_by_stream.entry(row.get(1)).or_default();
+            *last = (*last).max(seq);
+        }
+    }
+    for snapshot in &batch.snapshots {
+        let through = match last_by_stream.get(&snapshot.stream) {
+            Some(&seq) => seq,
+            None => tx
+                .query_one(
+                    "SELECT COALESCE(MAX(seq), 0) FROM log WHERE stream = $1",
+                    &[&snapshot.stream],
+                )
+                .map_err(pg)?
+                .get(0),
+        };
+        let crc = i64::from(checksum(&snapshot.stream, &snapshot.payload));
+        tx.execute(
+            "INSERT INTO snapshot (stream, through, payload, crc) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stream) DO UPDATE SET through = $2, payload = $3, crc = $4",
+            &[&snapshot.stream, &through, &snapshot.payload, &crc],
+        )
+        .map_err(pg)?;
+    }
+    let stream = fence.map(|f| f.stream.as_str());
+    for (key, value) in &batch.values {
+        let crc = i64::from(checksum(key, value));
+        tx.execute(
+            "INSERT INTO kv (key, stream, value, crc) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET stream = $2, value = $3, crc = $4",
+            &[key, &stream, value, &crc],
+        )
+        .map_err(pg)?;
+    }
+    Ok(Ok(
+        last_by_stream.values().copied().max().unwrap_or(0) as u64
+    ))
+}
+
+impl LogBackend for PgLog {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let node = self.node.clone();
+        let mut tx = self.client.transaction().map_err(pg)?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            // A batch refused by its fence leaves no trace; the others still commit.
+            let mut savepoint = tx.savepoint("batch").map_err(pg)?;
+            let outcome = write_batch(&mut savepoint, &node, batch)?;
+            if outcome.is_ok() {
+                savepoint.commit().map_err(pg)?;
+            } else {
+                savepoint.rollback().map_err(pg)?;
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().map_err(pg)?;
+        Ok(outcomes)
+    }
+
+    /// Nothing is read back at start-up on PostgreSQL: a node loads a stream when it takes the
+    /// stream over (`PgStore::load_stream`).
+    fn recover(&mut self) -> Result<Recovery, StoreError> {
+        Ok(Recovery::default())
+    }
+}
+
+/// Who holds a stream now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub address: String,
+    pub epoch: u64,
+    /// Whether it is still within its time, by the database's clock.
+    pub live: bool,
+}
+
+/// A stream as a node taking it over finds it.
+#[derive(Debug, Default)]
+pub struct StreamRecovery {
+    pub snapshot: Option<StoredSnapshot>,
+    /// Records after the snapshot, in order.
+    pub records: Vec<StoredRecord>,
+    /// The values written with the stream's batches (idempotency answers, …).
+    pub values: Vec<(String, Vec<u8>)>,
+}
+
+/// The asynchronous side of the PostgreSQL store: schema, leases, loads, shared secrets, views.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: deadpool_postgres::Pool,
+}
+
+impl PgStore {
+    /// Connects, creates the schema if the database is new, and refuses one newer than this
+    /// build knows.
+    pub async fn connect(url: &str, connections: usize) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(connections)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(pg)?;
+        let store = PgStore { pool };
+        store.prepare_schema().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pg)
+    }
+
+    async fn prepare_schema(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One node at a time makes or checks the schema.
+        tx.execute("SELECT pg_advisory_xact_lock(7268236)", &[])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute(SCHEMA).await.map_err(pg)?;
+        let version: Option<i32> = tx
+            .query_opt("SELECT version FROM holdfast_schema", &[])
+            .await
+            .map_err(pg)?
+            .map(|row| row.get(0));
+        match version {
+            None => {
+                tx.execute(
+                    "INSERT INTO holdfast_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::Io(format!(
+                    "the database's schema is version {found}, newer than this holdfast \
+                     knows ({SCHEMA_VERSION}): update holdfast before pointing it at this database"
+                )));
+            }
+            Some(_) => {}
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    /// Takes `stream` for `node` if nobody holds it, or its holder's time ran out, or it is
+    /// already `node`'s (renewing it). Answers the new epoch, or the holder when it is live.
+    pub async fn acquire(
+        &self,
+        stream: &str,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<Result<u64, Lease>, StoreError> {
+        let client = self.client().await?;
+        let ttl_s = ttl.as_secs_f64();
+        let taken = client
+            .query_opt(
+                "INSERT INTO lease (stream, node, address, epoch, expires_at)
+                 VALUES ($1, $2, $3, 1, now() + $4::float8 * interval '1 second')
+                 ON CONFLICT (stream) DO UPDATE
+                   SET node = $2, address = $3, epoch = lease.epoch + 1,
+                       expires_at = now() + $4::float8 * interval '1 second'
+                   WHERE lease.expires_at < now() OR lease.node = $2
+                 RETURNING epoch",
+                &[&stream, &node, &address, &ttl_s],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = taken {
+            return Ok(Ok(row.get::<_, i64>(0) as u64));
+        }
+        match self.holder(stream).await? {
+            Some(lease) => Ok(Err(lease)),
+            // It went away between the two statements: try once more.
+            None => Box::pin(self.acquire(stream, node, address, ttl)).await,
+        }
+    }
+
+    /// Who holds `stream`, if anyone ever did.
+    pub async fn holder(&self, stream: &str) -> Result<Option<Lease>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT node, address, epoch, expires_at > now() FROM lease WHERE stream = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|row| Lease {
+            node: row.get(0),
+            address: row.get(1),
+            epoch: row.get::<_, i64>(2) as u64,
+            live: row.get(3),
+        }))
+    }
+
+    /// Extends `node`'s leases that still carry their epochs; answers the streams it still
+    /// holds (the others were taken over).
+    pub async fn renew(
+        &self,
+        node: &str,
+        held: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let streams: Vec<&str> = held.iter().map(|(s, _)| s.as_str()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e as i64).collect();
+        let rows = client
+            .query(
+                "UPDATE lease SET expires_at = now() + $4::float8 * interval '1 second'
+                 FROM unnest($2::text[], $3::bigint[]) AS h(stream, epoch)
+                 WHERE lease.stream = h.stream AND lease.epoch = h.epoch AND lease.node = $1
+                 RETURNING lease.stream",
+                &[&node, &streams, &epochs, &ttl.as_secs_f64()],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Lets `node`'s leases go at once (a clean shutdown), so another node need not wait.
+    pub async fn release(&self, node: &str, held: &[(String, u64)]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let streams: Vec<&str> = held.iter().map(|(s, _)| s.as_str()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e as i64).collect();
+        client
+            .execute(
+                "UPDATE lease SET expires_at = now()
+                 FROM unnest($2::text[], $3::bigint[]) AS h(stream, epoch)
+                 WHERE lease.stream = h.stream AND lease.epoch = h.epoch AND lease.node = $1",
+                &[&node, &streams, &epochs],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    /// A stream's snapshot, the records after it and its values, checksums verified.
+    pub async fn load_stream(&self, stream: &str) -> Result<StreamRecovery, StoreError> {
+        let client = self.client().await?;
+        let mut recovery = StreamRecovery::default();
+        let through = match client
+            .query_opt(
+                "SELECT through, payload, crc FROM snapshot WHERE stream = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg)?
+        {
+            Some(row) => {
+                let payload: Vec<u8> = row.get(1);
+                verify("snapshot", stream, &payload, row.get(2))?;
+                let through = row.get::<_, i64>(0);
+                recovery.snapshot = Some(StoredSnapshot {
+                    stream: stream.to_owned(),
+                    through: through as u64,
+                    payload,
+                });
+                through
+            }
+            None => 0,
+        };
+        for row in client
+            .query(
+                "SELECT seq, payload, crc FROM log WHERE stream = $1 AND seq > $2 ORDER BY seq",
+                &[&stream, &through],
+            )
+            .await
+            .map_err(pg)?
+        {
+            let seq: i64 = row.get(0);
+            let payload: Vec<u8> = row.get(1);
+            verify("record", stream, &payload, row.get(2))?;
+            recovery.records.push(StoredRecord {
+                seq: seq as u64,
+                stream: stream.to_owned(),
+                payload,
+            });
+        }
+        for row in client
+            .query(
+                "SELECT key, value, crc FROM kv WHERE stream = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg)?
+        {
+            let key: String = row.get(0);
+            let value: Vec<u8> = row.get(1);
+            verify("value", &key, &value, row.get(2))?;
+            recovery.values.push((key, value));
+        }
+        Ok(recovery)
+    }
+
+    /// The values that belong to no stream (registrations, store settings, …).
+    pub async fn global_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let mut values = Vec::new();
+        for row in client
+            .query("SELECT key, value, crc FROM kv WHERE stream IS NULL", &[])
+            .await
+            .map_err(pg)?
+        {
+            let key: String = row.get(0);
+            let value: Vec<u8> = row.get(1);
+            verify("value", &key, &value, row.get(2))?;
+            values.push((key, value));
+        }
+        Ok(values)
+    }
+
+    /// Every stream with something in the log, snapshot or a lease (to list sales).
+    pub async fn streams(&self, prefix_excluded: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT stream FROM snapshot WHERE stream NOT LIKE $1 || '%'
+                 UNION SELECT DISTINCT stream FROM log WHERE stream NOT LIKE $1 || '%'",
+                &[&prefix_excluded],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    /// A secret shared by every node: made by the first to ask, read by the others.
+    pub async fn shared_secret(&self, key: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &fresh],
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    /// Publishes a stream's view for the other nodes (the owner does, a few times a second).
+    pub async fn publish_view(&self, stream: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO published_view (stream, payload, updated_at) VALUES ($1, $2, now())
+                 ON CONFLICT (stream) DO UPDATE SET payload = $2, updated_at = now()",
+                &[&stream, &payload],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    pub async fn published_view(&self, stream: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT payload FROM published_view WHERE stream = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(pg)?
+            .map(|row| row.get(0)))
+    }
+
+    /// Runs `sql` (for tests and audits that read the database alone).
+    pub async fn query_i64(&self, sql: &str) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one(sql, &[]).await.map_err(pg)?;
+        Ok(row.get(0))
+    }
+}
+
+fn verify(what: &'static str, key: &str, payload: &[u8], crc: i64) -> Result<(), StoreError> {
+    if i64::from(checksum(key, payload)) == crc {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            what,
+            key: key.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! What Holdfast's tests share: a throwaway PostgreSQL cluster made from the installed
+//! binaries (Debian's `postgresql` package, which `scripts/test` installs when missing), in a
+//! temporary directory on a free port, stopped and removed when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A PostgreSQL cluster of the tests' own.
+pub struct TestPostgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl TestPostgres {
+    /// Makes and starts a cluster. Panics with what to do when PostgreSQL is not installed.
+    pub fn start() -> TestPostgres {
+        let bin = installed_bin().expect(
+            "PostgreSQL is not installed: run scripts/test, which installs Debian's postgresql",
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-pg-")
+            .tempdir()
+            .expect("a temporary directory");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // initdb refuses to run as root: the cluster belongs to the postgres user then.
+        if is_root() {
+            hand_to_postgres(dir.path());
+        }
+        let initdb = as_cluster_owner(&bin.join("initdb"))
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        check("initdb", &initdb);
+        let port = free_port();
+        let cluster = TestPostgres { bin, dir, port };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs `pg_ctl` on this cluster with `args`.
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        );
+        let output = as_cluster_owner(&self.bin.join("pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.path().join("log"))
+            .output()
+            .expect("run pg_ctl");
+        check("pg_ctl", &output);
+    }
+
+    /// Crashes the server (no shutdown checkpoint) and starts it again, as a power cut would.
+    pub fn restart_immediately(&self) {
+        self.pg_ctl(&["restart", "-m", "immediate", "-w", "-t", "60"]);
+    }
+
+    /// A fresh database in this cluster, as a connection URL.
+    pub fn database(&self, name: &str) -> String {
+        let output = Command::new(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ])
+            .output()
+            .expect("run createdb");
+        check("createdb", &output);
+        self.url(name)
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = as_cluster_owner(&self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self.data())
+            .output();
+    }
+}
+
+/// The binaries of the newest PostgreSQL installed the Debian way.
+fn installed_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    // By major version as a number: 16 is newer than 9.6.
+    versions.sort_by_key(|bin| {
+        let version = bin.parent().and_then(Path::file_name);
+        let major = version.and_then(|v| v.to_str()?.split('.').next()?.parse::<u32>().ok());
+        major.unwrap_or(0)
+    });
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// As root, commands on the cluster run as the postgres user, who owns its directory.
+fn as_cluster_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn hand_to_postgres(dir: &Path) {
+    for path in [dir.to_path_buf(), dir.join("data")] {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&path)
+            .status()
+            .expect("run chown");
+        assert!(
+            status.success(),
+            "cannot give {} to postgres",
+            path.display()
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn check(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
