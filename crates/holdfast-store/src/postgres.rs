@@ -20,6 +20,9 @@ use crate::backend::{
 /// write into a layout it does not understand.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// The stream of values that belong to no stream.
+const GLOBAL: &str = "";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS holdfast_schema (version INT NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
@@ -37,12 +40,12 @@ CREATE TABLE IF NOT EXISTS snapshot (
     crc BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY,
-    stream TEXT,
+    stream TEXT NOT NULL,
+    key TEXT NOT NULL,
     value BYTEA NOT NULL,
-    crc BIGINT NOT NULL
+    crc BIGINT NOT NULL,
+    PRIMARY KEY (stream, key)
 );
-CREATE INDEX IF NOT EXISTS kv_by_stream ON kv (stream) WHERE stream IS NOT NULL;
 CREATE TABLE IF NOT EXISTS lease (
     stream TEXT PRIMARY KEY,
     node TEXT NOT NULL,
@@ -51,11 +54,13 @@ CREATE TABLE IF NOT EXISTS lease (
     expires_at TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS published_view_version;
 CREATE TABLE IF NOT EXISTS published_view (
     stream TEXT PRIMARY KEY,
     payload BYTEA NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL
+    version BIGINT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS published_view_by_version ON published_view (version);
 ";
 
 /// A PostgreSQL failure with its causes, which the drivers keep out of their own message.
@@ -187,13 +192,27 @@ fn write_batch(
         )
         .map_err(pg)?;
     }
-    let stream = fence.map(|f| f.stream.as_str());
-    for (key, value) in &batch.values {
-        let crc = i64::from(checksum(key, value));
+    // A fenced batch's values belong to its stream, and come back when a node takes the
+    // stream over; the others are global ('').
+    let stream = fence.map_or(GLOBAL, |f| f.stream.as_str());
+    if !batch.values.is_empty() {
+        let keys: Vec<&str> = batch.values.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<&[u8]> = batch.values.iter().map(|(_, v)| v.as_slice()).collect();
+        let crcs: Vec<i64> = batch
+            .values
+            .iter()
+            .map(|(k, v)| i64::from(checksum(k, v)))
+            .collect();
+        // The last write of a key in the batch wins, as it would written one by one.
         tx.execute(
-            "INSERT INTO kv (key, stream, value, crc) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO UPDATE SET stream = $2, value = $3, crc = $4",
-            &[key, &stream, value, &crc],
+            "INSERT INTO kv (stream, key, value, crc)
+             SELECT DISTINCT ON (v.key) $1, v.key, v.value, v.crc
+             FROM unnest($2::text[], $3::bytea[], $4::bigint[]) WITH ORDINALITY
+                  AS v(key, value, crc, n)
+             ORDER BY v.key, v.n DESC
+             ON CONFLICT (stream, key) DO UPDATE
+               SET value = excluded.value, crc = excluded.crc",
+            &[&stream, &keys, &values, &crcs],
         )
         .map_err(pg)?;
     }
@@ -449,28 +468,25 @@ impl PgStore {
                 payload,
             });
         }
+        drop(client);
+        recovery.values = self.values_of(stream).await?;
+        Ok(recovery)
+    }
+
+    /// The values written without a fence, belonging to no stream.
+    pub async fn global_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.values_of(GLOBAL).await
+    }
+
+    /// The values written by `stream`'s writers (idempotency answers, settings, …).
+    pub async fn values_of(&self, stream: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let mut values = Vec::new();
         for row in client
             .query(
                 "SELECT key, value, crc FROM kv WHERE stream = $1",
                 &[&stream],
             )
-            .await
-            .map_err(pg)?
-        {
-            let key: String = row.get(0);
-            let value: Vec<u8> = row.get(1);
-            verify("value", &key, &value, row.get(2))?;
-            recovery.values.push((key, value));
-        }
-        Ok(recovery)
-    }
-
-    /// The values that belong to no stream (registrations, store settings, …).
-    pub async fn global_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let client = self.client().await?;
-        let mut values = Vec::new();
-        for row in client
-            .query("SELECT key, value, crc FROM kv WHERE stream IS NULL", &[])
             .await
             .map_err(pg)?
         {
@@ -513,13 +529,15 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// Publishes a stream's view for the other nodes (the owner does, a few times a second).
+    /// Publishes a stream's view for the other nodes (its owner does, a few times a second).
     pub async fn publish_view(&self, stream: &str, payload: &[u8]) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO published_view (stream, payload, updated_at) VALUES ($1, $2, now())
-                 ON CONFLICT (stream) DO UPDATE SET payload = $2, updated_at = now()",
+                "INSERT INTO published_view (stream, payload, version)
+                 VALUES ($1, $2, nextval('published_view_version'))
+                 ON CONFLICT (stream) DO UPDATE
+                   SET payload = $2, version = nextval('published_view_version')",
                 &[&stream, &payload],
             )
             .await
@@ -527,16 +545,29 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn published_view(&self, stream: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The views published after `version` (0: all of them), with the newest version seen, so
+    /// a node keeps its copies fresh with one cheap query however many sales there are.
+    pub async fn published_views_since(
+        &self,
+        version: i64,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), StoreError> {
         let client = self.client().await?;
-        Ok(client
-            .query_opt(
-                "SELECT payload FROM published_view WHERE stream = $1",
-                &[&stream],
+        let rows = client
+            .query(
+                "SELECT stream, payload, version FROM published_view WHERE version > $1",
+                &[&version],
             )
             .await
-            .map_err(pg)?
-            .map(|row| row.get(0)))
+            .map_err(pg)?;
+        let newest = rows
+            .iter()
+            .map(|row| row.get::<_, i64>(2))
+            .fold(version, i64::max);
+        let views = rows
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        Ok((views, newest))
     }
 
     /// Runs `sql` (for tests and audits that read the database alone).

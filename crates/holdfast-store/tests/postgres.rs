@@ -251,3 +251,19 @@ async fn snapshots_values_secrets_and_a_newer_schema() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_are_read_back_only_once_they_change() {
+    let cluster = TestPostgres::start();
+    let store = PgStore::connect(&cluster.database("views"), 2).await.unwrap();
+    store.publish_view("sale-1", b"one").await.unwrap();
+    store.publish_view("sale-2", b"two").await.unwrap();
+    let (all, seen) = store.published_views_since(0).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let (none, same) = store.published_views_since(seen).await.unwrap();
+    assert!(none.is_empty() && same == seen);
+    store.publish_view("sale-1", b"one again").await.unwrap();
+    let (changed, newer) = store.published_views_since(seen).await.unwrap();
+    assert_eq!(changed, [("sale-1".to_owned(), b"one again".to_vec())]);
+    assert!(newer > seen);
+}
