@@ -29,7 +29,7 @@ pub struct Batch {
 }
 
 /// A writer's claim on a stream: the epoch of the lease it holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fence {
     pub stream: String,
     pub epoch: u64,
@@ -91,6 +91,13 @@ pub trait LogBackend: Send + 'static {
 
     /// Reads back everything needed to rebuild state, verifying checksums.
     fn recover(&mut self) -> Result<Recovery, StoreError>;
+
+    /// Whether every later write must be refused after a failed commit: true for a single file,
+    /// whose state after a failed sync is unknown. A backend that confines the uncertainty to
+    /// the failed batches' streams (by their fences) answers false and takes later commits.
+    fn stops_after_failure(&self) -> bool {
+        true
+    }
 }
 
 /// The checksum stored beside every payload, covering its key as well so a payload cannot be

@@ -131,8 +131,8 @@ fn write_loop<B: LogBackend>(mut backend: B, mut receiver: mpsc::Receiver<Job>, 
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "log commit failed; refusing further writes");
-                stopped = true;
+                stopped = backend.stops_after_failure();
+                tracing::error!(%error, stopped, "log commit failed");
                 for job in jobs {
                     let _ = job.done.send(Err(error.clone()));
                 }

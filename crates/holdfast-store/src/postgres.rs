@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::backend::{
-    Batch, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
+    Batch, Fence, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
 };
 
 /// The schema this build knows. A database with a newer one is refused: an older node must not
@@ -75,9 +75,18 @@ fn pg(error: impl std::error::Error) -> StoreError {
 }
 
 /// The group-commit writer on PostgreSQL, on a blocking connection of its own.
+///
+/// Unlike the embedded log it carries on after a failed commit (PostgreSQL restarting, the
+/// connection dropped): it connects again for the next one. What a failure leaves uncertain is
+/// confined to the streams whose batches were in the failed commit: later batches under the
+/// same fences are refused (`Stopped`), so no batch can land on top of one whose fate is
+/// unknown. Their writers stop, and take the stream again under a new epoch after reading back
+/// what is durable.
 pub struct PgLog {
-    client: postgres::Client,
+    config: postgres::Config,
+    client: Option<postgres::Client>,
     node: String,
+    uncertain: std::collections::HashSet<Fence>,
 }
 
 impl PgLog {
@@ -88,11 +97,44 @@ impl PgLog {
         // A writer stopped mid-transaction (SIGSTOP, a stall) must not hold its share lock on
         // a lease for ever: the database ends the transaction, and the takeover goes on.
         config.options("-c idle_in_transaction_session_timeout=2000");
+        config.connect_timeout(Duration::from_secs(5));
         let client = config.connect(postgres::NoTls).map_err(pg)?;
         Ok(PgLog {
-            client,
+            config,
+            client: Some(client),
             node: node.to_owned(),
+            uncertain: Default::default(),
         })
+    }
+
+    fn client(&mut self) -> Result<&mut postgres::Client, StoreError> {
+        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            self.client = None;
+            self.client = Some(self.config.connect(postgres::NoTls).map_err(pg)?);
+        }
+        Ok(self.client.as_mut().expect("connected just now"))
+    }
+
+    fn commit_all(
+        &mut self,
+        batches: &[&Batch],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let node = self.node.clone();
+        let mut tx = self.client()?.transaction().map_err(pg)?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            // A batch refused by its fence leaves no trace; the others still commit.
+            let mut savepoint = tx.savepoint("batch").map_err(pg)?;
+            let outcome = write_batch(&mut savepoint, &node, batch)?;
+            if outcome.is_ok() {
+                savepoint.commit().map_err(pg)?;
+            } else {
+                savepoint.rollback().map_err(pg)?;
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().map_err(pg)?;
+        Ok(outcomes)
     }
 }
 
@@ -223,22 +265,37 @@ fn write_batch(
 
 impl LogBackend for PgLog {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-        let node = self.node.clone();
-        let mut tx = self.client.transaction().map_err(pg)?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for batch in batches {
-            // A batch refused by its fence leaves no trace; the others still commit.
-            let mut savepoint = tx.savepoint("batch").map_err(pg)?;
-            let outcome = write_batch(&mut savepoint, &node, batch)?;
-            if outcome.is_ok() {
-                savepoint.commit().map_err(pg)?;
-            } else {
-                savepoint.rollback().map_err(pg)?;
+        let refused: Vec<bool> = batches
+            .iter()
+            .map(|b| b.fence.as_ref().is_some_and(|f| self.uncertain.contains(f)))
+            .collect();
+        let writable: Vec<&Batch> = batches
+            .iter()
+            .zip(&refused)
+            .filter(|(_, refused)| !**refused)
+            .map(|(batch, _)| batch)
+            .collect();
+        let mut written = match self.commit_all(&writable) {
+            Ok(outcomes) => outcomes.into_iter(),
+            Err(error) => {
+                let fences = writable.iter().filter_map(|b| b.fence.clone());
+                self.uncertain.extend(fences);
+                // The connection may be what failed: the next commit makes a new one.
+                self.client = None;
+                return Err(error);
             }
-            outcomes.push(outcome);
-        }
-        tx.commit().map_err(pg)?;
-        Ok(outcomes)
+        };
+        Ok(refused
+            .into_iter()
+            .map(|refused| match refused {
+                true => Err(StoreError::Stopped),
+                false => written.next().expect("one outcome per batch written"),
+            })
+            .collect())
+    }
+
+    fn stops_after_failure(&self) -> bool {
+        false
     }
 
     /// Nothing is read back at start-up on PostgreSQL: a node loads a stream when it takes the

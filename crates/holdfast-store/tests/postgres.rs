@@ -255,7 +255,9 @@ async fn snapshots_values_secrets_and_a_newer_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_are_read_back_only_once_they_change() {
     let cluster = TestPostgres::start();
-    let store = PgStore::connect(&cluster.database("views"), 2).await.unwrap();
+    let store = PgStore::connect(&cluster.database("views"), 2)
+        .await
+        .unwrap();
     store.publish_view("sale-1", b"one").await.unwrap();
     store.publish_view("sale-2", b"two").await.unwrap();
     let (all, seen) = store.published_views_since(0).await.unwrap();
@@ -266,4 +268,47 @@ async fn views_are_read_back_only_once_they_change() {
     let (changed, newer) = store.published_views_since(seen).await.unwrap();
     assert_eq!(changed, [("sale-1".to_owned(), b"one again".to_vec())]);
     assert!(newer > seen);
+}
+
+/// PostgreSQL crashes under the writer: the commit in flight fails, the writer connects again
+/// for the next, but refuses the failed streams' batches until they come under a new epoch —
+/// nothing may land on top of a batch whose fate is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_crash_the_writer_resumes_but_not_on_top_of_an_uncertain_batch() {
+    let (cluster, url, store, a) = node_a_holds_a_sale("crash").await;
+    let url_a = url.clone();
+    let mut log = tokio::task::spawn_blocking(move || {
+        let mut log = PgLog::connect(&url_a, "node-a").unwrap();
+        assert!(log.commit(&[fenced("sale-1", a, "a1")]).unwrap()[0].is_ok());
+        log
+    })
+    .await
+    .unwrap();
+    cluster.restart_immediately();
+    log = tokio::task::spawn_blocking(move || {
+        assert!(log.commit(&[fenced("sale-1", a, "a2")]).is_err());
+        let global = Batch {
+            values: vec![("global".into(), b"value".to_vec())],
+            ..Batch::default()
+        };
+        let after = log.commit(&[fenced("sale-1", a, "a3"), global]).unwrap();
+        assert_eq!(after[0], Err(StoreError::Stopped));
+        assert!(after[1].is_ok(), "{after:?}");
+        log
+    })
+    .await
+    .unwrap();
+    let again = store
+        .acquire("sale-1", "node-a", "http://a", TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again > a);
+    tokio::task::spawn_blocking(move || {
+        assert!(log.commit(&[fenced("sale-1", again, "a4")]).unwrap()[0].is_ok());
+    })
+    .await
+    .unwrap();
+    let loaded = store.load_stream("sale-1").await.unwrap();
+    assert_eq!(payloads(&loaded), ["a1", "a4"]);
 }
