@@ -14,14 +14,15 @@ use std::time::Duration;
 use holdfast_core::{
     Command, Event, QueueMode, QueueView, Rejection, Reply, Sale, SaleSpec, SaleStatus, Timestamp,
 };
-use holdfast_store::{Batch, Durable, LogHandle, Record, Snapshot, StoreError};
+use holdfast_store::{Batch, Durable, Record, Snapshot, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::error::LedgerError;
 use crate::idempotency::StoredAnswer;
+use crate::ledger::LedgerError;
 use crate::log_entry::LogEntry;
+use crate::streams::StreamWriter;
 
 pub type Outcome = Result<Reply, Rejection>;
 
@@ -117,6 +118,16 @@ pub struct SaleHandle {
 impl SaleHandle {
     pub fn view(&self) -> Arc<SaleView> {
         self.view.borrow().clone()
+    }
+
+    /// Every change of the view, for whoever publishes it to other nodes.
+    pub fn view_changes(&self) -> watch::Receiver<Arc<SaleView>> {
+        self.view.clone()
+    }
+
+    /// Whether the actor has stopped (after a failed write, or refused by its fence).
+    pub fn is_stopped(&self) -> bool {
+        self.sender.is_closed()
     }
 
     /// Runs `command`; answers once its events are durable. A full queue answers `Busy` at once
@@ -222,7 +233,7 @@ impl SaleHandle {
 pub struct SaleActor {
     sale: Sale,
     spec: Arc<SaleSpec>,
-    log: LogHandle,
+    log: StreamWriter,
     clock: Arc<dyn Clock>,
     limits: Limits,
     receiver: mpsc::Receiver<Request>,
@@ -240,7 +251,7 @@ impl SaleActor {
     pub fn spawn(
         sale: Sale,
         events_since_snapshot: u64,
-        log: LogHandle,
+        log: StreamWriter,
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> SaleHandle {
@@ -279,6 +290,10 @@ impl SaleActor {
                 biased;
                 durable = oldest_durable(&mut self.in_flight), if !self.in_flight.is_empty() => {
                     self.complete_oldest(durable);
+                    if self.stopped {
+                        // Every later caller is told at once that the sale stopped.
+                        return;
+                    }
                     continue;
                 }
                 request = self.receiver.recv(), if room => match request {

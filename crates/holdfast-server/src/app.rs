@@ -83,8 +83,8 @@ pub enum StartError {
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::UnreadableAnswer),
-    #[error("cannot read terminal records: {0}")]
-    Terminals(#[from] serde_json::Error),
+    #[error(transparent)]
+    Terminals(#[from] crate::terminals::TerminalsUnreadable),
 }
 
 fn listen_hint(error: &std::io::Error) -> &'static str {
@@ -201,7 +201,7 @@ impl Application {
         let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
         let idempotency = Idempotency::recover(&rest.values, config.clock.now())?;
         let terminals = Terminals::recover(
-            ledger.log().clone(),
+            ledger.streams().clone(),
             &rest.values,
             &rest.terminal_snapshots,
             config.clock.now(),
@@ -213,7 +213,7 @@ impl Application {
         let settlements = Arc::new(Settlements::recover(
             &rest.values,
             config.payments.clone(),
-            ledger.log().clone(),
+            ledger.streams().clone(),
             config.clock.clone(),
         ));
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);

@@ -6,23 +6,10 @@ use axum::response::{IntoResponse, Response};
 use holdfast_core::{IdentityError, Rejection, SpecError};
 use holdfast_store::StoreError;
 use serde_json::json;
-use thiserror::Error;
 
+use crate::ledger::LedgerError;
 use crate::payments::PaymentError;
 use crate::terminals::TerminalError;
-
-/// Failures of the server's own machinery, as opposed to refusals of a request.
-#[derive(Debug, Error)]
-pub enum LedgerError {
-    #[error("the sale is busy; try again shortly")]
-    Busy,
-    #[error("this server already holds as many sales as it is configured for")]
-    TooManySales,
-    #[error("the ledger cannot write durably: {0}")]
-    Storage(#[from] StoreError),
-    #[error("the sale's ledger stopped after a storage failure")]
-    Stopped,
-}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -169,6 +156,15 @@ impl From<LedgerError> for ApiError {
                 "too_many_sales",
                 "this server already holds its maximum number of sales",
             ),
+            LedgerError::Moved | LedgerError::Storage(StoreError::Fenced { .. }) => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "moved",
+                    "another node serves this now; nothing was changed here: send the same \
+                     request again (with the same Idempotency-Key)",
+                )
+            },
             other => {
                 tracing::error!(error = %other, "ledger unavailable");
                 ApiError::new(

@@ -10,11 +10,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_core::Timestamp;
-use holdfast_store::{Batch, LogHandle};
+use holdfast_store::Batch;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, LedgerError};
+use crate::error::ApiError;
+use crate::ledger::LedgerError;
+use crate::streams::StreamWriter;
 
 const KEY_PREFIX: &str = "idem/";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
@@ -238,7 +240,7 @@ impl InFlightGuard {
     /// such as a till's card payment), then finishes.
     pub async fn finish_durably(
         self,
-        log: &LogHandle,
+        log: &StreamWriter,
         fingerprint: String,
         mut answer: StoredAnswer,
         now: Timestamp,
@@ -271,7 +273,21 @@ impl Idempotency {
         values: &[(String, Vec<u8>)],
         now: Timestamp,
     ) -> Result<Idempotency, UnreadableAnswer> {
-        let mut slots = Slots::default();
+        let idempotency = Idempotency {
+            slots: Arc::new(Mutex::new(Slots::default())),
+            stored_since_prune: Arc::default(),
+        };
+        idempotency.absorb(values, now)?;
+        Ok(idempotency)
+    }
+
+    /// Takes in stored answers (at start-up, or from a stream this node has just taken over).
+    pub fn absorb(
+        &self,
+        values: &[(String, Vec<u8>)],
+        now: Timestamp,
+    ) -> Result<(), UnreadableAnswer> {
+        let mut slots = self.slots.lock().expect("idempotency map");
         for (key, bytes) in values.iter().filter(|(k, _)| k.starts_with(KEY_PREFIX)) {
             let owner = Owner::of_storage_key(key).ok_or_else(|| UnreadableAnswer(key.clone()))?;
             let (fingerprint, answer) =
@@ -286,10 +302,7 @@ impl Idempotency {
             };
             slots.insert(key.clone(), &owner, done);
         }
-        Ok(Idempotency {
-            slots: Arc::new(Mutex::new(slots)),
-            stored_since_prune: Arc::default(),
-        })
+        Ok(())
     }
 
     /// Starts a request under `owner`'s `key`: a replay of the stored answer, a refusal (the

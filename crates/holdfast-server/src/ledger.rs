@@ -1,11 +1,12 @@
-//! All sales: rebuilding them from the log at start-up, creating new ones, finding them.
+//! All sales this process writes: rebuilding them from the log (at start-up, or when this node
+//! takes a sale over from another), creating new ones, finding them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use holdfast_core::{Sale, SaleSnapshot, SaleSpec};
 use holdfast_store::{
-    Batch, GroupCommit, GroupCommitConfig, LogBackend, LogHandle, Record, StoreError,
+    Batch, GroupCommit, GroupCommitConfig, LogBackend, Record, StoreError, StoredRecord,
     StoredSnapshot,
 };
 use thiserror::Error;
@@ -13,9 +14,23 @@ use thiserror::Error;
 use crate::actor::{SaleActor, SaleHandle};
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::error::LedgerError;
 use crate::log_entry::LogEntry;
-use crate::terminals;
+use crate::streams::{StreamKind, Streams};
+
+/// Failures of the server's own machinery, as opposed to refusals of a request.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("the sale is busy; try again shortly")]
+    Busy,
+    #[error("this server already holds as many sales as it is configured for")]
+    TooManySales,
+    #[error("the ledger cannot write durably: {0}")]
+    Storage(#[from] StoreError),
+    #[error("the sale's ledger stopped after a storage failure")]
+    Stopped,
+    #[error("another node holds this now")]
+    Moved,
+}
 
 /// Reasons the server refuses to start: it will not serve from a log it cannot trust.
 #[derive(Debug, Error)]
@@ -28,6 +43,8 @@ pub enum RecoveryError {
     UnknownSale { seq: u64, stream: String },
     #[error("sale '{stream}' is inconsistent after replay: {reason}")]
     Inconsistent { stream: String, reason: String },
+    #[error("stream '{0}' was read back by a node that does not hold it")]
+    NotHeld(String),
 }
 
 pub enum Created {
@@ -39,7 +56,7 @@ pub enum Created {
 pub struct Ledger {
     sales: RwLock<HashMap<String, SaleHandle>>,
     creating: tokio::sync::Mutex<()>,
-    log: LogHandle,
+    streams: Streams,
     clock: Arc<dyn Clock>,
     limits: Limits,
 }
@@ -60,80 +77,18 @@ impl Ledger {
         limits: Limits,
     ) -> Result<(Ledger, RecoveredRest), RecoveryError> {
         let recovery = backend.recover()?;
-        let mut sales: BTreeMap<String, (Sale, u64)> = BTreeMap::new();
-        let mut through: HashMap<String, u64> = HashMap::new();
         let (terminal_snapshots, sale_snapshots): (Vec<_>, Vec<_>) = recovery
             .snapshots
             .into_iter()
-            .partition(|s| s.stream.starts_with(terminals::STREAM_PREFIX));
-        for snapshot in sale_snapshots {
-            let inconsistent = |reason: String| RecoveryError::Inconsistent {
-                stream: snapshot.stream.clone(),
-                reason,
-            };
-            let state: SaleSnapshot = serde_json::from_slice(&snapshot.payload)
-                .map_err(|e| inconsistent(e.to_string()))?;
-            let sale = Sale::restore(state).map_err(inconsistent)?;
-            through.insert(snapshot.stream.clone(), snapshot.through);
-            sales.insert(snapshot.stream, (sale, 0));
-        }
+            .partition(|s| !matches!(StreamKind::of(&s.stream), StreamKind::Sale(_)));
         let replayed = recovery.records.len();
-        for record in recovery.records {
-            // Terminal streams are an audit trail; their state comes from their snapshots.
-            let terminal = record.stream.starts_with(terminals::STREAM_PREFIX);
-            if terminal || record.seq <= through.get(&record.stream).copied().unwrap_or(0) {
-                continue;
-            }
-            let entry =
-                LogEntry::decode(&record.payload).map_err(|e| RecoveryError::Undecodable {
-                    seq: record.seq,
-                    reason: e.to_string(),
-                })?;
-            match entry {
-                LogEntry::SaleCreated { spec } => {
-                    spec.validate().map_err(|e| RecoveryError::Undecodable {
-                        seq: record.seq,
-                        reason: e.to_string(),
-                    })?;
-                    sales.insert(spec.id.clone(), (Sale::new(spec), 1));
-                }
-                LogEntry::Events { events } => {
-                    let Some((sale, since_snapshot)) = sales.get_mut(&record.stream) else {
-                        return Err(RecoveryError::UnknownSale {
-                            seq: record.seq,
-                            stream: record.stream,
-                        });
-                    };
-                    for event in &events {
-                        sale.apply(event);
-                    }
-                    *since_snapshot += events.len() as u64;
-                }
-            }
-        }
-        for (stream, (sale, _)) in &sales {
-            sale.check_deep()
-                .map_err(|reason| RecoveryError::Inconsistent {
-                    stream: stream.clone(),
-                    reason,
-                })?;
-        }
+        let sales = rebuild(sale_snapshots, recovery.records)?;
         tracing::info!(sales = sales.len(), records = replayed, "ledger recovered");
         let log = GroupCommit::spawn(backend, GroupCommitConfig::default());
-        let handles = sales
-            .into_iter()
-            .map(|(id, (sale, since))| {
-                let handle = SaleActor::spawn(sale, since, log.clone(), clock.clone(), limits);
-                (id, handle)
-            })
-            .collect();
-        let ledger = Ledger {
-            sales: RwLock::new(handles),
-            creating: tokio::sync::Mutex::new(()),
-            log,
-            clock,
-            limits,
-        };
+        let ledger = Ledger::empty(Streams::alone(log), clock, limits);
+        for (_, (sale, since)) in sales {
+            ledger.start(sale, since)?;
+        }
         let rest = RecoveredRest {
             values: recovery.values,
             terminal_snapshots,
@@ -141,12 +96,69 @@ impl Ledger {
         Ok((ledger, rest))
     }
 
-    pub fn log(&self) -> &LogHandle {
-        &self.log
+    /// A ledger with no sales yet, writing through `streams`: one node of several, which
+    /// takes sales over one at a time (`adopt`).
+    pub fn empty(streams: Streams, clock: Arc<dyn Clock>, limits: Limits) -> Ledger {
+        Ledger {
+            sales: RwLock::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
+            streams,
+            clock,
+            limits,
+        }
     }
 
+    /// Starts serving a sale this node has just taken over, from its stream as stored. A
+    /// stream with nothing in it (a sale never created) starts nothing.
+    pub fn adopt(
+        &self,
+        stream: &str,
+        snapshot: Option<StoredSnapshot>,
+        records: Vec<StoredRecord>,
+    ) -> Result<(), RecoveryError> {
+        let sales = rebuild(snapshot.into_iter().collect(), records)?;
+        for (id, (sale, since)) in sales {
+            if id == stream {
+                self.start(sale, since)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops serving a sale another node has taken over. Its actor ends once the requests it
+    /// has finish; whatever it still tries to write is refused by its fence.
+    pub fn drop_sale(&self, id: &str) {
+        self.sales.write().expect("sales map").remove(id);
+    }
+
+    fn start(&self, sale: Sale, events_since_snapshot: u64) -> Result<SaleHandle, RecoveryError> {
+        let id = sale.spec().id.clone();
+        let writer = self
+            .streams
+            .writer(&id)
+            .map_err(|_| RecoveryError::NotHeld(id.clone()))?;
+        let handle = SaleActor::spawn(
+            sale,
+            events_since_snapshot,
+            writer,
+            self.clock.clone(),
+            self.limits,
+        );
+        self.sales
+            .write()
+            .expect("sales map")
+            .insert(id, handle.clone());
+        Ok(handle)
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// The sale's actor, unless it has stopped (after a failed write, or on losing its lease).
     pub fn sale(&self, id: &str) -> Option<SaleHandle> {
-        self.sales.read().expect("sales map").get(id).cloned()
+        let sales = self.sales.read().expect("sales map");
+        sales.get(id).filter(|sale| !sale.is_stopped()).cloned()
     }
 
     /// Every sale, as (id, handle).
@@ -179,19 +191,68 @@ impl Ledger {
             }],
             ..Batch::default()
         };
-        self.log.append(batch).await?;
-        let id = spec.id.clone();
-        let handle = SaleActor::spawn(
-            Sale::new(spec),
-            1,
-            self.log.clone(),
-            self.clock.clone(),
-            self.limits,
-        );
-        self.sales
-            .write()
-            .expect("sales map")
-            .insert(id, handle.clone());
+        self.streams.writer(&spec.id)?.append(batch).await?;
+        let handle = self
+            .start(Sale::new(spec), 1)
+            .map_err(|_| LedgerError::Moved)?;
         Ok(Created::New(handle))
     }
+}
+
+/// Rebuilds sales from their snapshots and the records after them (in log order), checking each
+/// deeply. Records of terminal and store streams are an audit trail and are skipped. Answers
+/// each sale with the number of events since its snapshot.
+fn rebuild(
+    snapshots: Vec<StoredSnapshot>,
+    records: Vec<StoredRecord>,
+) -> Result<BTreeMap<String, (Sale, u64)>, RecoveryError> {
+    let mut sales: BTreeMap<String, (Sale, u64)> = BTreeMap::new();
+    let mut through: HashMap<String, u64> = HashMap::new();
+    for snapshot in snapshots {
+        let inconsistent = |reason: String| RecoveryError::Inconsistent {
+            stream: snapshot.stream.clone(),
+            reason,
+        };
+        let state: SaleSnapshot =
+            serde_json::from_slice(&snapshot.payload).map_err(|e| inconsistent(e.to_string()))?;
+        let sale = Sale::restore(state).map_err(inconsistent)?;
+        through.insert(snapshot.stream.clone(), snapshot.through);
+        sales.insert(snapshot.stream, (sale, 0));
+    }
+    for record in records {
+        let sale_stream = matches!(StreamKind::of(&record.stream), StreamKind::Sale(_));
+        if !sale_stream || record.seq <= through.get(&record.stream).copied().unwrap_or(0) {
+            continue;
+        }
+        let undecodable = |reason: String| RecoveryError::Undecodable {
+            seq: record.seq,
+            reason,
+        };
+        match LogEntry::decode(&record.payload).map_err(|e| undecodable(e.to_string()))? {
+            LogEntry::SaleCreated { spec } => {
+                spec.validate().map_err(|e| undecodable(e.to_string()))?;
+                sales.insert(spec.id.clone(), (Sale::new(spec), 1));
+            }
+            LogEntry::Events { events } => {
+                let Some((sale, since_snapshot)) = sales.get_mut(&record.stream) else {
+                    return Err(RecoveryError::UnknownSale {
+                        seq: record.seq,
+                        stream: record.stream,
+                    });
+                };
+                for event in &events {
+                    sale.apply(event);
+                }
+                *since_snapshot += events.len() as u64;
+            }
+        }
+    }
+    for (stream, (sale, _)) in &sales {
+        sale.check_deep()
+            .map_err(|reason| RecoveryError::Inconsistent {
+                stream: stream.clone(),
+                reason,
+            })?;
+    }
+    Ok(sales)
 }

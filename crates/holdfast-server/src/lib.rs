@@ -16,6 +16,7 @@ mod ledger;
 mod log_entry;
 pub mod payments;
 mod settlement;
+mod streams;
 pub mod terminals;
 
 pub use app::{Application, OperatorTokenSource, StartError};

@@ -16,15 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_core::Order;
-use holdfast_store::{Batch, LogHandle};
+use holdfast_store::Batch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::api::wire::hold_id;
 use crate::clock::Clock;
-use crate::error::LedgerError;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::payments::{Authorization, AuthorizeRequest, CURRENCY, PaymentError, PaymentProvider};
+use crate::streams::Streams;
 
 const WATERMARK_KEY: &str = "settled-through/";
 const PENDING_KEY: &str = "settle/";
@@ -53,6 +53,10 @@ struct Pending {
     /// The order it pays for, if any: settling it advances that sale's watermark.
     #[serde(default)]
     order: Option<(String, u64)>,
+    /// The stream it is written into (the sale or the terminal it came from), so the node that
+    /// takes that stream over finds it.
+    #[serde(default)]
+    stream: String,
     #[serde(skip)]
     attempts: u32,
     #[serde(skip)]
@@ -87,60 +91,74 @@ struct State {
     /// By authorization id.
     pending: BTreeMap<String, Pending>,
     watermarks: HashMap<String, Watermark>,
-    /// `settled/<authorization>` markers not yet written.
-    done_unwritten: Vec<String>,
+    /// `settled/<authorization>` markers not yet written, with their streams.
+    done_unwritten: Vec<(String, String)>,
 }
 
 pub struct Settlements {
     state: Mutex<State>,
     payments: Arc<dyn PaymentProvider>,
-    log: LogHandle,
+    streams: Streams,
     clock: Arc<dyn Clock>,
     wake: Notify,
 }
 
-/// Settlement records found in the log's keyed values.
-fn recover_state(values: &[(String, Vec<u8>)]) -> State {
-    let mut state = State::default();
-    let mut done = BTreeSet::new();
-    for (key, bytes) in values {
-        if let Some(sale) = key.strip_prefix(WATERMARK_KEY) {
-            let through = std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            let watermark = Watermark {
-                through,
-                written: through,
-                ..Watermark::default()
-            };
-            state.watermarks.insert(sale.to_owned(), watermark);
-        } else if let Some(authorization) = key.strip_prefix(DONE_KEY) {
-            done.insert(authorization.to_owned());
-        } else if key.starts_with(PENDING_KEY)
-            && let Ok(pending) = serde_json::from_slice::<Pending>(bytes)
-        {
-            state.pending.insert(pending.authorization.clone(), pending);
+impl State {
+    /// Takes in settlement records found among keyed values.
+    fn absorb(&mut self, values: &[(String, Vec<u8>)]) {
+        let mut done = BTreeSet::new();
+        for (key, bytes) in values {
+            if let Some(sale) = key.strip_prefix(WATERMARK_KEY) {
+                let through = std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let watermark = self.watermarks.entry(sale.to_owned()).or_default();
+                watermark.through = watermark.through.max(through);
+                watermark.written = watermark.written.max(through);
+            } else if let Some(authorization) = key.strip_prefix(DONE_KEY) {
+                done.insert(authorization.to_owned());
+            } else if key.starts_with(PENDING_KEY)
+                && let Ok(pending) = serde_json::from_slice::<Pending>(bytes)
+            {
+                self.pending.insert(pending.authorization.clone(), pending);
+            }
         }
+        self.pending.retain(|id, _| !done.contains(id));
     }
-    state.pending.retain(|id, _| !done.contains(id));
-    state
 }
 
 impl Settlements {
     pub fn recover(
         values: &[(String, Vec<u8>)],
         payments: Arc<dyn PaymentProvider>,
-        log: LogHandle,
+        streams: Streams,
         clock: Arc<dyn Clock>,
     ) -> Settlements {
+        let mut state = State::default();
+        state.absorb(values);
         Settlements {
-            state: Mutex::new(recover_state(values)),
+            state: Mutex::new(state),
             payments,
-            log,
+            streams,
             clock,
             wake: Notify::new(),
         }
+    }
+
+    /// Takes in the settlement records of a stream this node has just taken over.
+    pub fn absorb(&self, values: &[(String, Vec<u8>)]) {
+        self.state.lock().expect("settlements").absorb(values);
+        self.wake.notify_one();
+    }
+
+    /// Leaves a stream another node took over to that node: its pending settlements and, for a
+    /// sale, its watermark.
+    pub fn forget(&self, stream: &str) {
+        let mut state = self.state.lock().expect("settlements");
+        state.pending.retain(|_, p| p.stream != stream);
+        state.watermarks.remove(stream);
+        state.done_unwritten.retain(|(s, _)| s != stream);
     }
 
     pub fn payments(&self) -> &dyn PaymentProvider {
@@ -164,6 +182,7 @@ impl Settlements {
             action: Action::Capture,
             idempotency_key: capture_key(sale_id, order),
             order: Some((sale_id.to_owned(), order.id.0)),
+            stream: sale_id.to_owned(),
             attempts: 0,
             next_try: None,
         };
@@ -175,9 +194,11 @@ impl Settlements {
     }
 
     /// Voids an authorisation that paid for nothing. If the network does not take it now, the
-    /// void is written down and retried until it does.
+    /// void is written down (into `stream`, the sale or terminal it came from) and retried
+    /// until it does.
     pub async fn void(
         &self,
+        stream: &str,
         authorization: &str,
         idempotency_key: &str,
     ) -> Result<(), LedgerError> {
@@ -186,6 +207,7 @@ impl Settlements {
             action: Action::Void,
             idempotency_key: idempotency_key.to_owned(),
             order: None,
+            stream: stream.to_owned(),
             attempts: 0,
             next_try: None,
         };
@@ -196,6 +218,7 @@ impl Settlements {
     /// the payment is approved: a capture the network does not take now is kept and retried.
     pub async fn charge(
         &self,
+        stream: &str,
         card_token: String,
         amount: u64,
         idempotency_key: &str,
@@ -212,6 +235,7 @@ impl Settlements {
             action: Action::Capture,
             idempotency_key: idempotency_key.to_owned(),
             order: None,
+            stream: stream.to_owned(),
             attempts: 0,
             next_try: None,
         };
@@ -232,7 +256,7 @@ impl Settlements {
             values: vec![(format!("{PENDING_KEY}{}", pending.authorization), record)],
             ..Batch::default()
         };
-        self.log.append(batch).await?;
+        self.streams.writer(&pending.stream)?.append(batch).await?;
         self.enqueue(pending);
         Ok(())
     }
@@ -325,7 +349,9 @@ impl Settlements {
                         .entry(sale.clone())
                         .or_default()
                         .settle(*order),
-                    None => state.done_unwritten.push(pending.authorization.clone()),
+                    None => state
+                        .done_unwritten
+                        .push((pending.stream.clone(), pending.authorization.clone())),
                 }
             } else if let Some(kept) = state.pending.get_mut(&pending.authorization) {
                 kept.attempts += 1;
@@ -379,6 +405,7 @@ impl Settlements {
                     action: Action::Capture,
                     idempotency_key: capture_key(&sale_id, &order),
                     order: Some((sale_id.clone(), order.id.0)),
+                    stream: sale_id.clone(),
                     attempts: 0,
                     next_try: None,
                 });
@@ -386,35 +413,41 @@ impl Settlements {
         }
     }
 
-    /// Writes the watermarks that moved and the markers of settlements done, in one batch.
+    /// Writes the watermarks that moved and the markers of settlements done: one batch per
+    /// stream they belong to. A stream this node no longer holds is left to its new holder,
+    /// which settles again what it finds unsettled (the same idempotency keys, so harmlessly).
     async fn write_down(&self) -> Result<(), LedgerError> {
-        let values: Vec<(String, Vec<u8>)> = {
+        let by_stream: BTreeMap<String, Vec<(String, Vec<u8>)>> = {
             let mut state = self.state.lock().expect("settlements");
-            let mut values: Vec<(String, Vec<u8>)> = state
-                .done_unwritten
-                .drain(..)
-                .map(|id| (format!("{DONE_KEY}{id}"), Vec::new()))
-                .collect();
+            let mut by_stream: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+            for (stream, id) in state.done_unwritten.drain(..) {
+                let marker = (format!("{DONE_KEY}{id}"), Vec::new());
+                by_stream.entry(stream).or_default().push(marker);
+            }
             for (sale, watermark) in &mut state.watermarks {
                 if watermark.through > watermark.written {
                     watermark.written = watermark.through;
-                    values.push((
+                    by_stream.entry(sale.clone()).or_default().push((
                         format!("{WATERMARK_KEY}{sale}"),
                         watermark.through.to_string().into_bytes(),
                     ));
                 }
             }
-            values
+            by_stream
         };
-        if values.is_empty() {
-            return Ok(());
-        }
-        self.log
-            .append(Batch {
+        for (stream, values) in by_stream {
+            let batch = Batch {
                 values,
                 ..Batch::default()
-            })
-            .await?;
+            };
+            match self.streams.writer(&stream) {
+                Ok(writer) => {
+                    writer.append(batch).await?;
+                }
+                Err(LedgerError::Moved) => {}
+                Err(error) => return Err(error),
+            }
+        }
         Ok(())
     }
 }
@@ -449,6 +482,7 @@ mod tests {
             action: Action::Void,
             idempotency_key: format!("void {id}"),
             order: None,
+            stream: "masks".into(),
             attempts: 0,
             next_try: None,
         };
@@ -464,7 +498,8 @@ mod tests {
             ("settled/a1".to_owned(), Vec::new()),
             ("settled-through/masks".to_owned(), b"41".to_vec()),
         ];
-        let state = recover_state(&values);
+        let mut state = State::default();
+        state.absorb(&values);
         assert_eq!(state.pending.keys().collect::<Vec<_>>(), ["a2"]);
         assert_eq!(state.watermarks["masks"].through, 41);
     }

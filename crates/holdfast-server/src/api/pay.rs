@@ -132,18 +132,15 @@ async fn settle_receivable(
     let key = format!("receivable {terminal} {id} {card}");
     let authorization = state
         .settlements
-        .charge(form.card_token, receivable.amount, &key)
+        .charge(till.stream(), form.card_token, receivable.amount, &key)
         .await?;
-    let settled = till
-        .settle(state.ledger.log(), id, &authorization.id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "receivable_not_found",
-                "no such payment request",
-            )
-        })?;
+    let settled = till.settle(id, &authorization.id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "receivable_not_found",
+            "no such payment request",
+        )
+    })?;
     Ok(paid(
         settled.settled_by.as_deref().unwrap_or_default(),
         settled.amount,

@@ -256,7 +256,7 @@ async fn settle(
             }
             _ => {
                 let key = format!("settle {hold_id}");
-                if let Err(error) = settlements.void(&authorization, &key).await {
+                if let Err(error) = settlements.void(&sale_id, &authorization, &key).await {
                     tracing::error!(%error, %authorization, "a void to retry could not be written down");
                 }
             }

@@ -226,13 +226,7 @@ async fn sync(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now = state.clock.now();
     let outcome = terminal
-        .sync(
-            &state.ledger,
-            state.ledger.log(),
-            &entries,
-            request.report,
-            now,
-        )
+        .sync(&state.ledger, &entries, request.report, now)
         .await?;
     metrics::counter!("holdfast_sync_entries_total").increment(entries.len() as u64);
     let store = state.terminals.stores.get(&terminal.store);
@@ -292,7 +286,7 @@ async fn card_payment(
     let key = format!("terminal {} {}", terminal.id, request.reference);
     let charged = state
         .settlements
-        .charge(request.card_token, amount, &key)
+        .charge(terminal.stream(), request.card_token, amount, &key)
         .await;
     let answer = match charged {
         Ok(authorization) => {
@@ -310,7 +304,7 @@ async fn card_payment(
         Err(other) => return Err(other.into()),
     };
     let answer = guard
-        .finish_durably(state.ledger.log(), fingerprint, answer, state.clock.now())
+        .finish_durably(terminal.writer(), fingerprint, answer, state.clock.now())
         .await?;
     Ok(answer.into_response())
 }

@@ -17,18 +17,16 @@ use holdfast_core::terminal::auth::{self, Authorization, ReplayGuard, SignedRequ
 use holdfast_core::terminal::wire::{SaleTerms, TillReport};
 use holdfast_core::terminal::{ChainHash, Progress};
 use holdfast_core::{Channel, Command, HolderId, Rejection, Reply, SaleSpec, Timestamp};
-use holdfast_store::{Batch, LogHandle, Snapshot, StoredSnapshot};
+use holdfast_store::{Batch, Snapshot, StoredSnapshot};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::error::LedgerError;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
+use crate::streams::{StreamWriter, Streams, terminal_stream};
 pub use stores::{StoreSettings, Stores};
 pub use sync::SyncOutcome;
 
-/// Log streams and values under these prefixes belong to terminals, not sales. Sale ids cannot
-/// contain ':' or '/', so the namespaces cannot collide.
-pub const STREAM_PREFIX: &str = "terminal:";
+/// A terminal's registration is kept under this key (in its own stream's values).
 const REGISTRATION_KEY: &str = "terminal/";
 /// Entries one sync request may carry.
 pub const SYNC_ENTRIES_MAX: usize = 1_000;
@@ -109,6 +107,8 @@ pub struct Terminal {
     pub id: String,
     pub store: String,
     secret: Vec<u8>,
+    /// Appends to this terminal's stream.
+    writer: StreamWriter,
     /// One sync or allotment change at a time per terminal.
     state: tokio::sync::Mutex<SyncState>,
     replay: std::sync::Mutex<ReplayGuard>,
@@ -123,6 +123,15 @@ pub enum AuthRefusal {
     BadSignature,
     #[error(transparent)]
     Refused(#[from] auth::Refused),
+}
+
+/// Terminal records that cannot be read back.
+#[derive(Debug, Error)]
+pub enum TerminalsUnreadable {
+    #[error("a terminal record cannot be read: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("terminal '{0}' was read back by a node that does not hold it")]
+    NotHeld(String),
 }
 
 /// Why a terminal's call about a sale is refused.
@@ -140,13 +149,14 @@ pub struct Terminals {
     registry: RwLock<HashMap<String, Arc<Terminal>>>,
     pub stores: Stores,
     registering: tokio::sync::Mutex<()>,
-    log: LogHandle,
+    streams: Streams,
     /// Requests signed before this are refused: the nonces seen before a restart are gone.
     started_at: Timestamp,
 }
 
+/// A terminal holds allotments under its stream's name.
 fn holder(terminal: &str) -> HolderId {
-    HolderId(format!("{STREAM_PREFIX}{terminal}"))
+    HolderId(terminal_stream(terminal))
 }
 
 /// The terms a till sells a scarce sale under.
@@ -163,45 +173,68 @@ impl Terminals {
     /// Rebuilds registrations and stores (keyed values) and sync progress (the terminal
     /// streams' snapshots, written with every applied batch).
     pub fn recover(
-        log: LogHandle,
+        streams: Streams,
         values: &[(String, Vec<u8>)],
         snapshots: &[StoredSnapshot],
         started_at: Timestamp,
-    ) -> Result<Terminals, serde_json::Error> {
-        let mut registrations = BTreeMap::new();
-        for (key, bytes) in values {
-            if let Some(id) = key.strip_prefix(REGISTRATION_KEY) {
-                registrations.insert(
-                    id.to_owned(),
-                    serde_json::from_slice::<Registration>(bytes)?,
-                );
-            }
-        }
-        let mut progress = HashMap::new();
-        for snapshot in snapshots {
-            if let Some(id) = snapshot.stream.strip_prefix(STREAM_PREFIX) {
-                progress.insert(
-                    id.to_owned(),
-                    serde_json::from_slice::<SyncState>(&snapshot.payload)?,
-                );
-            }
-        }
-        let registry = registrations
-            .into_iter()
-            .map(|(id, registration)| {
-                let state = progress.remove(&id).unwrap_or_default();
-                let secret = hex::decode(&registration.secret).unwrap_or_default();
-                let terminal = Terminal::new(&id, &registration.store, secret, state, started_at);
-                (id, Arc::new(terminal))
-            })
-            .collect();
-        Ok(Terminals {
-            registry: RwLock::new(registry),
-            stores: Stores::recover(log.clone(), values)?,
+    ) -> Result<Terminals, TerminalsUnreadable> {
+        let terminals = Terminals {
+            registry: RwLock::new(HashMap::new()),
+            stores: Stores::recover(streams.clone(), values)?,
             registering: tokio::sync::Mutex::new(()),
-            log,
+            streams,
             started_at,
-        })
+        };
+        for (key, _) in values {
+            if let Some(id) = key.strip_prefix(REGISTRATION_KEY) {
+                let stream = terminal_stream(id);
+                let snapshot = snapshots.iter().find(|s| s.stream == stream);
+                terminals.adopt(id, values, snapshot)?;
+            }
+        }
+        Ok(terminals)
+    }
+
+    /// Starts serving a terminal from its registration (among `values`) and its progress
+    /// snapshot: at start-up, or when this node takes the terminal's stream over.
+    pub fn adopt(
+        &self,
+        id: &str,
+        values: &[(String, Vec<u8>)],
+        snapshot: Option<&StoredSnapshot>,
+    ) -> Result<(), TerminalsUnreadable> {
+        let key = format!("{REGISTRATION_KEY}{id}");
+        let Some((_, bytes)) = values.iter().rev().find(|(k, _)| *k == key) else {
+            return Ok(());
+        };
+        let registration: Registration = serde_json::from_slice(bytes)?;
+        let state = match snapshot {
+            Some(snapshot) => serde_json::from_slice::<SyncState>(&snapshot.payload)?,
+            None => SyncState::default(),
+        };
+        let secret = hex::decode(&registration.secret).unwrap_or_default();
+        let writer = self
+            .streams
+            .writer(&terminal_stream(id))
+            .map_err(|_| TerminalsUnreadable::NotHeld(id.to_owned()))?;
+        let terminal = Terminal::new(
+            id,
+            &registration.store,
+            secret,
+            writer,
+            state,
+            self.started_at,
+        );
+        self.registry
+            .write()
+            .expect("terminal registry")
+            .insert(id.to_owned(), Arc::new(terminal));
+        Ok(())
+    }
+
+    /// Stops serving a terminal another node has taken over.
+    pub fn drop_terminal(&self, id: &str) {
+        self.registry.write().expect("terminal registry").remove(id);
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Terminal>> {
@@ -224,16 +257,12 @@ impl Terminals {
             store: store.to_owned(),
             secret: hex::encode(&secret),
         };
-        let value = serde_json::to_vec(&registration).expect("registrations serialise");
-        let batch = Batch {
-            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
-            ..Batch::default()
-        };
-        self.log.append(batch).await?;
+        let writer = self.write_registration(id, &registration).await?;
         let terminal = Terminal::new(
             id,
             store,
             secret.clone(),
+            writer,
             SyncState::default(),
             self.started_at,
         );
@@ -262,17 +291,13 @@ impl Terminals {
             store: old.store.clone(),
             secret: hex::encode(&secret),
         };
-        let value = serde_json::to_vec(&registration).expect("registrations serialise");
-        let batch = Batch {
-            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
-            ..Batch::default()
-        };
-        self.log.append(batch).await?;
+        let writer = self.write_registration(id, &registration).await?;
         let progress = state.progress();
         let renewed = Terminal::new(
             id,
             &old.store,
             secret.clone(),
+            writer,
             state.clone(),
             self.started_at,
         );
@@ -282,6 +307,22 @@ impl Terminals {
             .insert(id.to_owned(), Arc::new(renewed));
         Ok(Some((hex::encode(secret), progress)))
     }
+
+    /// Writes a terminal's registration into its stream; answers the stream's writer.
+    async fn write_registration(
+        &self,
+        id: &str,
+        registration: &Registration,
+    ) -> Result<StreamWriter, LedgerError> {
+        let value = serde_json::to_vec(registration).expect("registrations serialise");
+        let batch = Batch {
+            values: vec![(format!("{REGISTRATION_KEY}{id}"), value)],
+            ..Batch::default()
+        };
+        let writer = self.streams.writer(&terminal_stream(id))?;
+        writer.append(batch).await?;
+        Ok(writer)
+    }
 }
 
 impl Terminal {
@@ -289,6 +330,7 @@ impl Terminal {
         id: &str,
         store: &str,
         secret: Vec<u8>,
+        writer: StreamWriter,
         state: SyncState,
         started_at: Timestamp,
     ) -> Terminal {
@@ -296,10 +338,21 @@ impl Terminal {
             id: id.to_owned(),
             store: store.to_owned(),
             secret,
+            writer,
             state: tokio::sync::Mutex::new(state),
             replay: std::sync::Mutex::new(ReplayGuard::new(started_at)),
             paying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// This terminal's stream.
+    pub fn stream(&self) -> &str {
+        self.writer.stream()
+    }
+
+    /// Appends to this terminal's stream (answers stored for its payments, …).
+    pub fn writer(&self) -> &StreamWriter {
+        &self.writer
     }
 
     /// Checks a signed request: the cheap time test first, then the signature over the exact
@@ -372,7 +425,6 @@ impl Terminal {
     /// receivable; the existing settlement if it was paid already.
     pub async fn settle(
         &self,
-        log: &LogHandle,
         id: &str,
         authorization: &str,
     ) -> Result<Option<Receivable>, LedgerError> {
@@ -393,7 +445,7 @@ impl Terminal {
             snapshots: vec![self.progress_snapshot(&next)],
             ..Batch::default()
         };
-        log.append(batch).await?;
+        self.writer.append(batch).await?;
         *state = next;
         Ok(Some(settled))
     }
@@ -435,7 +487,7 @@ impl Terminal {
     /// needs to replay the trail.
     fn progress_snapshot(&self, state: &SyncState) -> Snapshot {
         Snapshot {
-            stream: format!("{STREAM_PREFIX}{}", self.id),
+            stream: self.writer.stream().to_owned(),
             payload: serde_json::to_vec(state).expect("progress serialises"),
         }
     }

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use holdfast_core::terminal::wire::{OfflineCardLimits, StoreCatalogue};
-use holdfast_store::{Batch, LogHandle};
+use holdfast_store::Batch;
 
-use crate::error::LedgerError;
+use crate::ledger::LedgerError;
+use crate::streams::{Streams, store_stream};
 
 const LIMITS_KEY: &str = "store-limits/";
 const CATALOGUE_KEY: &str = "store-catalogue/";
@@ -19,14 +20,27 @@ pub struct StoreSettings {
     pub catalogue: Option<StoreCatalogue>,
 }
 
+/// Each store's settings are written into the store's own stream (`store:<id>`): one writer at
+/// a time, so catalogue versions never fork.
 pub struct Stores {
     settings: RwLock<HashMap<String, StoreSettings>>,
-    log: LogHandle,
+    streams: Streams,
 }
 
 impl Stores {
-    pub fn recover(log: LogHandle, values: &[(String, Vec<u8>)]) -> serde_json::Result<Stores> {
-        let mut settings: HashMap<String, StoreSettings> = HashMap::new();
+    pub fn recover(streams: Streams, values: &[(String, Vec<u8>)]) -> serde_json::Result<Stores> {
+        let stores = Stores {
+            settings: RwLock::new(HashMap::new()),
+            streams,
+        };
+        stores.absorb(values)?;
+        Ok(stores)
+    }
+
+    /// Takes in settings as stored (at start-up, or read back from a store's stream when
+    /// another node may have changed them).
+    pub fn absorb(&self, values: &[(String, Vec<u8>)]) -> serde_json::Result<()> {
+        let mut settings = self.settings.write().expect("stores");
         for (key, bytes) in values {
             if let Some(store) = key.strip_prefix(LIMITS_KEY) {
                 settings
@@ -38,10 +52,7 @@ impl Stores {
                     Some(serde_json::from_slice(bytes)?);
             }
         }
-        Ok(Stores {
-            settings: RwLock::new(settings),
-            log,
-        })
+        Ok(())
     }
 
     pub fn get(&self, store: &str) -> StoreSettings {
@@ -60,7 +71,8 @@ impl Stores {
         limits: OfflineCardLimits,
     ) -> Result<(), LedgerError> {
         let value = serde_json::to_vec(&limits).expect("limits serialise");
-        self.write(format!("{LIMITS_KEY}{store}"), value).await?;
+        self.write(store, format!("{LIMITS_KEY}{store}"), value)
+            .await?;
         self.settings
             .write()
             .expect("stores")
@@ -83,7 +95,8 @@ impl Stores {
             .map_or(0, |current| current.version);
         catalogue.version = version + 1;
         let value = serde_json::to_vec(&catalogue).expect("catalogues serialise");
-        self.write(format!("{CATALOGUE_KEY}{store}"), value).await?;
+        self.write(store, format!("{CATALOGUE_KEY}{store}"), value)
+            .await?;
         self.settings
             .write()
             .expect("stores")
@@ -93,12 +106,13 @@ impl Stores {
         Ok(catalogue)
     }
 
-    async fn write(&self, key: String, value: Vec<u8>) -> Result<(), LedgerError> {
+    async fn write(&self, store: &str, key: String, value: Vec<u8>) -> Result<(), LedgerError> {
         let batch = Batch {
             values: vec![(key, value)],
             ..Batch::default()
         };
-        self.log.append(batch).await?;
+        let writer = self.streams.writer(&store_stream(store))?;
+        writer.append(batch).await?;
         Ok(())
     }
 }

@@ -8,11 +8,11 @@ use holdfast_core::terminal::entry::{EntryBody, EntryEffects};
 use holdfast_core::terminal::wire::TillReport;
 use holdfast_core::terminal::{ChainHash, JournalEntry, Progress};
 use holdfast_core::{Command, Reply, Timestamp};
-use holdfast_store::{Batch, LogHandle, Record};
+use holdfast_store::{Batch, Record};
 
-use super::{Noted, PendingTransfer, Receivable, STREAM_PREFIX, SyncState, Terminal, holder};
-use crate::error::{LedgerError, rejection_message};
-use crate::ledger::Ledger;
+use super::{Noted, PendingTransfer, Receivable, SyncState, Terminal, holder};
+use crate::error::rejection_message;
+use crate::ledger::{Ledger, LedgerError};
 
 /// Units a till keeps of a sale whose pool has run dry; the rest it is asked to give back, so
 /// web shoppers are not told "sold out" while units sit in a drawer.
@@ -54,7 +54,6 @@ impl Terminal {
     pub async fn sync(
         &self,
         ledger: &Ledger,
-        log: &LogHandle,
         batch: &[JournalEntry],
         report: Option<TillReport>,
         now: Timestamp,
@@ -123,7 +122,7 @@ impl Terminal {
             Vec::new()
         } else {
             vec![Record {
-                stream: format!("{STREAM_PREFIX}{}", self.id),
+                stream: self.writer.stream().to_owned(),
                 payload: serde_json::to_vec(&trail).expect("entries serialise"),
             }]
         };
@@ -132,7 +131,7 @@ impl Terminal {
             snapshots: vec![self.progress_snapshot(&next)],
             ..Batch::default()
         };
-        log.append(batch).await?;
+        self.writer.append(batch).await?;
         *state = next;
         Ok(self.outcome(&state, progress, stopped, quarantined, flagged, give_back))
     }
