@@ -1,9 +1,13 @@
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::time::Timestamp;
 
-/// Why the core refused a command. Refusals change nothing in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// Why the core refused a command. Refusals change nothing in the ledger. They travel between
+/// nodes (a till's allotment asked of a sale served elsewhere), hence serde.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum Rejection {
     #[error("the sale has not opened yet; it opens at {} ms after 1970-01-01 UTC", opens_at.0)]
     NotOpenYet { opens_at: Timestamp },
@@ -24,13 +28,13 @@ pub enum Rejection {
     #[error("the hold is already confirmed as an order and cannot be released")]
     HoldConfirmed,
     #[error("the {channel} share was already released to the common pool")]
-    ShareAlreadyReleased { channel: &'static str },
+    ShareAlreadyReleased { channel: Cow<'static, str> },
     #[error("holder has only {allotted} unit(s) allotted")]
     AllotmentExceeded { allotted: u32 },
     #[error("this sale has a waiting room: join the queue and hold with the admission pass")]
     PassRequired,
     #[error("the admission pass cannot be used: {reason}")]
-    PassInvalid { reason: &'static str },
+    PassInvalid { reason: Cow<'static, str> },
     #[error("this sale has no waiting room; hold directly")]
     NoQueue,
     #[error("the waiting room is full")]

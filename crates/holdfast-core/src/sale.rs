@@ -495,7 +495,9 @@ impl Sale {
         } else {
             return Ok(());
         };
-        Err(Rejection::PassInvalid { reason })
+        Err(Rejection::PassInvalid {
+            reason: reason.into(),
+        })
     }
 
     fn decide_join(
@@ -558,7 +560,7 @@ impl Sale {
             Command::ReleaseChannelShare { channel } => {
                 if self.share_released[channel.index()] {
                     return Err(Rejection::ShareAlreadyReleased {
-                        channel: channel.name(),
+                        channel: channel.name().into(),
                     });
                 }
                 let quantity = self.shares[channel.index()];

@@ -142,7 +142,7 @@ fn a_hold_needs_a_valid_unused_pass() {
     assert_eq!(
         replayed,
         Err(Rejection::PassInvalid {
-            reason: "this pass was already used"
+            reason: "this pass was already used".into()
         })
     );
 }
@@ -166,7 +166,7 @@ fn an_unused_pass_expires_and_its_room_admits_the_next_person() {
     assert_eq!(
         late,
         Err(Rejection::PassInvalid {
-            reason: "this pass expired"
+            reason: "this pass expired".into()
         })
     );
 }

@@ -2,11 +2,11 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::body::Body;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,43 +17,15 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
-use crate::clock::Clock;
+use crate::cluster::{BATCH_PATH, Cluster, ClusterConfig};
 use crate::config::{Config, Limits};
 use crate::idempotency::Idempotency;
 use crate::ledger::{Ledger, RecoveryError};
-use crate::payments::PaymentProvider;
 use crate::settlement::Settlements;
+use crate::state::{AppInner, AppState};
+use crate::streams::{Leases, Streams};
 use crate::terminals::Terminals;
-
-pub struct AppInner {
-    pub ledger: Arc<Ledger>,
-    pub terminals: Terminals,
-    pub tokens: TokenKeys,
-    pub operator_token: String,
-    pub clock: Arc<dyn Clock>,
-    pub payments: Arc<dyn PaymentProvider>,
-    pub settlements: Arc<Settlements>,
-    pub idempotency: Idempotency,
-    pub limits: Limits,
-    pub metrics: PrometheusHandle,
-    /// The `Date` header, formatted once a second.
-    pub http_date: crate::api::HttpDate,
-    /// One permit per write request in flight (see `api::overload`).
-    pub write_permits: Arc<tokio::sync::Semaphore>,
-    /// One permit per terminal sync in flight: a reconnect storm gets a slice, not everything.
-    pub sync_permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// The one state struct every handler gets.
-#[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-impl Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
+use holdfast_store::{GroupCommit, GroupCommitConfig};
 
 /// Why the server does not start. Each names what to fix: the path or the address, and why.
 #[derive(Debug, Error)]
@@ -81,6 +53,13 @@ pub enum StartError {
     },
     #[error("cannot recover the ledger: {0}")]
     Recovery(#[from] RecoveryError),
+    #[error("cannot use the database: {0}")]
+    Database(holdfast_store::StoreError),
+    #[error(
+        "several nodes share one operator token: give it to each (HOLDFAST_OPERATOR_TOKEN, or \
+         --operator-token-file)"
+    )]
+    OperatorTokenNeeded,
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::UnreadableAnswer),
     #[error(transparent)]
@@ -113,16 +92,39 @@ pub enum OperatorTokenSource {
 
 const OPERATOR_TOKEN_FILE: &str = "operator-token";
 
+/// What the two ways of starting hand to `assemble`.
+struct Parts {
+    ledger: Ledger,
+    values: Vec<(String, Vec<u8>)>,
+    terminal_snapshots: Vec<holdfast_store::StoredSnapshot>,
+    tokens: TokenKeys,
+    operator_token: (String, OperatorTokenSource),
+    cluster: Option<Arc<Cluster>>,
+    data_lock: Option<File>,
+}
+
+/// The address other nodes reach this one at, when none is given: the listening one, with
+/// "any address" read as this machine.
+fn advertised(listening: SocketAddr) -> String {
+    let mut address = listening;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{address}")
+}
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    state: AppState,
     operator_token: String,
     operator_token_source: OperatorTokenSource,
     limits: Limits,
-    /// Tells background workers (payment settlement) to stop when serving ends.
+    /// Tells background workers (payment settlement, leases, views) to stop when serving ends.
     stop_workers: tokio::sync::watch::Sender<bool>,
     /// Held open for the server's lifetime: its lock keeps a second server off the same data.
-    _data_lock: File,
+    /// Several nodes keep no data of their own.
+    _data_lock: Option<File>,
 }
 
 /// Prometheus allows one global recorder per process; tests build many servers in one.
@@ -183,6 +185,14 @@ impl Application {
                     address: config.listen,
                     source,
                 })?;
+        match config.cluster.clone() {
+            None => Application::alone(listener, config).await,
+            Some(cluster) => Application::one_of_several(listener, config, cluster).await,
+        }
+    }
+
+    /// One process on the embedded log in its data directory.
+    async fn alone(listener: TcpListener, config: Config) -> Result<Application, StartError> {
         let data = &config.data_dir;
         let data_error = |source| StartError::DataDir {
             path: data.clone(),
@@ -199,57 +209,143 @@ impl Application {
                 source,
             })?;
         let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
-        let idempotency = Idempotency::recover(&rest.values, config.clock.now())?;
-        let terminals = Terminals::recover(
-            ledger.streams().clone(),
-            &rest.values,
-            &rest.terminal_snapshots,
-            config.clock.now(),
-        )?;
         let tokens = TokenKeys::load_or_create(data).map_err(data_error)?;
-        let (operator_token, operator_token_source) =
+        let (operator_token, source) =
             operator_token(config.operator_token.clone(), data).map_err(data_error)?;
-        let ledger = Arc::new(ledger);
+        let parts = Parts {
+            ledger,
+            values: rest.values,
+            terminal_snapshots: rest.terminal_snapshots,
+            tokens,
+            operator_token: (operator_token, source),
+            cluster: None,
+            data_lock: Some(data_lock),
+        };
+        Application::assemble(listener, config, parts)
+    }
+
+    /// One node of several on PostgreSQL: nothing is read at start-up; the node takes sales,
+    /// terminals and stores over as requests for them arrive or their holders' time runs out.
+    async fn one_of_several(
+        listener: TcpListener,
+        config: Config,
+        mut cluster_config: ClusterConfig,
+    ) -> Result<Application, StartError> {
+        let operator_token = config
+            .operator_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(StartError::OperatorTokenNeeded)?;
+        if cluster_config.advertise.is_empty() {
+            cluster_config.advertise =
+                advertised(listener.local_addr().map_err(|source| StartError::Listen {
+                    address: config.listen,
+                    source,
+                })?);
+        }
+        let node = crate::cluster::node_name();
+        let cluster = Cluster::join(&cluster_config, node.clone())
+            .await
+            .map_err(StartError::Database)?;
+        let cluster = Arc::new(cluster);
+        let url = cluster_config.database_url.clone();
+        let writer =
+            tokio::task::spawn_blocking(move || holdfast_store::PgLog::connect(&url, &node))
+                .await
+                .expect("connecting the log writer does not panic")
+                .map_err(StartError::Database)?;
+        let log = GroupCommit::spawn(writer, GroupCommitConfig::default());
+        let leases: Arc<dyn Leases> = cluster.clone();
+        let streams = Streams::shared(log, leases);
+        let ledger = Ledger::empty(streams, config.clock.clone(), config.limits);
+        let secret = cluster
+            .store
+            .shared_secret("token-secret", &crate::auth::random_secret())
+            .await
+            .map_err(StartError::Database)?;
+        let values = cluster
+            .store
+            .global_values()
+            .await
+            .map_err(StartError::Database)?;
+        let parts = Parts {
+            ledger,
+            values,
+            terminal_snapshots: Vec::new(),
+            tokens: TokenKeys::from_secret(&secret),
+            operator_token: (operator_token, OperatorTokenSource::Configured),
+            cluster: Some(cluster),
+            data_lock: None,
+        };
+        Application::assemble(listener, config, parts)
+    }
+
+    /// The state every handler shares, its background workers, and the router.
+    fn assemble(
+        listener: TcpListener,
+        config: Config,
+        parts: Parts,
+    ) -> Result<Application, StartError> {
+        let now = config.clock.now();
+        let streams = parts.ledger.streams().clone();
+        let idempotency = Idempotency::recover(&parts.values, now)?;
+        let terminals = Terminals::recover(
+            streams.clone(),
+            &parts.values,
+            &parts.terminal_snapshots,
+            now,
+        )?;
+        let ledger = Arc::new(parts.ledger);
         let settlements = Arc::new(Settlements::recover(
-            &rest.values,
+            &parts.values,
             config.payments.clone(),
-            ledger.streams().clone(),
+            streams,
             config.clock.clone(),
         ));
-        let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
-        tokio::spawn(settlements.clone().run(
-            ledger.clone(),
-            config.limits.settlement_retry_every,
-            workers_stop,
-        ));
+        let (operator_token, operator_token_source) = parts.operator_token;
         let state = AppState(Arc::new(AppInner {
-            ledger,
-            settlements,
+            ledger: ledger.clone(),
+            settlements: settlements.clone(),
             terminals,
-            tokens,
+            tokens: parts.tokens,
             operator_token: operator_token.clone(),
             clock: config.clock,
             payments: config.payments,
             idempotency,
             limits: config.limits,
             metrics: prometheus(),
-            http_date: crate::api::HttpDate::default(),
             write_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.writes_in_flight_max,
             )),
             sync_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.syncs_in_flight_max,
             )),
+            cluster: parts.cluster,
         }));
-        let router = crate::api::router(state);
+        let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(settlements.run(
+            ledger,
+            config.limits.settlement_retry_every,
+            workers_stop.clone(),
+        ));
+        if let Some(cluster) = state.cluster.clone() {
+            tokio::spawn(crate::workers::keep_leases(
+                state.clone(),
+                cluster.clone(),
+                workers_stop.clone(),
+            ));
+            tokio::spawn(crate::workers::follow_views(cluster, workers_stop));
+        }
+        let router = crate::api::router(state.clone());
         Ok(Application {
             listener,
             router,
+            state,
             limits: config.limits,
             stop_workers,
             operator_token,
             operator_token_source,
-            _data_lock: data_lock,
+            _data_lock: parts.data_lock,
         })
     }
 
@@ -280,6 +376,7 @@ impl Application {
         let Application {
             listener,
             router,
+            state,
             limits,
             stop_workers,
             _data_lock,
@@ -296,7 +393,7 @@ impl Application {
             let Some((stream, permit)) = accepted else {
                 continue;
             };
-            let service = TowerToHyperService::new(router.clone());
+            let service = TowerToHyperService::new(node_service(router.clone(), state.clone()));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
@@ -311,8 +408,35 @@ impl Application {
         drop(listener);
         graceful.shutdown().await;
         let _ = stop_workers.send(true);
+        if let Some(cluster) = &state.cluster {
+            // The others need not wait for this node's leases to run out.
+            cluster.release_all().await;
+        }
         Ok(())
     }
+}
+
+/// The router, and on several nodes the batches other nodes hand over (served outside the
+/// router, since they run requests through it).
+fn node_service(
+    router: Router,
+    state: AppState,
+) -> impl tower::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (router, state) = (router.clone(), state.clone());
+        async move {
+            let request = request.map(Body::new);
+            if state.cluster.is_some() && request.uri().path() == BATCH_PATH {
+                return Ok(crate::api::internal::serve_batch(router, state, request).await);
+            }
+            tower::ServiceExt::oneshot(router, request).await
+        }
+    })
 }
 
 /// The next connection, once there is room for it. Errors accepting (a client that reset

@@ -15,8 +15,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 const SECRET_FILE: &str = "token-secret";
 const SECRET_BYTES: usize = 32;
@@ -97,8 +97,7 @@ impl TokenKeys {
                 )));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = vec![0u8; SECRET_BYTES];
-                rand::rng().fill_bytes(&mut bytes);
+                let bytes = random_secret();
                 write_private(&path, &bytes)?;
                 bytes
             }
@@ -168,6 +167,13 @@ impl TokenKeys {
         .ok()?;
         Some((shopper, expires_at))
     }
+}
+
+/// A fresh signing secret.
+pub fn random_secret() -> Vec<u8> {
+    let mut bytes = vec![0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
 }
 
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

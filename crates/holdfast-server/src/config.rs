@@ -16,6 +16,9 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     pub payments: Arc<dyn PaymentProvider>,
     pub limits: Limits,
+    /// Several nodes on one PostgreSQL database; `None` is one process on the embedded log in
+    /// `data_dir`.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Named bounds on every queue and batch.
@@ -79,6 +82,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             payments: Arc::new(SimulatedAcquirer::default()),
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }

@@ -165,6 +165,15 @@ impl From<LedgerError> for ApiError {
                      request again (with the same Idempotency-Key)",
                 )
             },
+            LedgerError::NodeUnreachable => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unreachable",
+                    "the node serving this did not answer, so whether it took effect is not \
+                     known: send the same request again (with the same Idempotency-Key)",
+                )
+            },
             other => {
                 tracing::error!(error = %other, "ledger unavailable");
                 ApiError::new(

@@ -30,6 +30,10 @@ pub enum LedgerError {
     Stopped,
     #[error("another node holds this now")]
     Moved,
+    #[error("the node serving this did not answer")]
+    NodeUnreachable,
+    #[error("what is stored of this cannot be read back: {0}")]
+    Unreadable(String),
 }
 
 /// Reasons the server refuses to start: it will not serve from a log it cannot trust.

@@ -466,6 +466,20 @@ impl PgStore {
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
+    /// Streams whose holders' time has run out, other than `node`'s (a few hundred at a time).
+    pub async fn vacant_streams(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT stream FROM lease WHERE expires_at < now() AND node <> $1
+                 ORDER BY expires_at LIMIT 500",
+                &[&node],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
     /// Lets `node`'s leases go at once (a clean shutdown), so another node need not wait.
     pub async fn release(&self, node: &str, held: &[(String, u64)]) -> Result<(), StoreError> {
         let client = self.client().await?;

@@ -14,8 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The slowest rate a body may arrive at beyond the base deadline: a till's full sync batch
 /// over a poor mobile line still makes it, a trickle does not.
@@ -25,7 +25,8 @@ const BODY_BYTES_PER_S_MIN: u64 = 16 * 1024;
 /// call a small JSON document.
 fn body_bytes_max(state: &AppState, path: &str) -> usize {
     let is_sync = path.starts_with("/v1/terminals/") && path.ends_with("/sync");
-    if is_sync {
+    // A sale call from another node carries a sync's worth of entries for one sale.
+    if is_sync || path.starts_with("/internal/") {
         crate::terminals::SYNC_BODY_BYTES_MAX
     } else {
         state.limits.body_bytes_max
@@ -71,7 +72,7 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     // whose clock is wrong still gets in.
     response
         .headers_mut()
-        .insert(header::DATE, state.http_date.at(state.clock.now()));
+        .insert(header::DATE, HTTP_DATE.at(state.clock.now()));
     if let Some((method, path, started)) = logged {
         let status = response.status().as_u16();
         let micros = started.elapsed().as_micros();
@@ -116,14 +117,18 @@ async fn read_whole_body(state: &AppState, request: Request) -> Result<Request, 
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// The `Date` header value, formatted once a second rather than once an answer.
-#[derive(Default)]
-pub struct HttpDate {
+/// The `Date` header value, formatted once a second rather than once an answer (keyed by the
+/// second, so servers with clocks of their own, as in tests, can share it).
+static HTTP_DATE: HttpDate = HttpDate {
+    cached: std::sync::Mutex::new(None),
+};
+
+struct HttpDate {
     cached: std::sync::Mutex<Option<(i64, HeaderValue)>>,
 }
 
 impl HttpDate {
-    pub fn at(&self, now: holdfast_core::Timestamp) -> HeaderValue {
+    fn at(&self, now: holdfast_core::Timestamp) -> HeaderValue {
         let second = now.0.div_euclid(1000);
         let mut cached = self.cached.lock().expect("date cache");
         if let Some((at, value)) = &*cached

@@ -2,11 +2,12 @@
 
 mod edge;
 mod extract;
-pub use edge::HttpDate;
+pub(crate) mod internal;
 mod ops;
 pub(crate) mod overload;
 mod pay;
 mod queue;
+mod route;
 mod sales;
 mod shopper;
 mod terminals;
@@ -16,17 +17,18 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(sales::router())
         .merge(shopper::router())
         .merge(ops::router())
         .merge(queue::router())
         .merge(terminals::router())
         .merge(pay::router())
+        .merge(internal::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -36,7 +38,15 @@ pub fn router(state: AppState) -> Router {
             )
         })
         // `edge` has read every body whole within its bound already.
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::disable());
+    if state.cluster.is_some() {
+        // Only several nodes need it; alone, a request costs no layer more.
+        router = router.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route::route,
+        ));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             edge::edge,

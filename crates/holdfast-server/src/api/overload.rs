@@ -18,8 +18,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// One of the server's `writes_in_flight_max` slots, held until the handler returns.
 pub struct WriteSlot {

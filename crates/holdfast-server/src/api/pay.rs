@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use super::extract::ApiPath;
 use super::overload::WriteSlot;
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::idempotency::fingerprint;
+use crate::state::AppState;
 use crate::terminals::{Receivable, Terminal};
 
 pub fn router() -> Router<AppState> {

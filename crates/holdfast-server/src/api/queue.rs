@@ -16,9 +16,9 @@ use super::overload::WriteSlot;
 use super::sales::find_sale;
 use super::wire::{format_time, parse_channel};
 use crate::actor::SaleView;
-use crate::app::AppState;
 use crate::auth::{Customer, Place};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// How long a ticket stays valid after the sale opens.
 const TICKET_LIFE_MILLIS: u64 = 30 * 24 * 3_600_000;
@@ -208,7 +208,10 @@ async fn poll(
                 "this ticket is not valid for you and this sale",
             )
         })?;
-    let view = find_sale(&state, &sale_id)?.view();
+    // Here, or as the sale's holder last published it (see `api::route`).
+    let view = state.sale_view(&sale_id).ok_or_else(|| {
+        ApiError::not_found("sale_not_found", format!("no sale with id '{sale_id}'"))
+    })?;
     Ok(Json(answer(&state, &view, &place, ticket, now)))
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use holdfast_core::{Command, STOCK_MAX, Shopper};
+use holdfast_core::{Command, STOCK_MAX, Shopper, is_valid_sale_id};
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath};
@@ -16,10 +16,10 @@ use super::wire::{
     in_range, parse_channel, parse_order_id, sale_body,
 };
 use crate::actor::SaleHandle;
-use crate::app::AppState;
 use crate::auth::{Caller, CustomerIdentity, Operator};
 use crate::error::ApiError;
 use crate::ledger::Created;
+use crate::state::AppState;
 
 const ORDERS_PAGE_DEFAULT: usize = 100;
 const ORDERS_PAGE_MAX: usize = 1_000;
@@ -62,6 +62,11 @@ async fn create_sale(
     _slot: WriteSlot,
     ApiJson(body): ApiJson<CreateSale>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Several nodes: this one takes the new sale's stream (or reads back the sale another
+    // node made under that id).
+    if is_valid_sale_id(&body.id) {
+        state.place(&body.id, true).await?;
+    }
     // A retry of the same creation must compare equal, so it reuses the existing sale's seed.
     let existing_seed = state
         .ledger
@@ -69,7 +74,10 @@ async fn create_sale(
         .and_then(|s| s.view().spec.lottery_seed);
     let spec = body.into_spec(existing_seed.unwrap_or_else(random_seed))?;
     match state.ledger.create(spec.clone()).await? {
-        Created::New(sale) => Ok((StatusCode::CREATED, sale_json(&state, &sale))),
+        Created::New(sale) => {
+            state.publish_views(&spec.id);
+            Ok((StatusCode::CREATED, sale_json(&state, &sale)))
+        }
         // Creating the same sale again is a retry: answer as before, change nothing.
         Created::Existing(sale) if *sale.view().spec == spec => {
             Ok((StatusCode::OK, sale_json(&state, &sale)))

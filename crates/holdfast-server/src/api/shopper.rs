@@ -16,11 +16,11 @@ use super::wire::{
     parse_hold_id, parse_order_id, render_confirm, render_hold,
 };
 use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
-use crate::app::AppState;
 use crate::auth::{Caller, Customer};
 use crate::error::ApiError;
 use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
 use crate::payments::{AuthorizeRequest, CURRENCY};
+use crate::state::AppState;
 
 const CARD_TOKEN_LEN_MAX: usize = 256;
 
@@ -140,7 +140,7 @@ fn pass_position(
         .map(|p| p.n)
         .ok_or_else(|| {
             ApiError::from(holdfast_core::Rejection::PassInvalid {
-                reason: "the pass is forged, expired, or not yours",
+                reason: "the pass is forged, expired, or not yours".into(),
             })
         })
 }

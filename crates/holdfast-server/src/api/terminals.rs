@@ -20,13 +20,13 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::overload::WriteSlot;
-use super::sales::find_sale;
 use super::wire::{format_time, in_range};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
+use crate::state::AppState;
+use crate::streams::{store_stream, terminal_stream};
 use crate::terminals::{AuthRefusal, SYNC_ENTRIES_MAX, Terminal, TerminalView};
 
 pub fn router() -> Router<AppState> {
@@ -71,6 +71,9 @@ async fn register(
             "terminal_id must be 1-64 letters, digits, '-' or '_', and store must be given",
         ));
     }
+    state
+        .place(&terminal_stream(&body.terminal_id), true)
+        .await?;
     match state
         .terminals
         .register(&body.terminal_id, &body.store)
@@ -189,7 +192,7 @@ async fn allotments(
     let request: AllotmentRequest = parse(&body)?;
     let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
     let (granted, terms) = terminal
-        .set_allotment(&state.ledger, &request.sale_id, target)
+        .set_allotment(state.0.as_ref(), &request.sale_id, target)
         .await?;
     Ok(Json(AllotmentAnswer {
         sale_id: request.sale_id,
@@ -226,10 +229,10 @@ async fn sync(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now = state.clock.now();
     let outcome = terminal
-        .sync(&state.ledger, &entries, request.report, now)
+        .sync(state.0.as_ref(), &entries, request.report, now)
         .await?;
     metrics::counter!("holdfast_sync_entries_total").increment(entries.len() as u64);
-    let store = state.terminals.stores.get(&terminal.store);
+    let store = state.store_settings(&terminal.store).await?;
     let catalogue = store
         .catalogue
         .filter(|c| c.version > request.catalogue_version);
@@ -342,6 +345,7 @@ async fn set_store_limits(
         )? as u32,
         age_max_hours: in_range("age_max_hours", body.age_max_hours, 1, 7 * 24)? as u32,
     };
+    state.place(&store_stream(&store), true).await?;
     state.terminals.stores.set_limits(&store, limits).await?;
     Ok(Json(json!({"store": store, "offline_card_limits": limits})))
 }
@@ -444,8 +448,10 @@ async fn set_catalogue(
             )));
         }
         if let Some(sale_id) = &item.sale_id {
-            let sale = find_sale(&state, sale_id)?;
-            item.price = sale.view().spec.price;
+            let sale = state.sale_view(sale_id).ok_or_else(|| {
+                ApiError::not_found("sale_not_found", format!("no sale with id '{sale_id}'"))
+            })?;
+            item.price = sale.spec.price;
         }
         items.push(item);
     }
@@ -455,6 +461,7 @@ async fn set_catalogue(
             "business_number and bank_account must be short text".into(),
         ));
     }
+    state.place(&store_stream(&store), true).await?;
     let catalogue = StoreCatalogue {
         version: 0,
         items,

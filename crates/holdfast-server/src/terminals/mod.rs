@@ -7,6 +7,7 @@
 //! the terminal's progress made durable and acknowledged. A crash between the two is safe: the
 //! terminal resends, the sale ignores an entry it already applied, and progress catches up.
 
+mod desk;
 mod stores;
 mod sync;
 
@@ -16,13 +17,14 @@ use std::sync::{Arc, RwLock};
 use holdfast_core::terminal::auth::{self, Authorization, ReplayGuard, SignedRequest};
 use holdfast_core::terminal::wire::{SaleTerms, TillReport};
 use holdfast_core::terminal::{ChainHash, Progress};
-use holdfast_core::{Channel, Command, HolderId, Rejection, Reply, SaleSpec, Timestamp};
+use holdfast_core::{HolderId, Rejection, SaleSpec, Timestamp};
 use holdfast_store::{Batch, Snapshot, StoredSnapshot};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::LedgerError;
 use crate::streams::{StreamWriter, Streams, terminal_stream};
+pub use desk::{Pending, SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome, serve_sale_call};
 pub use stores::{StoreSettings, Stores};
 pub use sync::SyncOutcome;
 
@@ -384,37 +386,19 @@ impl Terminal {
     /// terms, which the till sells under while offline.
     pub async fn set_allotment(
         &self,
-        ledger: &Ledger,
+        sales: &dyn SaleDesk,
         sale_id: &str,
         target: u32,
     ) -> Result<(u32, SaleTerms), TerminalError> {
         let _exclusive = self.state.lock().await;
-        let sale = ledger
-            .sale(sale_id)
-            .ok_or_else(|| TerminalError::UnknownSale(sale_id.to_owned()))?;
-        let terms = terms(&sale.view().spec);
-        let holder = holder(&self.id);
-        let current = {
-            let holder = holder.clone();
-            sale.read(move |s| s.allotment(&holder)).await?
+        let call = SaleCall::SetAllotment {
+            holder: holder(&self.id),
+            target,
         };
-        let command = match target.cmp(&current) {
-            std::cmp::Ordering::Equal => return Ok((current, terms)),
-            std::cmp::Ordering::Greater => Command::ClaimAllotment {
-                holder,
-                channel: Channel::Store,
-                quantity: target - current,
-            },
-            std::cmp::Ordering::Less => Command::ReturnAllotment {
-                holder,
-                quantity: current - target,
-            },
-        };
-        let held = match sale.execute(command, None).await?.outcome? {
-            Reply::Granted { quantity } => current + quantity,
-            _ => target,
-        };
-        Ok((held, terms))
+        match sales.call(sale_id, call).await? {
+            SaleCallAnswer::Allotment(held) => Ok(held?),
+            _ => Err(TerminalError::UnknownSale(sale_id.to_owned())),
+        }
     }
 
     pub async fn receivable(&self, id: &str) -> Option<Receivable> {

@@ -7,12 +7,13 @@ use holdfast_core::terminal::auth;
 use holdfast_core::terminal::entry::{EntryBody, EntryEffects};
 use holdfast_core::terminal::wire::TillReport;
 use holdfast_core::terminal::{ChainHash, JournalEntry, Progress};
-use holdfast_core::{Command, Reply, Timestamp};
+use holdfast_core::{Command, Timestamp};
 use holdfast_store::{Batch, Record};
 
+use super::desk::{SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome};
 use super::{Noted, PendingTransfer, Receivable, SyncState, Terminal, holder};
 use crate::error::rejection_message;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::LedgerError;
 
 /// Units a till keeps of a sale whose pool has run dry; the rest it is asked to give back, so
 /// web shoppers are not told "sold out" while units sit in a drawer.
@@ -39,8 +40,8 @@ struct EntryOutcome {
     quarantine: Option<String>,
     /// Applied, but for a person to look at.
     flags: Vec<String>,
-    /// The ledger could not take it now; a later sync retries it.
-    not_yet: Option<LedgerError>,
+    /// The ledger could not take it now (why); a later sync retries it.
+    not_yet: Option<String>,
 }
 
 impl EntryOutcome {
@@ -53,7 +54,7 @@ impl Terminal {
     /// Applies the new entries of `batch` exactly once, then makes the progress durable.
     pub async fn sync(
         &self,
-        ledger: &Ledger,
+        sales: &dyn SaleDesk,
         batch: &[JournalEntry],
         report: Option<TillReport>,
         now: Timestamp,
@@ -71,7 +72,7 @@ impl Terminal {
                 (entry, effects)
             })
             .collect();
-        let outcomes = self.apply_all(ledger, &entries).await;
+        let outcomes = self.apply_all(sales, &entries).await;
         let mut next = state.clone();
         let (mut applied, mut quarantined, mut flagged) = (Vec::new(), Vec::new(), Vec::new());
         for ((entry, effects), outcome) in entries.iter().zip(outcomes) {
@@ -104,7 +105,7 @@ impl Terminal {
         next.quarantine.extend(quarantined.iter().cloned());
         next.flagged.extend(flagged.iter().cloned());
         next.last_sync_at = Some(now);
-        let give_back = give_back(ledger, report.as_ref());
+        let give_back = give_back(sales, report.as_ref());
         let report_changed = report.is_some() && report != next.report;
         if report_changed {
             next.report = report;
@@ -162,11 +163,11 @@ impl Terminal {
         }
     }
 
-    /// Applies the entries' effects on sales: every sale's commands in one batch on its
-    /// actor (one durable write per sale), in journal order.
+    /// Applies the entries' effects on sales: every sale's commands in one call on its actor
+    /// (one durable write per sale, wherever the sale is served), in journal order.
     async fn apply_all(
         &self,
-        ledger: &Ledger,
+        sales: &dyn SaleDesk,
         entries: &[(&JournalEntry, Result<EntryEffects, String>)],
     ) -> Vec<EntryOutcome> {
         let mut outcomes: Vec<EntryOutcome> = entries
@@ -192,27 +193,38 @@ impl Terminal {
             }
         }
         for (sale_id, commands) in per_sale {
-            let Some(sale) = ledger.sale(sale_id) else {
-                for (index, _) in commands {
-                    outcomes[index].quarantine(format!("no sale '{sale_id}'"));
-                }
-                continue;
-            };
             let (indexes, commands): (Vec<usize>, Vec<Command>) = commands.into_iter().unzip();
-            for (index, result) in indexes.into_iter().zip(sale.execute_many(commands).await) {
+            let answers = match sales.call(sale_id, SaleCall::TillSales(commands)).await {
+                Ok(SaleCallAnswer::TillSales(answers)) if answers.len() == indexes.len() => answers,
+                Ok(_) => {
+                    for index in indexes {
+                        outcomes[index].quarantine(format!("no sale '{sale_id}'"));
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    for index in indexes {
+                        outcomes[index].not_yet = Some(error.to_string());
+                    }
+                    continue;
+                }
+            };
+            for (index, answer) in indexes.into_iter().zip(answers) {
                 let outcome = &mut outcomes[index];
-                match result.map(|executed| executed.outcome) {
-                    Err(error) => outcome.not_yet = Some(error),
-                    Ok(Err(rejection)) => {
+                match answer {
+                    TillSaleOutcome::NotYet(error) => outcome.not_yet = Some(error),
+                    TillSaleOutcome::Refused(rejection) => {
                         outcome.quarantine(format!("{sale_id}: {}", rejection_message(&rejection)))
                     }
-                    Ok(Ok(Reply::AllottedSaleRecorded { over_limit: true })) => {
+                    TillSaleOutcome::Recorded {
+                        over_limit: true,
+                        limit,
+                    } => {
                         outcome.flags.push(format!(
-                            "{sale_id}: the buyer now has more than the limit of {} per person",
-                            sale.view().spec.per_customer_limit
+                            "{sale_id}: the buyer now has more than the limit of {limit} per person"
                         ));
                     }
-                    Ok(Ok(_)) => {}
+                    TillSaleOutcome::Recorded { .. } => {}
                 }
             }
         }
@@ -256,7 +268,7 @@ fn learn(state: &mut SyncState, seq: u64, effects: &EntryEffects, refused: bool)
 
 /// Scarce sales whose pool is empty while this till, which is online right now, still holds
 /// more than the floor of them.
-fn give_back(ledger: &Ledger, report: Option<&TillReport>) -> Vec<(String, u32)> {
+fn give_back(sales: &dyn SaleDesk, report: Option<&TillReport>) -> Vec<(String, u32)> {
     let Some(report) = report else {
         return Vec::new();
     };
@@ -264,11 +276,7 @@ fn give_back(ledger: &Ledger, report: Option<&TillReport>) -> Vec<(String, u32)>
         .allotments
         .iter()
         .filter(|(_, held)| *held > GIVE_BACK_FLOOR)
-        .filter(|(sale_id, _)| {
-            ledger
-                .sale(sale_id)
-                .is_some_and(|s| s.view().available == 0)
-        })
+        .filter(|(sale_id, _)| sales.view(sale_id).is_some_and(|s| s.available == 0))
         .map(|(sale_id, _)| (sale_id.clone(), GIVE_BACK_FLOOR))
         .collect()
 }
