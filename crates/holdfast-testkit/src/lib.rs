@@ -1,10 +1,12 @@
 //! What Holdfast's tests share: a throwaway PostgreSQL cluster made from the installed
 //! binaries (Debian's `postgresql` package, which `scripts/test` installs when missing), in a
-//! temporary directory on a free port, stopped and removed when dropped.
+//! temporary directory on a free port, stopped and removed when dropped — or, for the one a
+//! whole test binary shares, when that process ends.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 
 /// A PostgreSQL cluster of the tests' own.
 pub struct TestPostgres {
@@ -47,6 +49,44 @@ impl TestPostgres {
         cluster
     }
 
+    /// One cluster for every test of this test binary (each test takes a database of its
+    /// own). A process of its own stops the cluster and removes its directory once this
+    /// process has ended, however it ends: statics are never dropped.
+    pub fn shared() -> &'static TestPostgres {
+        static SHARED: OnceLock<TestPostgres> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let cluster = TestPostgres::start();
+            cluster.clean_up_after(std::process::id());
+            cluster
+        })
+    }
+
+    fn clean_up_after(&self, pid: u32) {
+        let stop = format!(
+            "{} stop -m immediate -D {}",
+            self.bin.join("pg_ctl").display(),
+            self.data().display()
+        );
+        let stop = if is_root() {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
+            self.dir.path().display()
+        );
+        // Deliberately never waited for: it must outlive this process to clean up after it.
+        #[expect(clippy::zombie_processes, reason = "the clean-up outlives this process")]
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster's clean-up");
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -54,7 +94,7 @@ impl TestPostgres {
     /// Runs `pg_ctl` on this cluster with `args`.
     pub fn pg_ctl(&self, args: &[&str]) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400",
             self.port,
             self.dir.path().display()
         );
@@ -90,6 +130,13 @@ impl TestPostgres {
             .expect("run createdb");
         check("createdb", &output);
         self.url(name)
+    }
+
+    /// A fresh database with a name no other test of this process uses.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.database(&format!("test_{}_{n}", std::process::id()))
     }
 
     pub fn url(&self, database: &str) -> String {

@@ -7,7 +7,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -18,6 +18,8 @@ use crate::cluster::{Forwarded, ForwardedAnswer, ForwardedRequest, NOT_HERE, Pla
 use crate::error::ApiError;
 use crate::state::{AppState, Routed};
 use crate::streams::{store_stream, terminal_stream};
+use crate::terminals::is_valid_store_name;
+use holdfast_core::is_valid_sale_id;
 
 pub async fn route(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if state.cluster.is_none() {
@@ -54,21 +56,32 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
 /// terminal, from its body's id). `None` for calls about no stream (tokens, health, metrics).
 fn stream_of(parts: &Parts, body: &Bytes) -> Option<String> {
     let mut segments = parts.uri.path().trim_start_matches('/').split('/');
-    let stream = match (segments.next()?, segments.next(), segments.next()) {
-        ("v1", Some("sales"), Some(id)) => id.to_owned(),
-        ("v1", Some("sales"), None) if parts.method == Method::POST => body_id(body, "id")?,
-        ("v1", Some("holds"), Some(hold)) => parse_hold_id(hold).ok()?.0.to_owned(),
-        ("v1", Some("orders"), Some(order)) => parse_order_id(order).ok()?.0.to_owned(),
-        ("v1", Some("terminals"), Some(id)) => terminal_stream(id),
+    // Only a well-formed id names a stream: anything else is the handler's to refuse, and
+    // never reaches the database.
+    let id = |id: &str| is_valid_sale_id(id).then(|| id.to_owned());
+    match (segments.next()?, segments.next(), segments.next()) {
+        ("v1", Some("sales"), Some(sale)) => id(sale),
+        ("v1", Some("sales"), None) if parts.method == Method::POST => id(&body_id(body, "id")?),
+        ("v1", Some("holds"), Some(hold)) => id(parse_hold_id(hold).ok()?.0),
+        ("v1", Some("orders"), Some(order)) => id(parse_order_id(order).ok()?.0),
+        ("v1", Some("terminals"), Some(terminal)) => id(terminal).map(|t| terminal_stream(&t)),
         ("v1", Some("terminals"), None) if parts.method == Method::POST => {
-            terminal_stream(&body_id(body, "terminal_id")?)
+            id(&body_id(body, "terminal_id")?).map(|t| terminal_stream(&t))
         }
-        ("v1", Some("stores"), Some(store)) => store_stream(store),
-        ("pay", Some(terminal), Some(_)) => terminal_stream(terminal),
-        ("internal", Some("v1"), Some("sales")) => segments.next()?.to_owned(),
-        _ => return None,
-    };
-    (!stream.is_empty()).then_some(stream)
+        ("v1", Some("stores"), Some(store)) => {
+            let store = percent_decoded(store)?;
+            is_valid_store_name(&store).then(|| store_stream(&store))
+        }
+        ("pay", Some(terminal), Some(_)) => id(terminal).map(|t| terminal_stream(&t)),
+        ("internal", Some("v1"), Some("sales")) => id(segments.next()?),
+        _ => None,
+    }
+}
+
+/// A path segment as the router's extractors see it (store names may hold spaces and more).
+fn percent_decoded(segment: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8();
+    decoded.ok().map(|d| d.into_owned())
 }
 
 /// One string field of a JSON body, if the body is JSON and has it.
@@ -137,6 +150,15 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The headers that travel on with a request or an answer.
+fn end_to_end(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !hop_by_hop(name))
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect()
+}
+
 fn forwarded_request(parts: &Parts, body: &Bytes) -> ForwardedRequest {
     ForwardedRequest {
         method: parts.method.to_string(),
@@ -145,12 +167,7 @@ fn forwarded_request(parts: &Parts, body: &Bytes) -> ForwardedRequest {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(name, _)| !hop_by_hop(name))
-            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-            .collect(),
+        headers: end_to_end(&parts.headers),
         body: body.to_vec(),
     }
 }
@@ -177,12 +194,7 @@ pub async fn into_answer(response: Response) -> ForwardedAnswer {
     let body = whole(body).await;
     ForwardedAnswer {
         status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(name, _)| !hop_by_hop(name))
-            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-            .collect(),
+        headers: end_to_end(&parts.headers),
         body: body.to_vec(),
     }
 }

@@ -27,6 +27,7 @@ use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
 use crate::state::AppState;
 use crate::streams::{store_stream, terminal_stream};
+use crate::terminals::is_valid_store_name;
 use crate::terminals::{AuthRefusal, SYNC_ENTRIES_MAX, Terminal, TerminalView};
 
 pub fn router() -> Router<AppState> {
@@ -62,10 +63,7 @@ async fn register(
     _slot: WriteSlot,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if !is_valid_sale_id(&body.terminal_id)
-        || body.store.trim().is_empty()
-        || body.store.len() > 128
-    {
+    if !is_valid_sale_id(&body.terminal_id) || !is_valid_store_name(&body.store) {
         return Err(ApiError::bad_request(
             "invalid_terminal",
             "terminal_id must be 1-64 letters, digits, '-' or '_', and store must be given",
@@ -329,6 +327,7 @@ async fn set_store_limits(
     ApiPath(store): ApiPath<String>,
     ApiJson(body): ApiJson<LimitsRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    let store = store_name(store)?;
     let limits = OfflineCardLimits {
         per_sale_max: in_range("per_sale_max", body.per_sale_max, 0, i64::MAX)? as u64,
         outstanding_total_max: in_range(
@@ -431,6 +430,7 @@ async fn set_catalogue(
     ApiPath(store): ApiPath<String>,
     ApiJson(body): ApiJson<CatalogueRequest>,
 ) -> Result<Json<StoreCatalogue>, ApiError> {
+    let store = store_name(store)?;
     let invalid = |why: String| ApiError::bad_request("invalid_catalogue", why);
     if body.items.len() > CATALOGUE_ITEMS_MAX {
         return Err(invalid(format!("at most {CATALOGUE_ITEMS_MAX} items")));
@@ -482,12 +482,20 @@ async fn get_catalogue(
     _: Operator,
     ApiPath(store): ApiPath<String>,
 ) -> Result<Json<StoreCatalogue>, ApiError> {
-    Ok(Json(
-        state
-            .terminals
-            .stores
-            .get(&store)
-            .catalogue
-            .unwrap_or_default(),
-    ))
+    let store = store_name(store)?;
+    let settings = state.store_settings(&store).await?;
+    Ok(Json(settings.catalogue.unwrap_or_default()))
+}
+
+/// A store's name, as the operator gave it: 1-128 characters, none of them control
+/// characters (it names a stream and keys in the ledger).
+fn store_name(name: String) -> Result<String, ApiError> {
+    if is_valid_store_name(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_store",
+            "a store's name must be 1-128 characters, without control characters",
+        ))
+    }
 }

@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::ledger::LedgerError;
 use crate::streams::{StreamWriter, Streams, terminal_stream};
 pub use desk::{Pending, SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome, serve_sale_call};
-pub use stores::{StoreSettings, Stores};
+pub use stores::{StoreSettings, Stores, is_valid_store_name};
 pub use sync::SyncOutcome;
 
 /// A terminal's registration is kept under this key (in its own stream's values).

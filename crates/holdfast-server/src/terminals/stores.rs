@@ -14,6 +14,11 @@ use crate::streams::{Streams, store_stream};
 const LIMITS_KEY: &str = "store-limits/";
 const CATALOGUE_KEY: &str = "store-catalogue/";
 
+/// Whether `name` can name a store: 1-128 characters, none of them control characters.
+pub fn is_valid_store_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 128 && !name.chars().any(char::is_control)
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct StoreSettings {
     pub offline_card_limits: Option<OfflineCardLimits>,

@@ -17,9 +17,9 @@ type Case<'a> = (
     &'a str,
 );
 
-#[tokio::test]
-async fn bad_input_gets_a_4xx_and_changes_nothing() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn bad_input_gets_a_4xx_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 2, json!({}))).await;
     let alice = app.token("alice", Some("010-1111-2222"), None).await;
     let held = app.hold("masks", &alice, 1).await;
@@ -450,9 +450,9 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
 
 /// A delivery calendar full to its last day refuses the next hold and keeps serving the sale;
 /// it once panicked the sale's writer while formatting a day past the calendar.
-#[tokio::test]
-async fn a_calendar_full_to_its_last_day_refuses_holds_and_the_sale_lives_on() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_calendar_full_to_its_last_day_refuses_holds_and_the_sale_lives_on(backend: Backend) {
+    let app = spawn_app(backend).await;
     let delivery = json!({"delivery": {"capacity_per_day": 1, "first_day": "9999-12-30"}});
     let created = app.create_sale(sale_json("far", 10, 1, delivery)).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
@@ -491,9 +491,9 @@ async fn a_calendar_full_to_its_last_day_refuses_holds_and_the_sale_lives_on() {
 }
 
 /// Messages are for people: what a caller sent is quoted, never echoed back whole.
-#[tokio::test]
-async fn error_messages_do_not_echo_large_input() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn error_messages_do_not_echo_large_input(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let long = "x".repeat(12_000);

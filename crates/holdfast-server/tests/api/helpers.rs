@@ -1,5 +1,6 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use holdfast_core::Timestamp;
 use holdfast_server::clock::ManualClock;
@@ -7,8 +8,11 @@ use holdfast_server::payments::{
     Authorization, AuthorizeRequest, PaymentError, PaymentFuture, PaymentProvider,
     SimulatedAcquirer,
 };
-use holdfast_server::{Application, Config, Limits};
+use holdfast_server::{Application, ClusterConfig, Config, Limits};
+use holdfast_testkit::TestPostgres;
 use reqwest::{Method, StatusCode};
+pub use rstest::rstest;
+pub use rstest_reuse::{self, apply, template};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,17 +21,43 @@ pub const OPERATOR: &str = "test-operator-token";
 /// 2026-01-01T00:00:00Z: the moment every test app starts at.
 pub const START: Timestamp = Timestamp(1_767_225_600_000);
 
+/// What the server under test keeps its ledger in. The whole suite runs against each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One process, the embedded SQLite log (the default).
+    Embedded,
+    /// One node on PostgreSQL.
+    Postgres,
+    /// Two nodes on one PostgreSQL, the test's requests taking turns between them: any node
+    /// must answer any request.
+    TwoNodes,
+}
+
+/// Runs a test once per backend: `#[apply(backends)]` on an `async fn name(backend: Backend)`.
+#[template]
+#[rstest]
+#[case::embedded(Backend::Embedded)]
+#[case::postgres(Backend::Postgres)]
+#[case::two_nodes(Backend::TwoNodes)]
+#[tokio::test]
+pub fn backends(#[case] backend: Backend) {}
+
 pub struct TestApp {
+    /// The first node's address (for raw connections).
     pub base: String,
+    bases: Vec<String>,
+    turn: AtomicUsize,
+    pub backend: Backend,
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub acquirer: Arc<SimulatedAcquirer>,
     /// What the server talks to: the acquirer, or a wrapper around it.
     payments: Arc<dyn PaymentProvider>,
     pub dir: Arc<tempfile::TempDir>,
+    /// The PostgreSQL database, for the backends that use one.
+    pub database: Option<String>,
     limits: Limits,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    servers: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 pub struct Answer {
@@ -41,26 +71,19 @@ impl Answer {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Limits::default()).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, Limits::default()).await
 }
 
-pub async fn spawn_app_with(limits: Limits) -> TestApp {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+pub async fn spawn_app_with(backend: Backend, limits: Limits) -> TestApp {
     let acquirer = Arc::new(SimulatedAcquirer::default());
-    start(
-        dir,
-        ManualClock::new(START),
-        acquirer.clone(),
-        acquirer,
-        limits,
-    )
-    .await
+    Setup::new(backend, acquirer.clone(), acquirer, limits)
+        .start()
+        .await
 }
 
 /// An app whose card network stops inside `authorize` until the test opens the gate.
-pub async fn spawn_app_gated(limits: Limits) -> (TestApp, Gate) {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+pub async fn spawn_app_gated(backend: Backend, limits: Limits) -> (TestApp, Gate) {
     let acquirer = Arc::new(SimulatedAcquirer::default());
     let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
     let (release, gate) = tokio::sync::watch::channel(false);
@@ -69,20 +92,22 @@ pub async fn spawn_app_gated(limits: Limits) -> (TestApp, Gate) {
         entered: entered_tx,
         gate,
     });
-    let app = start(dir, ManualClock::new(START), gated, acquirer, limits).await;
+    let app = Setup::new(backend, gated, acquirer, limits).start().await;
     (app, Gate { entered, release })
 }
 
 /// An app whose card network takes no captures while `captures_down` is set.
-pub async fn spawn_app_with_captures_down(limits: Limits) -> (TestApp, Arc<AtomicBool>) {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+pub async fn spawn_app_with_captures_down(
+    backend: Backend,
+    limits: Limits,
+) -> (TestApp, Arc<AtomicBool>) {
     let acquirer = Arc::new(SimulatedAcquirer::default());
     let down = Arc::new(AtomicBool::new(true));
     let flaky = Arc::new(CapturesDown {
         inner: acquirer.clone(),
         down: down.clone(),
     });
-    let app = start(dir, ManualClock::new(START), flaky, acquirer, limits).await;
+    let app = Setup::new(backend, flaky, acquirer, limits).start().await;
     (app, down)
 }
 
@@ -140,68 +165,140 @@ impl PaymentProvider for GatedAcquirer {
     }
 }
 
-async fn start(
+/// Everything a test app is started (and restarted) from.
+#[derive(Clone)]
+struct Setup {
+    backend: Backend,
     dir: Arc<tempfile::TempDir>,
+    database: Option<String>,
     clock: ManualClock,
     payments: Arc<dyn PaymentProvider>,
     acquirer: Arc<SimulatedAcquirer>,
     limits: Limits,
-) -> TestApp {
-    let mut config = Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_path_buf(),
-        Some(OPERATOR.into()),
-    );
-    config.clock = Arc::new(clock.clone());
-    config.limits = limits;
-    config.payments = payments.clone();
-    let app = Application::build(config).await.expect("app starts");
-    let base = format!("http://{}", app.local_addr());
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = stop.await;
-        })
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    TestApp {
-        base,
-        client,
-        clock,
-        acquirer,
-        payments,
-        dir,
-        limits,
-        shutdown: Some(shutdown),
-        server: Some(server),
+}
+
+impl Setup {
+    fn new(
+        backend: Backend,
+        payments: Arc<dyn PaymentProvider>,
+        acquirer: Arc<SimulatedAcquirer>,
+        limits: Limits,
+    ) -> Setup {
+        let database =
+            (backend != Backend::Embedded).then(|| TestPostgres::shared().fresh_database());
+        Setup {
+            backend,
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            database,
+            clock: ManualClock::new(START),
+            payments,
+            acquirer,
+            limits,
+        }
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            self.dir.path().to_path_buf(),
+            Some(OPERATOR.into()),
+        );
+        config.clock = Arc::new(self.clock.clone());
+        config.limits = self.limits;
+        config.payments = self.payments.clone();
+        config.cluster = self.database.as_ref().map(|url| ClusterConfig {
+            database_url: url.clone(),
+            advertise: String::new(),
+            lease_ttl: Duration::from_secs(3),
+        });
+        config
+    }
+
+    async fn start(self) -> TestApp {
+        let nodes = if self.backend == Backend::TwoNodes {
+            2
+        } else {
+            1
+        };
+        let mut servers = Vec::new();
+        let mut bases = Vec::new();
+        for _ in 0..nodes {
+            let app = Application::build(self.config()).await.expect("app starts");
+            bases.push(format!("http://{}", app.local_addr()));
+            let (shutdown, stop) = oneshot::channel::<()>();
+            let server = tokio::spawn(async move {
+                app.run_until(async {
+                    let _ = stop.await;
+                })
+                .await
+                .unwrap();
+            });
+            servers.push((shutdown, server));
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        TestApp {
+            base: bases[0].clone(),
+            bases,
+            turn: AtomicUsize::new(0),
+            backend: self.backend,
+            client,
+            clock: self.clock,
+            acquirer: self.acquirer,
+            payments: self.payments,
+            dir: self.dir,
+            database: self.database,
+            limits: self.limits,
+            servers,
+        }
     }
 }
 
 impl TestApp {
-    /// Stops the server and starts a new one on the same data directory and clock.
+    /// Stops the servers and starts new ones on the same data and clock.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        start(
-            self.dir.clone(),
-            self.clock.clone(),
-            self.payments.clone(),
-            self.acquirer.clone(),
-            self.limits,
-        )
-        .await
+        let setup = Setup {
+            backend: self.backend,
+            dir: self.dir.clone(),
+            database: self.database.clone(),
+            clock: self.clock.clone(),
+            payments: self.payments.clone(),
+            acquirer: self.acquirer.clone(),
+            limits: self.limits,
+        };
+        setup.start().await
     }
 
     pub async fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
+        for (shutdown, server) in self.servers.drain(..) {
             let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
             server.await.unwrap();
+        }
+    }
+
+    /// The next node's address: with several nodes, requests take turns between them.
+    pub fn next_base(&self) -> &str {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.bases[turn % self.bases.len()]
+    }
+
+    /// Counts rows with `sql` in whatever the backend stores the ledger in.
+    pub async fn count_rows(&self, sql: &str) -> i64 {
+        match &self.database {
+            None => {
+                let db = rusqlite::Connection::open(self.dir.path().join("holdfast.db")).unwrap();
+                db.query_row(sql, [], |row| row.get(0)).unwrap()
+            }
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client.query_one(sql, &[]).await.unwrap().get(0)
+            }
         }
     }
 
@@ -223,7 +320,8 @@ impl TestApp {
         body: Option<Value>,
         idempotency_key: Option<&str>,
     ) -> Answer {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        let url = format!("{}{path}", self.next_base());
+        let mut request = self.client.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -250,7 +348,7 @@ impl TestApp {
     ) -> Answer {
         let mut request = self
             .client
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.next_base()))
             .header("Content-Type", content_type)
             .body(body);
         if let Some(token) = token {
@@ -339,7 +437,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
+        for (shutdown, _) in self.servers.drain(..) {
             let _ = shutdown.send(());
         }
     }
@@ -403,7 +501,8 @@ pub async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> (Option<u1
     (status, text)
 }
 
-/// The value of a metric on the app's `/metrics` page (0 when absent).
+/// The value of a metric on the app's `/metrics` page (0 when absent). Metrics are one registry
+/// per process, so with several nodes in a test any node's page shows them all.
 pub async fn metric(app: &TestApp, name: &str) -> f64 {
     let page = app
         .client

@@ -18,9 +18,11 @@ async fn hold_with_key(app: &TestApp, token: &str, quantity: i64, key: &str) -> 
     .await
 }
 
-#[tokio::test]
-async fn a_repeated_idempotency_key_returns_the_first_answer_even_after_a_restart() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_repeated_idempotency_key_returns_the_first_answer_even_after_a_restart(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 3, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let first = hold_with_key(&app, &alice, 1, "key-1").await;
@@ -76,9 +78,9 @@ async fn a_repeated_idempotency_key_returns_the_first_answer_even_after_a_restar
     assert_eq!(app.acquirer.captured(), 1, "charged once");
 }
 
-#[tokio::test]
-async fn a_refusal_is_remembered_under_its_key_too() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_refusal_is_remembered_under_its_key_too(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 0, 1, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let first = hold_with_key(&app, &alice, 1, "k").await;
@@ -98,10 +100,8 @@ async fn a_refusal_is_remembered_under_its_key_too() {
     );
 }
 
-fn snapshot_count(app: &TestApp) -> i64 {
-    let db = rusqlite::Connection::open(app.dir.path().join("holdfast.db")).unwrap();
-    db.query_row("SELECT COUNT(*) FROM snapshot", [], |row| row.get(0))
-        .unwrap()
+async fn snapshot_count(app: &TestApp) -> i64 {
+    app.count_rows("SELECT COUNT(*) FROM snapshot").await
 }
 
 async fn buy(app: &TestApp, customer: &str) -> Value {
@@ -113,14 +113,14 @@ async fn buy(app: &TestApp, customer: &str) -> Value {
         .body
 }
 
-#[tokio::test]
-async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
+#[apply(backends)]
+async fn the_ledger_survives_a_restart_with_and_without_snapshots(backend: Backend) {
     for snapshot_every_events in [3, 100_000] {
         let limits = Limits {
             snapshot_every_events,
             ..Limits::default()
         };
-        let app = spawn_app_with(limits).await;
+        let app = spawn_app_with(backend, limits).await;
         app.create_sale(sale_json("masks", 20, 1, json!({"hold_ttl_s": 60})))
             .await;
         let mut orders = Vec::new();
@@ -145,7 +145,7 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
             before,
             "snapshot every {snapshot_every_events}"
         );
-        let snapshots = snapshot_count(&app);
+        let snapshots = snapshot_count(&app).await;
         if snapshot_every_events == 3 {
             assert!(snapshots > 0, "this pass must restore from a snapshot");
         } else {
@@ -196,9 +196,9 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots() {
     }
 }
 
-#[tokio::test]
-async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 3, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let first = hold_with_key(&app, &alice, 1, "daily").await;
@@ -224,13 +224,13 @@ async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again() {
 
 /// A capture the card network did not take is kept and retried until it does; after a restart
 /// too. Nothing authorised for an order is left uncaptured, nothing is captured twice.
-#[tokio::test]
-async fn a_capture_the_network_did_not_take_is_retried_until_it_does() {
+#[apply(backends)]
+async fn a_capture_the_network_did_not_take_is_retried_until_it_does(backend: Backend) {
     let limits = Limits {
         settlement_retry_every: std::time::Duration::from_millis(20),
         ..Limits::default()
     };
-    let (app, captures_down) = spawn_app_with_captures_down(limits).await;
+    let (app, captures_down) = spawn_app_with_captures_down(backend, limits).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let mut holds = Vec::new();
     for n in 0..3 {

@@ -11,9 +11,9 @@ use helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-#[tokio::test]
-async fn hold_confirm_and_read_back() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn hold_confirm_and_read_back(backend: Backend) {
+    let app = spawn_app(backend).await;
     let created = app.create_sale(sale_json("masks", 3, 1, json!({}))).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_eq!(created.body["state"], "open");
@@ -61,9 +61,9 @@ async fn hold_confirm_and_read_back() {
     assert_eq!(listed.body["next"], serde_json::Value::Null);
 }
 
-#[tokio::test]
-async fn creating_the_same_sale_twice_is_a_retry_but_a_different_one_conflicts() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn creating_the_same_sale_twice_is_a_retry_but_a_different_one_conflicts(backend: Backend) {
+    let app = spawn_app(backend).await;
     let sale = sale_json("masks", 10, 1, json!({}));
     assert_eq!(
         app.create_sale(sale.clone()).await.status,
@@ -78,9 +78,9 @@ async fn creating_the_same_sale_twice_is_a_retry_but_a_different_one_conflicts()
     assert_eq!(stock(&app.sale("masks").await).0, 10);
 }
 
-#[tokio::test]
-async fn an_expired_hold_goes_back_on_sale_and_confirm_answers_410() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn an_expired_hold_goes_back_on_sale_and_confirm_answers_410(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 1, 1, json!({"hold_ttl_s": 60})))
         .await;
     let alice = app.token("alice", None, None).await;
@@ -102,9 +102,9 @@ async fn an_expired_hold_goes_back_on_sale_and_confirm_answers_410() {
     );
 }
 
-#[tokio::test]
-async fn nothing_sells_before_the_opening_instant() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn nothing_sells_before_the_opening_instant(backend: Backend) {
+    let app = spawn_app(backend).await;
     let sale = sale_json("drop", 5, 1, json!({"opens_at": "2026-01-01T04:00:00Z"}));
     assert_eq!(app.create_sale(sale).await.body["state"], "scheduled");
     let alice = app.token("alice", None, None).await;
@@ -127,9 +127,9 @@ async fn nothing_sells_before_the_opening_instant() {
     );
 }
 
-#[tokio::test]
-async fn one_per_person_across_accounts_sharing_a_phone_or_address() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn one_per_person_across_accounts_sharing_a_phone_or_address(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 100, 1, json!({}))).await;
     let first = app
         .token("acct-1", Some("010-5555-0000"), Some("12 Main St, Apt 3"))
@@ -156,9 +156,9 @@ async fn one_per_person_across_accounts_sharing_a_phone_or_address() {
     );
 }
 
-#[tokio::test]
-async fn a_declined_card_keeps_the_hold_for_another_try() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_declined_card_keeps_the_hold_for_another_try(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 1, 1, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let hold_id = app.hold("masks", &alice, 1).await.body["hold_id"]
@@ -176,9 +176,9 @@ async fn a_declined_card_keeps_the_hold_for_another_try() {
     assert_eq!(app.confirm(&hold_id, &alice).await.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn releasing_a_hold_returns_the_unit() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn releasing_a_hold_returns_the_unit(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 1, 1, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let hold_id = app.hold("masks", &alice, 1).await.body["hold_id"]
@@ -207,9 +207,9 @@ async fn releasing_a_hold_returns_the_unit() {
     assert_eq!(app.confirm(&hold_id, &alice).await.code(), "hold_released");
 }
 
-#[tokio::test]
-async fn restock_and_close() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn restock_and_close(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 1, 5, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     app.hold("masks", &alice, 1).await;
@@ -237,9 +237,9 @@ async fn restock_and_close() {
     assert_eq!(app.hold("masks", &alice, 1).await.code(), "not_open");
 }
 
-#[tokio::test]
-async fn rehearsal_orders_are_flagged_and_never_charged() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn rehearsal_orders_are_flagged_and_never_charged(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("dry-run", 5, 1, json!({"rehearsal": true})))
         .await;
     let alice = app.token("alice", None, None).await;
@@ -251,9 +251,9 @@ async fn rehearsal_orders_are_flagged_and_never_charged() {
     assert_eq!(app.acquirer.captured(), 0);
 }
 
-#[tokio::test]
-async fn channel_shares_are_kept_apart_until_released() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn channel_shares_are_kept_apart_until_released(backend: Backend) {
+    let app = spawn_app(backend).await;
     let sale = sale_json("masks", 3, 5, json!({"channels": {"phone": 2}}));
     app.create_sale(sale).await;
     let alice = app.token("alice", None, None).await;
@@ -277,9 +277,9 @@ async fn channel_shares_are_kept_apart_until_released() {
     );
 }
 
-#[tokio::test]
-async fn a_price_above_its_ceiling_is_refused() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_price_above_its_ceiling_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let gouging = sale_json(
         "masks",
         3,
@@ -297,9 +297,9 @@ async fn a_price_above_its_ceiling_is_refused() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn the_delivery_day_is_quoted_with_the_hold_and_kept() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn the_delivery_day_is_quoted_with_the_hold_and_kept(backend: Backend) {
+    let app = spawn_app(backend).await;
     let sale = sale_json(
         "masks",
         10,
@@ -320,9 +320,10 @@ async fn the_delivery_day_is_quoted_with_the_hold_and_kept() {
     assert_eq!(days, ["2026-01-02", "2026-01-03", "2026-01-04"]);
 }
 
+/// The embedded log's own guard; several nodes on PostgreSQL share their database by design.
 #[tokio::test]
 async fn a_second_server_cannot_open_the_same_data() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Embedded).await;
     let config = holdfast_server::Config::new(
         "127.0.0.1:0".parse().unwrap(),
         app.dir.path().to_path_buf(),
@@ -335,9 +336,9 @@ async fn a_second_server_cannot_open_the_same_data() {
     ));
 }
 
-#[tokio::test]
-async fn health_and_metrics_answer() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn health_and_metrics_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
     let health = app.call(Method::GET, "/health", None, None).await;
     assert_eq!(health.body["status"], "ok");
     app.create_sale(sale_json("masks", 1, 1, json!({}))).await;
@@ -348,13 +349,15 @@ async fn health_and_metrics_answer() {
     assert!(text.contains("holdfast_commands_total"), "{text}");
 }
 
-#[tokio::test]
-async fn writes_beyond_the_in_flight_bound_are_shed_at_once_and_reads_still_answer() {
+#[apply(backends)]
+async fn writes_beyond_the_in_flight_bound_are_shed_at_once_and_reads_still_answer(
+    backend: Backend,
+) {
     let limits = holdfast_server::Limits {
         writes_in_flight_max: 1,
         ..holdfast_server::Limits::default()
     };
-    let (app, mut gate) = spawn_app_gated(limits).await;
+    let (app, mut gate) = spawn_app_gated(backend, limits).await;
     app.create_sale(sale_json("masks", 5, 1, json!({}))).await;
     let alice = app.token("alice", None, None).await;
     let bob = app.token("bob", None, None).await;

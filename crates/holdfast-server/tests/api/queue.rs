@@ -70,9 +70,9 @@ fn queued_sale(id: &str, stock: u32, mode: &str, opens_at: &str) -> Value {
     )
 }
 
-#[tokio::test]
-async fn joining_before_the_opening_gives_a_place_and_one_person_gets_one_place() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn joining_before_the_opening_gives_a_place_and_one_person_gets_one_place(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 10, "fifo", "2026-01-01T01:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 3).await;
@@ -95,9 +95,9 @@ async fn joining_before_the_opening_gives_a_place_and_one_person_gets_one_place(
     assert_eq!(app.sale("drop").await["queue"]["entries"], 3);
 }
 
-#[tokio::test]
-async fn forged_altered_and_borrowed_tickets_are_refused() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn forged_altered_and_borrowed_tickets_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 10, "fifo", "2026-01-01T00:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 2).await;
@@ -126,9 +126,9 @@ async fn forged_altered_and_borrowed_tickets_are_refused() {
     assert_eq!(confused.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn a_hold_needs_a_pass_and_a_pass_is_used_once() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_hold_needs_a_pass_and_a_pass_is_used_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 5, "fifo", "2026-01-01T00:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 2).await;
@@ -163,9 +163,9 @@ async fn a_hold_needs_a_pass_and_a_pass_is_used_once() {
     );
 }
 
-#[tokio::test]
-async fn sold_out_reaches_every_waiter_at_once() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn sold_out_reaches_every_waiter_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 2, "fifo", "2026-01-01T00:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 6).await;
@@ -193,9 +193,9 @@ async fn sold_out_reaches_every_waiter_at_once() {
     }
 }
 
-#[tokio::test]
-async fn a_restock_admits_more() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_restock_admits_more(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 1, "fifo", "2026-01-01T00:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 3).await;
@@ -226,9 +226,9 @@ async fn a_restock_admits_more() {
     }
 }
 
-#[tokio::test]
-async fn an_expired_hold_admits_the_next_person() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn an_expired_hold_admits_the_next_person(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(queued_sale("drop", 1, "fifo", "2026-01-01T00:00:00Z"))
         .await;
     let shoppers = line_up(&app, "drop", 2).await;
@@ -264,9 +264,9 @@ async fn an_expired_hold_admits_the_next_person() {
     );
 }
 
-#[tokio::test]
-async fn the_lottery_draw_is_published_and_anyone_can_recompute_it() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn the_lottery_draw_is_published_and_anyone_can_recompute_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let created = app
         .create_sale(queued_sale("lotto", 3, "lottery", "2026-01-01T01:00:00Z"))
         .await;

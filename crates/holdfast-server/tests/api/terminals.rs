@@ -67,8 +67,8 @@ async fn send(app: &TestApp, (path, bytes, authorization): (String, Vec<u8>, Str
 }
 
 /// An app with a 10-unit sale "masks" and a registered till-1 holding `allot` units of it.
-async fn till_holding(allot: u32) -> (TestApp, String) {
-    let app = spawn_app().await;
+async fn till_holding(backend: Backend, allot: u32) -> (TestApp, String) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let secret = register(&app, "till-1").await;
     let body = json!({"sale_id": "masks", "quantity": allot});
@@ -109,9 +109,9 @@ fn allotted(sale: &Value) -> (u64, u64, u64) {
     )
 }
 
-#[tokio::test]
-async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
-    let (app, secret) = till_holding(4).await;
+#[apply(backends)]
+async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart(backend: Backend) {
+    let (app, secret) = till_holding(backend, 4).await;
     assert_eq!(allotted(&app.sale("masks").await), (6, 4, 0));
 
     let journal = journal();
@@ -149,9 +149,9 @@ async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart() {
     assert_eq!(allotted(&app.sale("masks").await), (6, 1, 3));
 }
 
-#[tokio::test]
-async fn a_gap_acknowledges_only_what_came_before_it() {
-    let (app, secret) = till_holding(5).await;
+#[apply(backends)]
+async fn a_gap_acknowledges_only_what_came_before_it(backend: Backend) {
+    let (app, secret) = till_holding(backend, 5).await;
     let journal = journal();
     let gapped = vec![journal[0].clone(), journal[2].clone()];
     let answer = signed(
@@ -170,9 +170,11 @@ async fn a_gap_acknowledges_only_what_came_before_it() {
     );
 }
 
-#[tokio::test]
-async fn selling_beyond_the_allotment_is_quarantined_without_blocking_later_entries() {
-    let (app, secret) = till_holding(1).await;
+#[apply(backends)]
+async fn selling_beyond_the_allotment_is_quarantined_without_blocking_later_entries(
+    backend: Backend,
+) {
+    let (app, secret) = till_holding(backend, 1).await;
     // Entry 1 sells 2 allotted units, but only 1 was allotted.
     let answer = signed(
         &app,
@@ -211,9 +213,9 @@ async fn selling_beyond_the_allotment_is_quarantined_without_blocking_later_entr
     );
 }
 
-#[tokio::test]
-async fn setting_an_allotment_twice_claims_once_and_lowering_it_returns_units() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn setting_an_allotment_twice_claims_once_and_lowering_it_returns_units(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let secret = register(&app, "till-1").await;
     let path = "/v1/terminals/till-1/allotments";
@@ -249,9 +251,9 @@ async fn setting_an_allotment_twice_claims_once_and_lowering_it_returns_units() 
     assert_eq!(greedy.body["granted"], 10, "never more than the pool");
 }
 
-#[tokio::test]
-async fn unsigned_forged_or_borrowed_signatures_are_refused() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn unsigned_forged_or_borrowed_signatures_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let secret = register(&app, "till-1").await;
     let other = register(&app, "till-2").await;
@@ -295,12 +297,15 @@ async fn unsigned_forged_or_borrowed_signatures_are_refused() {
     assert_eq!(allotted(&app.sale("masks").await), (10, 0, 0));
 }
 
-#[tokio::test]
-async fn syncs_beyond_their_share_are_told_to_come_back_later() {
-    let app = spawn_app_with(Limits {
-        syncs_in_flight_max: 0,
-        ..Limits::default()
-    })
+#[apply(backends)]
+async fn syncs_beyond_their_share_are_told_to_come_back_later(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Limits {
+            syncs_in_flight_max: 0,
+            ..Limits::default()
+        },
+    )
     .await;
     let secret = register(&app, "till-1").await;
     let deferred = signed(
@@ -319,9 +324,9 @@ async fn syncs_beyond_their_share_are_told_to_come_back_later() {
 
 /// Quantities from a till are untrusted: lines that add up past `u32` once wrapped to a small
 /// sale; the entry is quarantined instead and nothing is recorded.
-#[tokio::test]
-async fn line_quantities_that_overflow_are_quarantined_not_wrapped() {
-    let (app, secret) = till_holding(3).await;
+#[apply(backends)]
+async fn line_quantities_that_overflow_are_quarantined_not_wrapped(backend: Backend) {
+    let (app, secret) = till_holding(backend, 3).await;
     let journal = chain(&[
         br#"{"lines":[{"sku":"KF94","quantity":4294967295,"sale_id":"masks"},{"sku":"KF94","quantity":2,"sale_id":"masks"}],"tender":{"kind":"cash"}}"#,
     ]);
@@ -351,9 +356,9 @@ async fn line_quantities_that_overflow_are_quarantined_not_wrapped() {
 
 /// A captured request cannot be used again: an old signed "allot 5", replayed after the till
 /// returned its units, once claimed them a second time.
-#[tokio::test]
-async fn a_replayed_or_stale_request_is_refused() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_replayed_or_stale_request_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let secret = register(&app, "till-1").await;
     let path = "/v1/terminals/till-1/allotments";
@@ -404,9 +409,9 @@ async fn a_replayed_or_stale_request_is_refused() {
 
 /// A till's payment reference is bound to its amount and card, like an idempotency key: the
 /// same request replays the first answer (after a restart too), any other is refused.
-#[tokio::test]
-async fn a_payment_reference_reused_for_another_amount_or_card_is_refused() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_payment_reference_reused_for_another_amount_or_card_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let secret = register(&app, "till-1").await;
     let path = "/v1/terminals/till-1/payments";
     let pay = |amount: i64, card: &str| json!({"reference": "sale-17", "amount": amount, "card_token": card});
@@ -442,9 +447,9 @@ async fn a_payment_reference_reused_for_another_amount_or_card_is_refused() {
 
 /// A customer whose first card is declined on the pay link can pay with another; the debt is
 /// paid once.
-#[tokio::test]
-async fn a_pay_link_declined_once_can_be_paid_with_another_card_and_only_once() {
-    let app = spawn_app().await;
+#[apply(backends)]
+async fn a_pay_link_declined_once_can_be_paid_with_another_card_and_only_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     let secret = register(&app, "till-1").await;
     let journal = chain(&[
         br#"{"lines":[{"sku":"AMERICANO","quantity":1,"unit_price":4500}],"total":4500,"tender":{"kind":"pay_later","receivable":"r-0123456789abcdef","phone":"010-1234-5678"}}"#,
