@@ -356,6 +356,10 @@ impl PgStore {
     async fn prepare_schema(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // "Already exists, skipping" is what every node but the first would hear.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(pg)?;
         // One node at a time makes or checks the schema.
         tx.execute("SELECT pg_advisory_xact_lock(7268236)", &[])
             .await

@@ -77,7 +77,10 @@ impl TestPostgres {
             self.dir.path().display()
         );
         // Deliberately never waited for: it must outlive this process to clean up after it.
-        #[expect(clippy::zombie_processes, reason = "the clean-up outlives this process")]
+        #[expect(
+            clippy::zombie_processes,
+            reason = "the clean-up outlives this process"
+        )]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use holdfast_server::payments::{NetworkConditions, SimulatedAcquirer};
-use holdfast_server::{Application, Config, OperatorTokenSource};
+use holdfast_server::{Application, ClusterConfig, Config, OperatorTokenSource};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,18 @@ enum Commands {
         /// the command line would show in process listings, so there is no such option).
         #[arg(long)]
         operator_token_file: Option<PathBuf>,
+        /// A PostgreSQL database several nodes share (postgres://user@host:port/name), instead
+        /// of the embedded log in --data. Every node needs the same operator token.
+        #[arg(long, env = "HOLDFAST_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
+        /// With --database: where the other nodes reach this one [default: http://<listen>,
+        /// with an unspecified address read as 127.0.0.1].
+        #[arg(long)]
+        advertise: Option<String>,
+        /// With --database: how long, in milliseconds, a node's hold on a sale lasts without
+        /// renewal — how soon another node takes over the sales of one that died.
+        #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+        lease_ttl_ms: u64,
         /// Simulated card network: milliseconds added to every call.
         #[arg(long, default_value_t = 0)]
         card_latency_ms: u64,
@@ -124,13 +136,38 @@ fn configured_operator_token(file: Option<&Path>) -> anyhow::Result<Option<Strin
         .filter(|t| !t.is_empty()))
 }
 
+/// Several nodes on one database: the URL and this node's address checked before anything
+/// starts.
+fn cluster_config(
+    database_url: String,
+    advertise: Option<String>,
+    lease_ttl_ms: u64,
+) -> anyhow::Result<ClusterConfig> {
+    anyhow::ensure!(
+        database_url.starts_with("postgres://") || database_url.starts_with("postgresql://"),
+        "--database takes a PostgreSQL URL such as postgres://holdfast@127.0.0.1:5432/holdfast"
+    );
+    let advertise = match advertise {
+        Some(raw) => http::server_url(&raw).map_err(|why| anyhow::anyhow!("--advertise: {why}"))?,
+        None => String::new(),
+    };
+    Ok(ClusterConfig {
+        database_url,
+        advertise,
+        lease_ttl: std::time::Duration::from_millis(lease_ttl_ms),
+    })
+}
+
 async fn serve(
     listen: SocketAddr,
     data: PathBuf,
     operator_token: Option<String>,
     card: NetworkConditions,
+    cluster: Option<ClusterConfig>,
 ) -> anyhow::Result<()> {
     let mut config = Config::new(listen, data.clone(), operator_token);
+    let shared = cluster.is_some();
+    config.cluster = cluster;
     // No card network is reachable from here: the simulator stands in for the acquirer.
     config.payments = Arc::new(SimulatedAcquirer::new(card, config.clock.clone()));
     let app = Application::build(config).await?;
@@ -152,7 +189,12 @@ async fn serve(
             say(&format!("operator token: kept in {}", path.display()))
         }
     }
-    tracing::info!(data = %data.display(), "serving");
+    if shared {
+        say("ledger: the PostgreSQL database given, shared with any other node on it");
+        tracing::info!("serving as one node of several");
+    } else {
+        tracing::info!(data = %data.display(), "serving");
+    }
     app.run_until(shutdown_signal()).await?;
     tracing::info!("shut down: requests in flight were answered");
     Ok(())
@@ -170,6 +212,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data,
             operator_token_file,
+            database,
+            advertise,
+            lease_ttl_ms,
             card_latency_ms,
             card_declines_per_mille,
         } => {
@@ -179,7 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 outages: Vec::new(),
             };
             let token = configured_operator_token(operator_token_file.as_deref())?;
-            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, token, card))
+            let cluster = database
+                .map(|url| cluster_config(url, advertise, lease_ttl_ms))
+                .transpose()?;
+            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, token, card, cluster))
         }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),

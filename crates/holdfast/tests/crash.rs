@@ -4,14 +4,16 @@
 //! balances.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+
+use common::{Served, customer_tokens, phone_of, serve, tier_and_seed};
 
 const OPERATOR: &str = "crash-test-operator";
 /// SIGKILLs in the full tier (`HOLDFAST_TESTS=full`, as `scripts/test` runs it), and in the
@@ -25,38 +27,10 @@ const CUSTOMERS: usize = 600;
 const LIMIT: u64 = 2;
 const STOCK: u64 = 900;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start_server(data: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("HOLDFAST_OPERATOR_TOKEN", OPERATOR)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start holdfast serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("holdfast listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Server {
-        child,
-        base: address,
-    }
-}
-
-/// Two accounts share each phone number, so the limit is per pair.
-fn phone_of(customer: usize) -> String {
-    format!("010-0000-{:04}", customer / 2)
+fn start_server(data: &std::path::Path) -> Served {
+    serve(OPERATOR, |command| {
+        command.arg("--data").arg(data);
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -193,19 +167,8 @@ async fn all_orders(client: &reqwest::Client, base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_orders_survive_sigkill() {
-    let full_tier = std::env::var("HOLDFAST_TESTS").is_ok_and(|tier| tier == "full");
+    let (full_tier, seed) = tier_and_seed("crash test", QUICK_SEED);
     let kills = if full_tier { KILLS_FULL } else { KILLS_QUICK };
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            if full_tier {
-                rand::random()
-            } else {
-                QUICK_SEED
-            }
-        });
-    println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
@@ -223,21 +186,7 @@ async fn acknowledged_orders_survive_sigkill() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let mut tokens = Vec::new();
-    for customer in 0..CUSTOMERS {
-        let body = json!({"customer_id": format!("c{customer}"), "phone": phone_of(customer)});
-        let answer: Value = client
-            .post(format!("{}/v1/customer-tokens", server.base))
-            .bearer_auth(OPERATOR)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens.push(answer["token"].as_str().unwrap().to_owned());
-    }
+    let tokens = customer_tokens(&client, &[server.base.clone()], OPERATOR, CUSTOMERS).await;
     let tokens = Arc::new(tokens);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let pending = Arc::new(Mutex::new(Vec::new()));

@@ -290,7 +290,10 @@ async fn every_route_survives_garbage_and_the_ledger_is_unchanged(backend: Backe
         // Names no database takes (a NUL), and one no stream may have.
         (Method::PUT, "/v1/stores/Ma%00po/catalogue".into()),
         (Method::POST, "/v1/terminals/till%001/sync".into()),
-        (Method::POST, format!("/v1/stores/{long_id}/offline-card-limits")),
+        (
+            Method::POST,
+            format!("/v1/stores/{long_id}/offline-card-limits"),
+        ),
         (Method::GET, "/pay/till-1/r-none".into()),
         (Method::POST, "/pay/till-1/r-none".into()),
         (Method::PATCH, "/v1/sales/masks".into()),
