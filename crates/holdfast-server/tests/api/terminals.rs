@@ -52,7 +52,7 @@ fn signed_request(
 async fn send(app: &TestApp, (path, bytes, authorization): (String, Vec<u8>, String)) -> Answer {
     let response = app
         .client
-        .post(format!("{}{path}", app.base))
+        .post(format!("{}{path}", app.next_base()))
         .header("Authorization", authorization)
         .header("Content-Type", "application/json")
         .body(bytes)
@@ -147,6 +147,28 @@ async fn a_journal_is_applied_exactly_once_across_retries_and_a_restart(backend:
     let after = signed(&app, "till-1", &secret, path, &wire(&journal)).await;
     assert_eq!(after.body["acked_through"], 3);
     assert_eq!(allotted(&app.sale("masks").await), (6, 1, 3));
+}
+
+/// A till whose answer was slow sends its batch again, and the two copies arrive at once (on
+/// two nodes, with two nodes): the journal is still applied once. What serialises them is the
+/// terminal's own lock, on the one node that holds the terminal's stream.
+#[apply(backends)]
+async fn the_same_batch_arriving_twice_at_once_is_applied_once(backend: Backend) {
+    let (app, secret) = till_holding(backend, 4).await;
+    let journal = wire(&journal());
+    let path = "/v1/terminals/till-1/sync";
+    let now = app.clock.now();
+    let (first, second) = tokio::join!(
+        send(&app, signed_request("till-1", &secret, path, &journal, now)),
+        send(&app, signed_request("till-1", &secret, path, &journal, now)),
+    );
+    assert_eq!(first.body["acked_through"], 3, "{}", first.body);
+    assert_eq!(second.body["acked_through"], 3, "{}", second.body);
+    assert_eq!(
+        allotted(&app.sale("masks").await),
+        (6, 1, 3),
+        "3 units sold, once"
+    );
 }
 
 #[apply(backends)]
