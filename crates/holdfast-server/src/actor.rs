@@ -17,10 +17,10 @@ use holdfast_core::{
 use holdfast_store::{Batch, Durable, Record, Snapshot, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::answer::StoredAnswer;
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::idempotency::StoredAnswer;
-use crate::ledger::LedgerError;
+use crate::ledger_error::LedgerError;
 use crate::log_entry::LogEntry;
 use crate::streams::StreamWriter;
 

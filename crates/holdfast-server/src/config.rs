@@ -18,7 +18,7 @@ pub struct Config {
     pub limits: Limits,
     /// Several nodes on one PostgreSQL database; `None` is one process on the embedded log in
     /// `data_dir`.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Named bounds on every queue and batch.
@@ -85,4 +85,14 @@ impl Config {
             cluster: None,
         }
     }
+}
+
+/// How a node joins the others.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub database_url: String,
+    /// Where the other nodes reach this one (`http://host:port`).
+    pub advertise: String,
+    /// How long a lease lasts without renewal: how soon a dead node's sales are taken over.
+    pub lease_ttl: Duration,
 }

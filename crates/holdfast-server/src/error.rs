@@ -7,9 +7,11 @@ use holdfast_core::{IdentityError, Rejection, SpecError};
 use holdfast_store::StoreError;
 use serde_json::json;
 
-use crate::ledger::LedgerError;
+use crate::answer::StoredAnswer;
+use crate::ledger_error::LedgerError;
 use crate::payments::PaymentError;
 use crate::terminals::TerminalError;
+use crate::text::rejection_message;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -64,6 +66,11 @@ impl ApiError {
         }
     }
 
+    /// This error as an answer stored for replay under an idempotency key.
+    pub fn stored(&self) -> StoredAnswer {
+        StoredAnswer::json(self.status.as_u16(), &self.body())
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"code": self.code, "message": self.message}})
     }
@@ -101,17 +108,6 @@ impl From<Rejection> for ApiError {
             Rejection::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, rejection.code(), rejection_message(&rejection))
-    }
-}
-
-/// A refusal as a person reads it. Times on the wire are RFC 3339; so are times in messages.
-pub fn rejection_message(rejection: &Rejection) -> String {
-    match rejection {
-        Rejection::NotOpenYet { opens_at } => format!(
-            "the sale has not opened yet; it opens at {}",
-            crate::api::wire::format_time(*opens_at)
-        ),
-        other => other.to_string(),
     }
 }
 

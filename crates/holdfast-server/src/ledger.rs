@@ -14,27 +14,9 @@ use thiserror::Error;
 use crate::actor::{SaleActor, SaleHandle};
 use crate::clock::Clock;
 use crate::config::Limits;
+pub use crate::ledger_error::LedgerError;
 use crate::log_entry::LogEntry;
 use crate::streams::{StreamKind, Streams};
-
-/// Failures of the server's own machinery, as opposed to refusals of a request.
-#[derive(Debug, Error)]
-pub enum LedgerError {
-    #[error("the sale is busy; try again shortly")]
-    Busy,
-    #[error("this server already holds as many sales as it is configured for")]
-    TooManySales,
-    #[error("the ledger cannot write durably: {0}")]
-    Storage(#[from] StoreError),
-    #[error("the sale's ledger stopped after a storage failure")]
-    Stopped,
-    #[error("another node holds this now")]
-    Moved,
-    #[error("the node serving this did not answer")]
-    NodeUnreachable,
-    #[error("what is stored of this cannot be read back: {0}")]
-    Unreadable(String),
-}
 
 /// Reasons the server refuses to start: it will not serve from a log it cannot trust.
 #[derive(Debug, Error)]

@@ -4,6 +4,7 @@
 //! (`holdfast-store`). Only this crate knows HTTP and JSON.
 
 mod actor;
+mod answer;
 pub mod api;
 mod app;
 mod auth;
@@ -14,12 +15,14 @@ mod error;
 pub mod fuzz_targets;
 mod idempotency;
 mod ledger;
+mod ledger_error;
 mod log_entry;
 pub mod payments;
 mod settlement;
 mod state;
 mod streams;
 pub mod terminals;
+mod text;
 mod workers;
 
 pub use app::{Application, OperatorTokenSource, StartError};

@@ -20,11 +20,12 @@ use holdfast_store::Batch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::api::wire::hold_id;
 use crate::clock::Clock;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::Ledger;
+use crate::ledger_error::LedgerError;
 use crate::payments::{Authorization, AuthorizeRequest, CURRENCY, PaymentError, PaymentProvider};
 use crate::streams::Streams;
+use crate::text::hold_id;
 
 const WATERMARK_KEY: &str = "settled-through/";
 const PENDING_KEY: &str = "settle/";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use holdfast_store::{Batch, Durable, Fence, LogHandle, StoreError};
 
-use crate::ledger::LedgerError;
+use crate::ledger_error::LedgerError;
 
 pub const TERMINAL_PREFIX: &str = "terminal:";
 pub const STORE_PREFIX: &str = "store:";

@@ -1,5 +1,6 @@
 //! The HTTP API (shared/API.md). One router per area, merged here.
 
+mod credentials;
 mod edge;
 mod extract;
 pub(crate) mod internal;

@@ -11,12 +11,13 @@ use holdfast_core::{Command, Reply, SaleSpec, Standing, Timestamp, seed_commitme
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::credentials::Customer;
 use super::extract::ApiPath;
 use super::overload::WriteSlot;
 use super::sales::find_sale;
 use super::wire::{format_time, parse_channel};
 use crate::actor::SaleView;
-use crate::auth::{Customer, Place};
+use crate::auth::Place;
 use crate::error::ApiError;
 use crate::state::AppState;
 

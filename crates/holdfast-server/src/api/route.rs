@@ -218,7 +218,7 @@ fn into_response(answer: ForwardedAnswer) -> Response {
 /// The answer to a handed-over request for a stream this node does not serve: nothing was
 /// done, and the sender may look the holder up again.
 fn not_here() -> Response {
-    let mut response = ApiError::from(crate::ledger::LedgerError::Moved).into_response();
+    let mut response = ApiError::from(crate::ledger_error::LedgerError::Moved).into_response();
     response
         .headers_mut()
         .insert(NOT_HERE, HeaderValue::from_static("1"));

@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use holdfast_core::{Command, STOCK_MAX, Shopper, is_valid_sale_id};
 use serde_json::{Value, json};
 
+use super::credentials::{Caller, Operator};
 use super::extract::{ApiJson, ApiPath};
 use super::overload::WriteSlot;
 use super::wire::{
@@ -16,7 +17,7 @@ use super::wire::{
     in_range, parse_channel, parse_order_id, sale_body,
 };
 use crate::actor::SaleHandle;
-use crate::auth::{Caller, CustomerIdentity, Operator};
+use crate::auth::CustomerIdentity;
 use crate::error::ApiError;
 use crate::ledger::Created;
 use crate::state::AppState;

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
 use serde_json::{Value, json};
 
+use super::credentials::{Caller, Customer};
 use super::extract::{ApiJson, ApiPath};
 use super::overload::WriteSlot;
 use super::sales::find_sale;
@@ -16,7 +17,6 @@ use super::wire::{
     parse_hold_id, parse_order_id, render_confirm, render_hold,
 };
 use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
-use crate::auth::{Caller, Customer};
 use crate::error::ApiError;
 use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
 use crate::payments::{AuthorizeRequest, CURRENCY};

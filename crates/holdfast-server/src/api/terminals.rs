@@ -18,10 +18,10 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::credentials::Operator;
 use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::overload::WriteSlot;
 use super::wire::{format_time, in_range};
-use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
@@ -298,9 +298,7 @@ async fn card_payment(
             };
             StoredAnswer::json(200, &approved)
         }
-        Err(declined @ PaymentError::Declined { .. }) => {
-            StoredAnswer::error(&ApiError::from(declined))
-        }
+        Err(declined @ PaymentError::Declined { .. }) => ApiError::from(declined).stored(),
         // Not an answer about this payment (the network is down): a retry tries afresh.
         Err(other) => return Err(other.into()),
     };

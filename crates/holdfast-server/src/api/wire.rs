@@ -1,7 +1,8 @@
 //! The HTTP wire format, separate from the core's types so either can change without the
 //! other. Conversions and validation of untrusted input live here.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+pub use crate::text::{format_time, hold_id, http_date, order_id};
+use chrono::{DateTime, NaiveDate};
 use holdfast_core::{
     ADMISSION_PER_S_DEFAULT, Channel, Day, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HoldId, Order,
     OrderId, PASS_TTL_MILLIS_DEFAULT, QueueMode, Reply, SaleSpec, SpecError, Timestamp,
@@ -13,18 +14,6 @@ use serde_json::json;
 use crate::actor::{Outcome, SaleView};
 use crate::error::ApiError;
 use crate::idempotency::StoredAnswer;
-
-pub fn format_time(at: Timestamp) -> String {
-    DateTime::<Utc>::from_timestamp_millis(at.0)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-/// An HTTP `Date` header value (RFC 9110 IMF-fixdate).
-pub fn http_date(at: Timestamp) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(at.0)
-        .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-}
 
 pub fn parse_time(field: &'static str, raw: &str) -> Result<Timestamp, ApiError> {
     DateTime::parse_from_rfc3339(raw)
@@ -276,14 +265,6 @@ pub fn sale_body(view: &SaleView, now: Timestamp) -> serde_json::Value {
     })
 }
 
-pub fn hold_id(sale_id: &str, hold: HoldId) -> String {
-    format!("{sale_id}.h{}", hold.0)
-}
-
-pub fn order_id(sale_id: &str, order: OrderId) -> String {
-    format!("{sale_id}.o{}", order.0)
-}
-
 /// Splits "<sale>.<letter><n>" into the sale id and the number.
 fn split_id(raw: &str, letter: char) -> Option<(&str, u64)> {
     let (sale, local) = raw.rsplit_once('.')?;
@@ -355,7 +336,7 @@ struct HoldBody<'a> {
 
 fn rejected(outcome: &Outcome) -> Option<StoredAnswer> {
     let rejection = outcome.as_ref().err()?;
-    Some(StoredAnswer::error(&ApiError::from(rejection.clone())))
+    Some(ApiError::from(rejection.clone()).stored())
 }
 
 pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {

@@ -22,21 +22,12 @@ use holdfast_store::{Lease, PgStore, StoreError, StreamRecovery};
 use tokio::time::Instant;
 
 use crate::actor::SaleView;
+pub use crate::config::ClusterConfig;
 use crate::streams::Leases;
 pub use forward::{
     BATCH_PATH, Forwarded, ForwardedAnswer, ForwardedRequest, Forwarder, NOT_HERE, SIGNATURE_HEADER,
 };
 pub use view::{PublishedView, encode_ranks, ranks_stream};
-
-/// How a node joins the others.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    pub database_url: String,
-    /// Where the other nodes reach this one (`http://host:port`).
-    pub advertise: String,
-    /// How long a lease lasts without renewal: how soon a dead node's sales are taken over.
-    pub lease_ttl: Duration,
-}
 
 /// Connections one node keeps to PostgreSQL for leases, loads and views (the log writer has
 /// one of its own).

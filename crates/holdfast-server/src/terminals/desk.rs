@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::terms;
 use crate::actor::SaleView;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::Ledger;
+use crate::ledger_error::LedgerError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SaleCall {

@@ -22,7 +22,7 @@ use holdfast_store::{Batch, Snapshot, StoredSnapshot};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ledger::LedgerError;
+use crate::ledger_error::LedgerError;
 use crate::streams::{StreamWriter, Streams, terminal_stream};
 pub use desk::{Pending, SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome, serve_sale_call};
 pub use stores::{StoreSettings, Stores, is_valid_store_name};

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use holdfast_core::terminal::wire::{OfflineCardLimits, StoreCatalogue};
 use holdfast_store::Batch;
 
-use crate::ledger::LedgerError;
+use crate::ledger_error::LedgerError;
 use crate::streams::{Streams, store_stream};
 
 const LIMITS_KEY: &str = "store-limits/";

@@ -12,8 +12,8 @@ use holdfast_store::{Batch, Record};
 
 use super::desk::{SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome};
 use super::{Noted, PendingTransfer, Receivable, SyncState, Terminal, holder};
-use crate::error::rejection_message;
-use crate::ledger::LedgerError;
+use crate::ledger_error::LedgerError;
+use crate::text::rejection_message;
 
 /// Units a till keeps of a sale whose pool has run dry; the rest it is asked to give back, so
 /// web shoppers are not told "sold out" while units sit in a drawer.
