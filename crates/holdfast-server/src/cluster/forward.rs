@@ -81,6 +81,7 @@ struct Job {
 
 pub struct Forwarder {
     node: String,
+    handed_over: std::sync::atomic::AtomicU64,
     secret: Vec<u8>,
     client: reqwest::Client,
     peers: Mutex<HashMap<String, mpsc::Sender<Job>>>,
@@ -96,6 +97,7 @@ impl Forwarder {
             .expect("an HTTP client with these settings builds");
         Forwarder {
             node,
+            handed_over: Default::default(),
             secret,
             client,
             peers: Mutex::default(),
@@ -108,6 +110,8 @@ impl Forwarder {
         address: &str,
         request: ForwardedRequest,
     ) -> Result<ForwardedAnswer, ForwardError> {
+        self.handed_over
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let queue = self.queue(address);
         queue
@@ -136,6 +140,11 @@ impl Forwarder {
         tokio::spawn(peer.run(jobs));
         peers.insert(address.to_owned(), queue.clone());
         queue
+    }
+
+    /// Requests this node has handed to others since it started.
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks a batch's signature header against its body.

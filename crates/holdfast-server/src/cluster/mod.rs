@@ -239,6 +239,11 @@ impl Cluster {
         self.held.read().expect("leases").keys().cloned().collect()
     }
 
+    /// How many other nodes' sale views this node keeps.
+    pub fn views_followed(&self) -> usize {
+        self.views.read().expect("views").len()
+    }
+
     /// The latest view another node published of a sale it serves.
     pub fn view(&self, sale: &str) -> Option<Arc<SaleView>> {
         self.views.read().expect("views").get(sale).cloned()

@@ -45,7 +45,8 @@ pub fn backends(#[case] backend: Backend) {}
 pub struct TestApp {
     /// The first node's address (for raw connections).
     pub base: String,
-    bases: Vec<String>,
+    /// Every node's address.
+    pub bases: Vec<String>,
     turn: AtomicUsize,
     pub backend: Backend,
     pub client: reqwest::Client,

@@ -349,3 +349,78 @@ async fn positions_in_state(app: &TestApp, shoppers: &[Shopper], state: &str) ->
     positions.sort();
     positions
 }
+
+/// On several nodes, a waiting-room poll is answered by whichever node it reaches, from the view
+/// the sale's holder publishes: nothing is handed to the holder, nothing asked of the database.
+#[tokio::test]
+async fn a_poll_on_another_node_is_answered_there_from_the_published_view() {
+    let app = spawn_app(Backend::TwoNodes).await;
+    let (holder, other) = (&app.bases[0], &app.bases[1]);
+    let sale = queued_sale("line", 5, "fifo", "2026-01-01T00:00:00Z");
+    let created = app
+        .client
+        .post(format!("{holder}/v1/sales"))
+        .bearer_auth(OPERATOR)
+        .json(&sale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let token = app.token("polly", None, None).await;
+    let joined: Value = app
+        .client
+        .post(format!("{holder}/v1/sales/line/queue"))
+        .bearer_auth(&token)
+        .json(&json!({"channel": "web"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = joined["ticket"].as_str().unwrap();
+    let health = |base: String| {
+        let client = app.client.clone();
+        async move {
+            let health: Value = client
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            health
+        }
+    };
+    let poll = || {
+        let client = app.client.clone();
+        let url = format!("{other}/v1/sales/line/queue/{ticket}");
+        let token = token.clone();
+        async move {
+            let answer = client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            let answer: Value = answer.json().await.unwrap();
+            assert_eq!(answer["position"], 1, "{answer}");
+        }
+    };
+    // Until the other node follows a view that knows this ticket (it looks every 200 ms), its
+    // polls are handed to the holder; from then on, none is.
+    let started = std::time::Instant::now();
+    let handed_over = loop {
+        let before = health(other.clone()).await["requests_handed_over"].clone();
+        poll().await;
+        if health(other.clone()).await["requests_handed_over"] == before {
+            break before;
+        }
+        assert!(started.elapsed().as_secs() < 10, "the view never arrived");
+    };
+    for _ in 0..20 {
+        poll().await;
+    }
+    assert_eq!(
+        health(other.clone()).await["requests_handed_over"],
+        handed_over,
+        "no poll was handed to the sale's holder"
+    );
+}
