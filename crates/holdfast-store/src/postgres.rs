@@ -84,9 +84,90 @@ fn pg(error: impl std::error::Error) -> StoreError {
 /// what is durable.
 pub struct PgLog {
     config: postgres::Config,
-    client: Option<postgres::Client>,
+    connection: Option<Connection>,
     node: String,
     uncertain: std::collections::HashSet<Fence>,
+}
+
+/// The writer's connection and its statements, prepared once per connection: the database
+/// parses and plans each only once, and every use is one round trip.
+struct Connection {
+    client: postgres::Client,
+    statements: Statements,
+}
+
+struct Statements {
+    insert_fenced: postgres::Statement,
+    insert_free: postgres::Statement,
+    fence_check: postgres::Statement,
+    put_values: postgres::Statement,
+    put_snapshot: postgres::Statement,
+}
+
+impl Connection {
+    fn open(config: &postgres::Config) -> Result<Connection, StoreError> {
+        let mut client = config.connect(postgres::NoTls).map_err(pg)?;
+        // The fence is part of the insert itself: the lease row is read with a share lock in
+        // the same statement, so a takeover waits for this append to commit, and an append
+        // after a takeover inserts nothing.
+        let insert_fenced = client
+            .prepare(
+                "INSERT INTO log (stream, epoch, payload, crc)
+                 SELECT r.stream, l.epoch, r.payload, r.crc
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
+                      AS r(stream, payload, crc, n),
+                      (SELECT epoch FROM lease
+                       WHERE stream = $4 AND epoch = $5 AND node = $6 FOR SHARE) AS l
+                 ORDER BY r.n
+                 RETURNING seq, stream",
+            )
+            .map_err(pg)?;
+        let insert_free = client
+            .prepare(
+                "INSERT INTO log (stream, epoch, payload, crc)
+                 SELECT r.stream, 0, r.payload, r.crc
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
+                      AS r(stream, payload, crc, n)
+                 ORDER BY r.n
+                 RETURNING seq, stream",
+            )
+            .map_err(pg)?;
+        let fence_check = client
+            .prepare("SELECT 1 FROM lease WHERE stream = $1 AND epoch = $2 AND node = $3 FOR SHARE")
+            .map_err(pg)?;
+        // The last write of a key in the batch wins, as it would written one by one.
+        let put_values = client
+            .prepare(
+                "INSERT INTO kv (stream, key, value, crc)
+                 SELECT DISTINCT ON (v.key) $1, v.key, v.value, v.crc
+                 FROM unnest($2::text[], $3::bytea[], $4::bigint[]) WITH ORDINALITY
+                      AS v(key, value, crc, n)
+                 ORDER BY v.key, v.n DESC
+                 ON CONFLICT (stream, key) DO UPDATE
+                   SET value = excluded.value, crc = excluded.crc",
+            )
+            .map_err(pg)?;
+        // A snapshot covers its stream's records up to the batch's last one (`$2`), or, in a
+        // batch without records of that stream, up to the stream's last one so far.
+        let put_snapshot = client
+            .prepare(
+                "INSERT INTO snapshot (stream, through, payload, crc)
+                 SELECT $1::text,
+                        COALESCE($2::bigint, (SELECT MAX(seq) FROM log WHERE stream = $1), 0),
+                        $3, $4
+                 ON CONFLICT (stream) DO UPDATE
+                   SET through = excluded.through, payload = excluded.payload, crc = excluded.crc",
+            )
+            .map_err(pg)?;
+        let statements = Statements {
+            insert_fenced,
+            insert_free,
+            fence_check,
+            put_values,
+            put_snapshot,
+        };
+        Ok(Connection { client, statements })
+    }
 }
 
 impl PgLog {
@@ -98,169 +179,161 @@ impl PgLog {
         // a lease for ever: the database ends the transaction, and the takeover goes on.
         config.options("-c idle_in_transaction_session_timeout=2000");
         config.connect_timeout(Duration::from_secs(5));
-        let client = config.connect(postgres::NoTls).map_err(pg)?;
+        let connection = Connection::open(&config)?;
         Ok(PgLog {
             config,
-            client: Some(client),
+            connection: Some(connection),
             node: node.to_owned(),
             uncertain: Default::default(),
         })
     }
 
-    fn client(&mut self) -> Result<&mut postgres::Client, StoreError> {
-        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
-            self.client = None;
-            self.client = Some(self.config.connect(postgres::NoTls).map_err(pg)?);
+    fn connection(&mut self) -> Result<&mut Connection, StoreError> {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|c| c.client.is_closed())
+        {
+            self.connection = None;
+            self.connection = Some(Connection::open(&self.config)?);
         }
-        Ok(self.client.as_mut().expect("connected just now"))
+        Ok(self.connection.as_mut().expect("connected just now"))
     }
 
+    /// Writes every batch in one transaction. A batch whose fence no longer holds writes
+    /// nothing (its records' insert is the first thing it does, and inserts nothing), and the
+    /// others still commit.
     fn commit_all(
         &mut self,
         batches: &[&Batch],
     ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let node = self.node.clone();
-        let mut tx = self.client()?.transaction().map_err(pg)?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for batch in batches {
-            // A batch refused by its fence leaves no trace; the others still commit.
-            let mut savepoint = tx.savepoint("batch").map_err(pg)?;
-            let outcome = write_batch(&mut savepoint, &node, batch)?;
-            if outcome.is_ok() {
-                savepoint.commit().map_err(pg)?;
-            } else {
-                savepoint.rollback().map_err(pg)?;
-            }
-            outcomes.push(outcome);
-        }
-        tx.commit().map_err(pg)?;
+        let Connection { client, statements } = self.connection()?;
+        let mut writer = BatchWriter {
+            tx: client.transaction().map_err(pg)?,
+            node: &node,
+            statements,
+            round_trips: 2, // BEGIN and COMMIT
+        };
+        let outcomes = batches
+            .iter()
+            .map(|batch| writer.write(batch))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let round_trips = writer.round_trips;
+        writer.tx.commit().map_err(pg)?;
+        metrics::counter!("holdfast_pg_log_round_trips_total").increment(round_trips);
+        metrics::counter!("holdfast_pg_log_commits_total").increment(1);
         Ok(outcomes)
     }
 }
 
-/// What one fenced or unfenced batch writes, inside the commit's transaction. `Ok(Err(Fenced))`
-/// when the batch's writer no longer holds its stream.
-fn write_batch(
-    tx: &mut postgres::Transaction<'_>,
-    node: &str,
-    batch: &Batch,
-) -> Result<Result<u64, StoreError>, StoreError> {
-    let fence = batch.fence.as_ref();
-    let fenced = || {
-        Ok(Err(StoreError::Fenced {
-            stream: fence.map(|f| f.stream.clone()).unwrap_or_default(),
-        }))
-    };
-    let mut last_by_stream: BTreeMap<String, i64> = BTreeMap::new();
-    if batch.records.is_empty() {
-        if let Some(fence) = fence {
-            // A snapshot or an answer from a node that lost the stream is as stale as a record.
-            let held = tx
-                .query(
-                    "SELECT 1 FROM lease WHERE stream = $1 AND epoch = $2 AND node = $3 FOR SHARE",
-                    &[&fence.stream, &(fence.epoch as i64), &node],
-                )
-                .map_err(pg)?;
-            if held.is_empty() {
+/// One commit's transaction and the statements it writes with.
+struct BatchWriter<'a> {
+    tx: postgres::Transaction<'a>,
+    node: &'a str,
+    statements: &'a Statements,
+    round_trips: u64,
+}
+
+impl BatchWriter<'_> {
+    /// Writes one batch: `Ok(Err(Fenced))`, having written nothing, when its writer no longer
+    /// holds its stream.
+    fn write(&mut self, batch: &Batch) -> Result<Result<u64, StoreError>, StoreError> {
+        let fence = batch.fence.as_ref();
+        let fenced = || {
+            Ok(Err(StoreError::Fenced {
+                stream: fence.map(|f| f.stream.clone()).unwrap_or_default(),
+            }))
+        };
+        let mut last_by_stream: BTreeMap<String, i64> = BTreeMap::new();
+        if batch.records.is_empty() {
+            if let Some(fence) = fence {
+                // A snapshot or an answer from a node that lost the stream is as stale as a
+                // record.
+                self.round_trips += 1;
+                let held = self
+                    .tx
+                    .query(
+                        &self.statements.fence_check,
+                        &[&fence.stream, &(fence.epoch as i64), &self.node],
+                    )
+                    .map_err(pg)?;
+                if held.is_empty() {
+                    return fenced();
+                }
+            }
+        } else {
+            let streams: Vec<&str> = batch.records.iter().map(|r| r.stream.as_str()).collect();
+            let payloads: Vec<&[u8]> = batch.records.iter().map(|r| r.payload.as_slice()).collect();
+            let crcs: Vec<i64> = batch
+                .records
+                .iter()
+                .map(|r| i64::from(checksum(&r.stream, &r.payload)))
+                .collect();
+            self.round_trips += 1;
+            let rows = match fence {
+                Some(fence) => self.tx.query(
+                    &self.statements.insert_fenced,
+                    &[
+                        &streams,
+                        &payloads,
+                        &crcs,
+                        &fence.stream,
+                        &(fence.epoch as i64),
+                        &self.node,
+                    ],
+                ),
+                None => self
+                    .tx
+                    .query(&self.statements.insert_free, &[&streams, &payloads, &crcs]),
+            }
+            .map_err(pg)?;
+            if rows.len() != batch.records.len() {
+                // Nothing was inserted: the lease no longer carries this epoch.
                 return fenced();
             }
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let last = last_by_stream.entry(row.get(1)).or_default();
+                *last = (*last).max(seq);
+            }
         }
-    } else {
-        let streams: Vec<&str> = batch.records.iter().map(|r| r.stream.as_str()).collect();
-        let payloads: Vec<&[u8]> = batch.records.iter().map(|r| r.payload.as_slice()).collect();
-        let crcs: Vec<i64> = batch
-            .records
-            .iter()
-            .map(|r| i64::from(checksum(&r.stream, &r.payload)))
-            .collect();
-        // The fence is part of the insert itself: the lease row is read with a share lock in
-        // the same statement, so a takeover waits for this append to commit, and an append
-        // after a takeover inserts nothing.
-        let rows = match fence {
-            Some(fence) => tx.query(
-                "INSERT INTO log (stream, epoch, payload, crc)
-                 SELECT r.stream, l.epoch, r.payload, r.crc
-                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
-                      AS r(stream, payload, crc, n),
-                      (SELECT epoch FROM lease
-                       WHERE stream = $4 AND epoch = $5 AND node = $6 FOR SHARE) AS l
-                 ORDER BY r.n
-                 RETURNING seq, stream",
-                &[
-                    &streams,
-                    &payloads,
-                    &crcs,
-                    &fence.stream,
-                    &(fence.epoch as i64),
-                    &node,
-                ],
-            ),
-            None => tx.query(
-                "INSERT INTO log (stream, epoch, payload, crc)
-                 SELECT r.stream, 0, r.payload, r.crc
-                 FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY
-                      AS r(stream, payload, crc, n)
-                 ORDER BY r.n
-                 RETURNING seq, stream",
-                &[&streams, &payloads, &crcs],
-            ),
-        }
-        .map_err(pg)?;
-        if rows.len() != batch.records.len() {
-            return fenced();
-        }
-        for row in rows {
-            let seq: i64 = row.get(0);
-            let last = last_by_stream.entry(row.get(1)).or_default();
-            *last = (*last).max(seq);
-        }
-    }
-    for snapshot in &batch.snapshots {
-        let through = match last_by_stream.get(&snapshot.stream) {
-            Some(&seq) => seq,
-            None => tx
-                .query_one(
-                    "SELECT COALESCE(MAX(seq), 0) FROM log WHERE stream = $1",
-                    &[&snapshot.stream],
+        // From here the lease is held with a share lock until the commit: no takeover can come
+        // between, so the rest needs no fence of its own.
+        for snapshot in &batch.snapshots {
+            let through = last_by_stream.get(&snapshot.stream).copied();
+            let crc = i64::from(checksum(&snapshot.stream, &snapshot.payload));
+            self.round_trips += 1;
+            self.tx
+                .execute(
+                    &self.statements.put_snapshot,
+                    &[&snapshot.stream, &through, &snapshot.payload, &crc],
                 )
-                .map_err(pg)?
-                .get(0),
-        };
-        let crc = i64::from(checksum(&snapshot.stream, &snapshot.payload));
-        tx.execute(
-            "INSERT INTO snapshot (stream, through, payload, crc) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (stream) DO UPDATE SET through = $2, payload = $3, crc = $4",
-            &[&snapshot.stream, &through, &snapshot.payload, &crc],
-        )
-        .map_err(pg)?;
+                .map_err(pg)?;
+        }
+        if !batch.values.is_empty() {
+            // A fenced batch's values belong to its stream, and come back when a node takes the
+            // stream over; the others are global ('').
+            let stream = fence.map_or(GLOBAL, |f| f.stream.as_str());
+            let keys: Vec<&str> = batch.values.iter().map(|(k, _)| k.as_str()).collect();
+            let values: Vec<&[u8]> = batch.values.iter().map(|(_, v)| v.as_slice()).collect();
+            let crcs: Vec<i64> = batch
+                .values
+                .iter()
+                .map(|(k, v)| i64::from(checksum(k, v)))
+                .collect();
+            self.round_trips += 1;
+            self.tx
+                .execute(
+                    &self.statements.put_values,
+                    &[&stream, &keys, &values, &crcs],
+                )
+                .map_err(pg)?;
+        }
+        Ok(Ok(
+            last_by_stream.values().copied().max().unwrap_or(0) as u64
+        ))
     }
-    // A fenced batch's values belong to its stream, and come back when a node takes the
-    // stream over; the others are global ('').
-    let stream = fence.map_or(GLOBAL, |f| f.stream.as_str());
-    if !batch.values.is_empty() {
-        let keys: Vec<&str> = batch.values.iter().map(|(k, _)| k.as_str()).collect();
-        let values: Vec<&[u8]> = batch.values.iter().map(|(_, v)| v.as_slice()).collect();
-        let crcs: Vec<i64> = batch
-            .values
-            .iter()
-            .map(|(k, v)| i64::from(checksum(k, v)))
-            .collect();
-        // The last write of a key in the batch wins, as it would written one by one.
-        tx.execute(
-            "INSERT INTO kv (stream, key, value, crc)
-             SELECT DISTINCT ON (v.key) $1, v.key, v.value, v.crc
-             FROM unnest($2::text[], $3::bytea[], $4::bigint[]) WITH ORDINALITY
-                  AS v(key, value, crc, n)
-             ORDER BY v.key, v.n DESC
-             ON CONFLICT (stream, key) DO UPDATE
-               SET value = excluded.value, crc = excluded.crc",
-            &[&stream, &keys, &values, &crcs],
-        )
-        .map_err(pg)?;
-    }
-    Ok(Ok(
-        last_by_stream.values().copied().max().unwrap_or(0) as u64
-    ))
 }
 
 impl LogBackend for PgLog {
@@ -281,7 +354,7 @@ impl LogBackend for PgLog {
                 let fences = writable.iter().filter_map(|b| b.fence.clone());
                 self.uncertain.extend(fences);
                 // The connection may be what failed: the next commit makes a new one.
-                self.client = None;
+                self.connection = None;
                 return Err(error);
             }
         };

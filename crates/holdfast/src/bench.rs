@@ -28,13 +28,13 @@ use serde_json::{Value, json};
 pub struct BenchArgs {
     /// Seconds each measured run lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent keep-alive connections driving the load (shoppers in flight at once).
     #[arg(long, default_value_t = 256)]
-    connections: usize,
+    pub connections: usize,
     /// Runs of each scenario, interleaved; the report gives medians.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub runs: usize,
     /// Run only one scenario (for profiling); the report then has no ratio.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
@@ -51,7 +51,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     holds: usize,
     #[arg(long, help = crate::http::DATA_HELP)]
-    data: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    /// The postgres scenario: a PostgreSQL server where the bench may create (and afterwards
+    /// drop) databases of its own, e.g. postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long, env = "HOLDFAST_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,29 +70,41 @@ enum Scenario {
     Strangers,
     /// A till's journal of scarce sales uploaded in batches against one entry per request.
     TillSync,
+    /// PostgreSQL against the embedded log, round trips and commits per purchase, three nodes
+    /// against one, and the time a dead owner's sale takes to be served again (--database).
+    Postgres,
 }
 
-const OPERATOR: &str = "bench-operator";
+pub(crate) const OPERATOR: &str = "bench-operator";
 const WARM_UP: Duration = Duration::from_secs(1);
 
-struct RunResult {
-    requests_per_s: f64,
+pub(crate) struct RunResult {
+    pub requests_per_s: f64,
     /// Confirms answered 200 per second (ledger only).
-    purchases_per_s: f64,
+    pub purchases_per_s: f64,
     /// Requests answered 429 overloaded (and retried after the pause the server asked for).
-    shed: u64,
-    p50_us: u64,
-    p99_us: u64,
-    errors: u64,
+    pub shed: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: u64,
 }
 
 #[derive(Clone)]
-enum Workload {
+pub(crate) enum Workload {
     Bare,
-    /// Each connection buys with its own customer token: hold, then confirm.
+    /// Each connection buys with its own customer token: hold, then confirm, from the sale
+    /// and through the server its turn among `targets` gives it.
     Ledger {
         tokens: Arc<Vec<String>>,
+        targets: Arc<Vec<Target>>,
     },
+}
+
+/// Where a connection buys: a server, and a sale on it.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub address: SocketAddr,
+    pub sale: String,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -110,6 +126,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             data: args.data.as_deref(),
         });
     }
+    if args.scenario == Scenario::Postgres {
+        let database = args
+            .database
+            .clone()
+            .context("the postgres scenario needs --database (or HOLDFAST_BENCH_DATABASE_URL)")?;
+        return crate::cluster_bench::run(&args, &database);
+    }
     if args.scenario == Scenario::Storm {
         return crate::storm::run(crate::storm::StormArgs {
             terminals: args.terminals,
@@ -118,20 +141,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             data: args.data.as_deref(),
         });
     }
-    // Server and load generator each get their own runtime, so they compete for the cores the
-    // same way in both scenarios.
-    let runtimes = Runtimes {
-        server: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bench-server")
-            .enable_all()
-            .build()?,
-        client: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bench-client")
-            .enable_all()
-            .build()?,
-    };
+    let runtimes = Runtimes::new()?;
     let client = crate::http::client(args.connections);
     let data = ToolData::new(args.data.as_deref(), "bench")?;
     let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
@@ -154,9 +164,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Runtimes {
-    server: tokio::runtime::Runtime,
-    client: tokio::runtime::Runtime,
+pub(crate) struct Runtimes {
+    pub server: tokio::runtime::Runtime,
+    pub client: tokio::runtime::Runtime,
+}
+
+impl Runtimes {
+    /// Server and load generator each get their own runtime, so they compete for the cores the
+    /// same way in every scenario.
+    pub fn new() -> anyhow::Result<Runtimes> {
+        Ok(Runtimes {
+            server: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-server")
+                .enable_all()
+                .build()?,
+            client: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-client")
+                .enable_all()
+                .build()?,
+        })
+    }
 }
 
 fn bare_run(
@@ -185,7 +214,7 @@ fn bare_run(
     result
 }
 
-fn ledger_run(
+pub(crate) fn ledger_run(
     runtimes: &Runtimes,
     client: &HttpClient,
     args: &BenchArgs,
@@ -199,34 +228,57 @@ fn ledger_run(
     result
 }
 
-async fn ledger_load(
+/// Creates a sale `sale` on the server at `address` with all the stock there may be.
+pub(crate) async fn create_bench_sale(
     client: &HttpClient,
     address: SocketAddr,
-    args: &BenchArgs,
-) -> anyhow::Result<RunResult> {
-    let sale = json!({
-        "id": "bench", "sku": "B-1", "name": "Benchmark stock", "price": 1000,
+    sale: &str,
+) -> anyhow::Result<()> {
+    let body = json!({
+        "id": sale, "sku": "B-1", "name": "Benchmark stock", "price": 1000,
         "stock": STOCK_MAX, "per_customer_limit": PER_CUSTOMER_LIMIT_MAX,
         "opens_at": "2020-01-01T00:00:00Z", "queue": "none",
     });
-    let (status, body) = send(client, address, "/v1/sales", OPERATOR, &sale).await?;
+    let (status, answer) = send(client, address, "/v1/sales", OPERATOR, &body).await?;
     anyhow::ensure!(
         status == 201,
-        "creating the bench sale answered {status}: {body}"
+        "creating the bench sale answered {status}: {answer}"
     );
-    let mut tokens = Vec::with_capacity(args.connections);
-    for n in 0..args.connections {
+    Ok(())
+}
+
+/// A customer token per connection.
+pub(crate) async fn bench_tokens(
+    client: &HttpClient,
+    address: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<Arc<Vec<String>>> {
+    let mut tokens = Vec::with_capacity(connections);
+    for n in 0..connections {
         let request = json!({"customer_id": format!("bench-{n}")});
         let (_, body) = send(client, address, "/v1/customer-tokens", OPERATOR, &request).await?;
         tokens.push(body["token"].as_str().context("token")?.to_owned());
     }
+    Ok(Arc::new(tokens))
+}
+
+pub(crate) async fn ledger_load(
+    client: &HttpClient,
+    address: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
+    create_bench_sale(client, address, "bench").await?;
     let workload = Workload::Ledger {
-        tokens: Arc::new(tokens),
+        tokens: bench_tokens(client, address, args.connections).await?,
+        targets: Arc::new(vec![Target {
+            address,
+            sale: "bench".into(),
+        }]),
     };
     drive(client, address, workload, args).await
 }
 
-async fn send(
+pub(crate) async fn send(
     client: &HttpClient,
     address: SocketAddr,
     path: &str,
@@ -306,13 +358,18 @@ async fn connection_loop(
         }
     };
     let bare_url = format!("http://{address}/bare");
-    let hold_url = format!("http://{address}/v1/sales/bench/holds");
+    let target = match &workload {
+        Workload::Bare => None,
+        Workload::Ledger { targets, .. } => Some(targets[connection % targets.len()].clone()),
+    };
+    let (buy_at, sale) = target.map_or((address, String::new()), |t| (t.address, t.sale));
+    let hold_url = format!("http://{buy_at}/v1/sales/{sale}/holds");
     let empty = Bytes::from_static(b"{}");
     let hold = Bytes::from_static(br#"{"quantity":1,"channel":"web"}"#);
     let confirm = Bytes::from_static(br#"{"payment":{"method":"card","token":"tok_visa"}}"#);
     let authorization = match &workload {
         Workload::Bare => "Bearer none".to_owned(),
-        Workload::Ledger { tokens } => format!("Bearer {}", tokens[connection]),
+        Workload::Ledger { tokens, .. } => format!("Bearer {}", tokens[connection]),
     };
     for n in 0u64.. {
         if Instant::now() >= until {
@@ -352,7 +409,7 @@ async fn connection_loop(
                     continue;
                 };
                 let key = format!("c-{connection}-{n}");
-                let url = format!("http://{address}/v1/holds/{}/confirm", answer.hold_id);
+                let url = format!("http://{buy_at}/v1/holds/{}/confirm", answer.hold_id);
                 let sent = until_answered(
                     &client,
                     &url,
@@ -376,7 +433,7 @@ async fn connection_loop(
     Ok((latencies, errors, purchases, shed))
 }
 
-async fn drive(
+pub(crate) async fn drive(
     client: &HttpClient,
     address: SocketAddr,
     workload: Workload,
@@ -469,7 +526,21 @@ fn core_commands_per_s(duration: Duration) -> f64 {
     commands as f64 / started.elapsed().as_secs_f64()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// A report's row: the median of `rate` over the runs, median latencies, errors, each run.
+pub(crate) fn table_row(name: &str, results: &[&RunResult], rate: fn(&RunResult) -> f64) -> String {
+    let median_of = |f: &dyn Fn(&RunResult) -> f64| median(results.iter().map(|r| f(r)).collect());
+    let runs: Vec<String> = results.iter().map(|r| format!("{:.0}", rate(r))).collect();
+    format!(
+        "| {name} | {:.0} | {:.0} | {:.0} | {} | {} |",
+        median_of(&|r| rate(r)),
+        median_of(&|r| r.p50_us as f64),
+        median_of(&|r| r.p99_us as f64),
+        results.iter().map(|r| r.errors).sum::<u64>(),
+        runs.join(", ")
+    )
+}
+
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -485,15 +556,6 @@ fn report(
     core: &[f64],
 ) {
     let rate = |r: &[RunResult]| median(r.iter().map(|x| x.requests_per_s).collect());
-    let p50 = |r: &[RunResult]| median(r.iter().map(|x| x.p50_us as f64).collect());
-    let p99 = |r: &[RunResult]| median(r.iter().map(|x| x.p99_us as f64).collect());
-    let errors = |r: &[RunResult]| r.iter().map(|x| x.errors).sum::<u64>();
-    let runs = |r: &[RunResult]| {
-        r.iter()
-            .map(|x| format!("{:.0}", x.requests_per_s))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
         "holdfast bench: {} runs x {} s, {} connections, loopback, fsync on (data in {})\n",
         args.runs,
@@ -507,14 +569,8 @@ fn report(
         ("bare axum endpoint (ceiling)", bare),
         ("ledger hold+confirm", ledger),
     ] {
-        println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} |",
-            rate(results),
-            p50(results),
-            p99(results),
-            errors(results),
-            runs(results)
-        );
+        let results: Vec<&RunResult> = results.iter().collect();
+        println!("{}", table_row(name, &results, |r| r.requests_per_s));
     }
     let core_runs = core
         .iter()

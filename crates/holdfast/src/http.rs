@@ -194,6 +194,14 @@ impl InProcessServer {
             data.next_server_dir()?,
             Some(operator_token.into()),
         );
+        InProcessServer::start_with(runtime, config)
+    }
+
+    /// Starts a server with `config` (one node on a database, say).
+    pub fn start_with(
+        runtime: &tokio::runtime::Runtime,
+        config: holdfast_server::Config,
+    ) -> anyhow::Result<Self> {
         let app = runtime.block_on(holdfast_server::Application::build(config))?;
         let address = app.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! `holdfast`: one binary for the server and its tools.
 
 mod bench;
+mod cluster_bench;
 mod http;
 mod load;
 mod storm;
