@@ -66,9 +66,9 @@ pub fn run(args: &BenchArgs, admin_url: &str) -> anyhow::Result<()> {
 struct Results {
     embedded: Vec<RunResult>,
     postgres: Vec<(RunResult, Costs)>,
-    one_node: Vec<RunResult>,
-    three_nodes: Vec<RunResult>,
-    three_sales: Vec<RunResult>,
+    one_node: Vec<(RunResult, Cpu)>,
+    three_nodes: Vec<(RunResult, Cpu)>,
+    three_sales: Vec<(RunResult, Cpu)>,
     failover_s: Vec<f64>,
 }
 
@@ -80,6 +80,48 @@ struct Costs {
     /// Commits and statements (each a round trip) the log writer sent.
     log_commits: u64,
     log_round_trips: u64,
+}
+
+/// CPU time per purchase: of the holdfast node processes together, and of PostgreSQL (every
+/// `postgres` process on this machine, its background writers included).
+#[derive(Clone, Copy)]
+struct Cpu {
+    nodes_ms: f64,
+    postgres_ms: f64,
+}
+
+/// CPU seconds used so far by the processes `pids`, and by every `postgres` process.
+fn cpu_seconds(pids: &[u32]) -> anyhow::Result<(f64, f64)> {
+    let ticks: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+        .trim()
+        .parse()?;
+    // utime and stime are the 14th and 15th fields of /proc/<pid>/stat, after the name.
+    let used = |stat: &str| -> Option<(String, f64)> {
+        let (name, rest) = stat.split_once(") ")?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks_used =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((name.rsplit('(').next()?.to_owned(), ticks_used / ticks))
+    };
+    let (mut nodes, mut postgres) = (0.0, 0.0);
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, seconds)) = used(&stat) else {
+            continue;
+        };
+        if pids.contains(&pid) {
+            nodes += seconds;
+        } else if name == "postgres" {
+            postgres += seconds;
+        }
+    }
+    Ok((nodes, postgres))
 }
 
 /// The PostgreSQL server the bench makes its databases on.
@@ -278,32 +320,45 @@ fn nodes_run(
     admin: &Admin,
     nodes: usize,
     sales: usize,
-) -> anyhow::Result<RunResult> {
+) -> anyhow::Result<(RunResult, Cpu)> {
     let database = admin.create()?;
     let started: Vec<Node> = (0..nodes)
         .map(|_| Node::start(&database.url, LEASE_TTL_MS))
         .collect::<anyhow::Result<_>>()?;
-    let result = runtimes.client.block_on(async {
-        for sale in 0..sales {
-            let owner = started[sale % nodes].address;
-            create_bench_sale(client, owner, &format!("bench-{sale}")).await?;
+    let pids: Vec<u32> = started.iter().map(|n| n.child.id()).collect();
+    let sale_ids: Vec<String> = (0..sales).map(|sale| format!("bench-{sale}")).collect();
+    let (result, cpu) = runtimes.client.block_on(async {
+        for (n, sale) in sale_ids.iter().enumerate() {
+            create_bench_sale(client, started[n % nodes].address, sale).await?;
         }
         // Every pairing of node and sale, so with one sale every node hands requests over
         // and with one sale per node some requests go straight to the owner.
         let targets: Vec<Target> = (0..nodes * sales)
             .map(|n| Target {
                 address: started[n % nodes].address,
-                sale: format!("bench-{}", n % sales),
+                sale: sale_ids[n % sales].clone(),
             })
             .collect();
         let workload = Workload::Ledger {
             tokens: bench_tokens(client, started[0].address, args.connections).await?,
             targets: Arc::new(targets),
         };
-        drive(client, started[0].address, workload, args).await
-    });
+        let before = cpu_seconds(&pids)?;
+        let result = drive(client, started[0].address, workload, args).await?;
+        let after = cpu_seconds(&pids)?;
+        let mut purchases = 0;
+        for sale in &sale_ids {
+            purchases += orders(client, started[0].address, sale).await?;
+        }
+        let per_purchase = |seconds: f64| seconds * 1000.0 / purchases.max(1) as f64;
+        let cpu = Cpu {
+            nodes_ms: per_purchase(after.0 - before.0),
+            postgres_ms: per_purchase(after.1 - before.1),
+        };
+        anyhow::Ok((result, cpu))
+    })?;
     drop(started);
-    result
+    Ok((result, cpu))
 }
 
 /// Seconds from the owner's SIGKILL to the first hold another node answers.
@@ -357,9 +412,9 @@ impl Results {
         println!("|---|---:|---:|---:|---:|---|");
         let embedded: Vec<&RunResult> = self.embedded.iter().collect();
         let postgres: Vec<&RunResult> = self.postgres.iter().map(|(r, _)| r).collect();
-        let one: Vec<&RunResult> = self.one_node.iter().collect();
-        let three: Vec<&RunResult> = self.three_nodes.iter().collect();
-        let spread: Vec<&RunResult> = self.three_sales.iter().collect();
+        let one: Vec<&RunResult> = self.one_node.iter().map(|(r, _)| r).collect();
+        let three: Vec<&RunResult> = self.three_nodes.iter().map(|(r, _)| r).collect();
+        let spread: Vec<&RunResult> = self.three_sales.iter().map(|(r, _)| r).collect();
         for (name, results) in [
             ("embedded SQLite, in process", &embedded),
             ("PostgreSQL, one node in process", &postgres),
@@ -393,6 +448,18 @@ impl Results {
             per(|c| c.log_commits),
             per(|c| c.log_round_trips)
         );
+        for (name, runs) in [
+            ("1 node, 1 sale", &self.one_node),
+            ("3 nodes, 1 sale", &self.three_nodes),
+            ("3 nodes, 3 sales", &self.three_sales),
+        ] {
+            println!(
+                "CPU per purchase, {name}, median: {:.3} ms in holdfast nodes, {:.3} ms in \
+                 PostgreSQL",
+                median(runs.iter().map(|(_, c)| c.nodes_ms).collect()),
+                median(runs.iter().map(|(_, c)| c.postgres_ms).collect())
+            );
+        }
         let failover: Vec<String> = self.failover_s.iter().map(|s| format!("{s:.2}")).collect();
         println!(
             "fail-over, owner SIGKILL to the first hold another node answers (lease {} s): \
