@@ -214,9 +214,11 @@ pub enum Reply {
         over_limit: bool,
     },
     Ticked,
-    /// The entry index (join order, from 0) of the shopper's place in line.
+    /// The entry index (join order, from 0) of the shopper's place in line, and the entry's
+    /// pseudonymous id, as the published draw lists it.
     Joined {
         entry: u32,
+        id: EntryId,
     },
 }
 
@@ -513,7 +515,8 @@ impl Sale {
         }
         let keys: Vec<u64> = shopper.keys().iter().map(key_digest).collect();
         if let Some(entry) = self.queue.find(&keys) {
-            return Ok((vec![], Reply::Joined { entry }));
+            let id = self.queue.entries()[entry as usize];
+            return Ok((vec![], Reply::Joined { entry, id }));
         }
         let entry = self.queue.entries().len() as u32;
         if entry >= crate::queue::ENTRIES_MAX {
@@ -522,7 +525,7 @@ impl Sale {
         let id = EntryId::of(&self.spec.id, &shopper.keys()[0]);
         Ok((
             vec![Event::Joined { entry: id, keys }],
-            Reply::Joined { entry },
+            Reply::Joined { entry, id },
         ))
     }
 

@@ -370,7 +370,7 @@ fn describe(outcome: &Result<Reply, holdfast_core::Rejection>) -> String {
         Ok(Reply::AllottedSaleRecorded { over_limit: false }) => "ok:allotted sold".into(),
         Ok(Reply::AllottedSaleRecorded { over_limit: true }) => "ok:allotted sold over".into(),
         Ok(Reply::Ticked) => "ok:ticked".into(),
-        Ok(Reply::Joined { entry }) => format!("ok:joined {entry}"),
+        Ok(Reply::Joined { entry, .. }) => format!("ok:joined {entry}"),
     }
 }
 

@@ -50,7 +50,7 @@ fn join(sale: &mut Sale, who: &Shopper, now: Timestamp) -> u32 {
         )
         .outcome
     {
-        Ok(Reply::Joined { entry }) => entry,
+        Ok(Reply::Joined { entry, .. }) => entry,
         other => panic!("join answered {other:?}"),
     }
 }
@@ -376,7 +376,7 @@ mod properties {
                 };
                 let outstanding_before = sale.queue().outstanding();
                 let handled = sale.handle(&command, now);
-                if let (Step::Join(s), Ok(Reply::Joined { entry })) = (&step, &handled.outcome) {
+                if let (Step::Join(s), Ok(Reply::Joined { entry, .. })) = (&step, &handled.outcome) {
                     entries[*s] = Some(*entry);
                 }
                 for event in &handled.events {

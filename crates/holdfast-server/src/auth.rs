@@ -196,6 +196,9 @@ struct PlaceClaims {
     sale: String,
     /// Ticket: the entry index. Pass: the admitted position.
     n: u32,
+    /// Ticket: the entry's pseudonymous id, as the published draw lists it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    entry: String,
     exp: u64,
 }
 
@@ -205,6 +208,9 @@ pub struct Place {
     pub customer_id: String,
     pub sale_id: String,
     pub n: u32,
+    /// A ticket's entry id (hex), so its holder can find their line in the published draw;
+    /// empty in a pass.
+    pub entry_id: String,
 }
 
 impl TokenKeys {
@@ -214,6 +220,7 @@ impl TokenKeys {
             sub: place.customer_id.clone(),
             sale: place.sale_id.clone(),
             n: place.n,
+            entry: place.entry_id.clone(),
             exp: u64::try_from(expires_at.0 / 1000).unwrap_or(0),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -232,6 +239,7 @@ impl TokenKeys {
             customer_id: claims.sub,
             sale_id: claims.sale,
             n: claims.n,
+            entry_id: claims.entry,
         })
     }
 

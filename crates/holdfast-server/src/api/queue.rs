@@ -42,6 +42,9 @@ pub struct JoinRequest {
 #[derive(Serialize)]
 struct QueueAnswer {
     ticket: String,
+    /// The shopper's entry in the published draw (`GET /v1/sales/{id}/draw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_id: Option<String>,
     state: &'static str,
     position: Option<u32>,
     eta_s: Option<u64>,
@@ -79,6 +82,7 @@ fn answer(
     let rate = u64::from(spec.admission_per_s);
     let mut answer = QueueAnswer {
         ticket,
+        entry_id: (!place.entry_id.is_empty()).then(|| place.entry_id.clone()),
         state: "waiting",
         position: None,
         eta_s: None,
@@ -131,6 +135,7 @@ fn answer(
         } => {
             let pass = Place {
                 n: position,
+                entry_id: String::new(),
                 ..place.clone()
             };
             answer.state = "admitted";
@@ -173,7 +178,7 @@ async fn join(
     let sale = find_sale(&state, &sale_id)?;
     let customer_id = shopper.customer_id().to_owned();
     let executed = sale.execute(Command::Join { shopper }, None).await?;
-    let Reply::Joined { entry } = executed.outcome? else {
+    let Reply::Joined { entry, id } = executed.outcome? else {
         unreachable!("a join answers with an entry")
     };
     let view = sale.view();
@@ -181,6 +186,7 @@ async fn join(
         customer_id,
         sale_id,
         n: entry,
+        entry_id: id.to_hex(),
     };
     let ticket = state.tokens.issue_ticket(&place, ticket_expiry(&view.spec));
     Ok(Json(answer(

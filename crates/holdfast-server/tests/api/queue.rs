@@ -55,6 +55,12 @@ async fn line_up(app: &TestApp, sale: &str, n: usize) -> Vec<Shopper> {
             .await;
         let joined = join(app, sale, &token).await;
         assert_eq!(joined.status, StatusCode::OK, "{}", joined.body);
+        assert_eq!(
+            joined.body["entry_id"].as_str().map(str::len),
+            Some(16),
+            "{}",
+            joined.body
+        );
         let ticket = joined.body["ticket"].as_str().unwrap().to_owned();
         shoppers.push(Shopper { token, ticket });
     }
@@ -321,11 +327,19 @@ async fn the_lottery_draw_is_published_and_anyone_can_recompute_it(backend: Back
         .map(|p| p.as_u64().unwrap())
         .collect();
     assert_eq!(recomputed, published);
-    for (i, shopper) in shoppers.iter().enumerate() {
+    for shopper in &shoppers {
+        // Every shopper finds their own line in the draw by the entry id their answers carry.
         let answer = poll(&app, "lotto", &shopper.token, &shopper.ticket).await;
+        let entry = answer.body["entry_id"].as_str().unwrap();
+        let line = draw["entrants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|e| e == entry)
+            .unwrap_or_else(|| panic!("{entry} is not in the draw"));
         assert_eq!(
             answer.body["position"].as_u64(),
-            Some(published[i]),
+            Some(published[line]),
             "{}",
             answer.body
         );
