@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,7 +11,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::RngCore;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -125,19 +124,6 @@ pub struct Application {
     /// Held open for the server's lifetime: its lock keeps a second server off the same data.
     /// Several nodes keep no data of their own.
     _data_lock: Option<File>,
-}
-
-/// Prometheus allows one global recorder per process; tests build many servers in one.
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 fn generate_token() -> String {
@@ -313,7 +299,10 @@ impl Application {
             payments: config.payments,
             idempotency,
             limits: config.limits,
-            metrics: prometheus(),
+            metrics: crate::telemetry::install(),
+            latencies: Default::default(),
+            bodies_in_progress: Default::default(),
+            data_dir: parts.data_lock.is_some().then(|| config.data_dir.clone()),
             write_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.writes_in_flight_max,
             )),

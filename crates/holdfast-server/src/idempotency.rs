@@ -218,6 +218,11 @@ impl Idempotency {
         Ok(idempotency)
     }
 
+    /// Answers kept (and requests in flight), all owners together.
+    pub fn len(&self) -> usize {
+        self.slots.lock().expect("idempotency map").by_key.len()
+    }
+
     /// Takes in stored answers (at start-up, or from a stream this node has just taken over).
     pub fn absorb(
         &self,

@@ -21,6 +21,7 @@ pub mod payments;
 mod settlement;
 mod state;
 mod streams;
+mod telemetry;
 pub mod terminals;
 mod text;
 mod workers;

@@ -35,6 +35,12 @@ pub struct AppInner {
     pub idempotency: Idempotency,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
+    /// Request latencies since the event feed last looked.
+    pub latencies: crate::telemetry::RecentLatencies,
+    /// Request bodies being read right now (slow ones pile up here).
+    pub bodies_in_progress: std::sync::atomic::AtomicU64,
+    /// The embedded log's directory (alone; on several nodes there is none).
+    pub data_dir: Option<std::path::PathBuf>,
     /// One permit per write request in flight (see `api::overload`).
     pub write_permits: Arc<tokio::sync::Semaphore>,
     /// One permit per terminal sync in flight: a reconnect storm gets a slice, not everything.

@@ -5,10 +5,11 @@
 //! large is refused with `413` in our error format, from its `Content-Length` when it says so,
 //! before a byte of it is read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -57,25 +58,30 @@ fn too_slow() -> Response {
 
 pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // One line per request at debug level; nothing is even copied unless it is wanted.
-    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        (
-            request.method().clone(),
-            request.uri().path().to_owned(),
-            Instant::now(),
-        )
-    });
+    let started = Instant::now();
+    let method = request.method().clone();
+    // The route's template, never the path itself: ids are unbounded, label values must not be.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
     let mut response = match read_whole_body(&state, request).await {
         Ok(request) => next.run(request).await,
         Err(refused) => refused,
     };
+    let elapsed = started.elapsed();
+    crate::telemetry::record_request(&route, &method, response.status().as_u16(), elapsed);
+    state.latencies.record(elapsed);
     // Tills sign their requests with the server's time, learned from this header, so a shop
     // whose clock is wrong still gets in.
     response
         .headers_mut()
         .insert(header::DATE, HTTP_DATE.at(state.clock.now()));
-    if let Some((method, path, started)) = logged {
+    if let Some(path) = logged {
         let status = response.status().as_u16();
-        let micros = started.elapsed().as_micros();
+        let micros = elapsed.as_micros();
         tracing::debug!(%method, %path, status, micros, "request");
     }
     response
@@ -97,7 +103,7 @@ async fn read_whole_body(state: &AppState, request: Request) -> Result<Request, 
         + Duration::from_millis(expected.saturating_mul(1000) / BODY_BYTES_PER_S_MIN);
     let (parts, body) = request.into_parts();
     let limited = http_body_util::Limited::new(body, bytes_max);
-    let reading = BodiesBeingRead::start();
+    let reading = BodiesBeingRead::start(&state.bodies_in_progress);
     let read = tokio::time::timeout(deadline, limited.collect()).await;
     drop(reading);
     let bytes = match read {
@@ -143,19 +149,19 @@ impl HttpDate {
     }
 }
 
-/// Counts bodies being read in `holdfast_request_bodies_in_progress`: a crowd of slow bodies
+/// Counts bodies being read (`holdfast_request_bodies_in_progress`): a crowd of slow bodies
 /// (an attack, or a bad network) shows there.
-struct BodiesBeingRead;
+struct BodiesBeingRead<'a>(&'a AtomicU64);
 
-impl BodiesBeingRead {
-    fn start() -> BodiesBeingRead {
-        metrics::gauge!("holdfast_request_bodies_in_progress").increment(1);
-        BodiesBeingRead
+impl BodiesBeingRead<'_> {
+    fn start(count: &AtomicU64) -> BodiesBeingRead<'_> {
+        count.fetch_add(1, Ordering::Relaxed);
+        BodiesBeingRead(count)
     }
 }
 
-impl Drop for BodiesBeingRead {
+impl Drop for BodiesBeingRead<'_> {
     fn drop(&mut self) {
-        metrics::gauge!("holdfast_request_bodies_in_progress").decrement(1);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -207,6 +207,7 @@ async fn sync(
     // so live shoppers keep being answered.
     let Ok(_slot) = state.sync_permits.clone().try_acquire_owned() else {
         metrics::counter!("holdfast_syncs_deferred_total").increment(1);
+        terminal.deferred(state.clock.now());
         return Err(ApiError::overloaded(rand::rng().random_range(1..=5)));
     };
     let request: SyncRequest = parse(&body)?;

@@ -26,6 +26,7 @@ use crate::ledger_error::LedgerError;
 use crate::streams::{StreamWriter, Streams, terminal_stream};
 pub use desk::{Pending, SaleCall, SaleCallAnswer, SaleDesk, TillSaleOutcome, serve_sale_call};
 pub use stores::{StoreSettings, Stores, is_valid_store_name};
+
 pub use sync::SyncOutcome;
 
 /// A terminal's registration is kept under this key (in its own stream's values).
@@ -116,6 +117,33 @@ pub struct Terminal {
     replay: std::sync::Mutex<ReplayGuard>,
     /// Held while a pay link of this till is being charged.
     pub paying: tokio::sync::Mutex<()>,
+    /// When this till last reached the server, and when the server last put its sync off.
+    contact: std::sync::Mutex<Contact>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Contact {
+    at: Option<Timestamp>,
+    deferred_at: Option<Timestamp>,
+}
+
+/// A till as an operator watches it: whether it is in touch, and what waits at the counter.
+#[derive(Clone, Debug, Serialize)]
+pub struct TerminalStatus {
+    pub terminal_id: String,
+    pub store: String,
+    /// When it last reached the server (any signed call this node took), if ever.
+    pub last_contact_at: Option<Timestamp>,
+    /// When the server last told its sync to come back later (shedding under load): a till
+    /// that is put off is reachable; one with no contact at all is not.
+    pub deferred_at: Option<Timestamp>,
+    pub last_sync_at: Option<Timestamp>,
+    /// Journal entries waiting at the till, as of its last sync.
+    pub unsynced: u64,
+    pub quarantined: usize,
+    pub flagged: usize,
+    /// Units left in its allotments, by sale, as of its last sync.
+    pub allotments: Vec<(String, u32)>,
 }
 
 /// Why a terminal's request is not let in.
@@ -239,6 +267,12 @@ impl Terminals {
         self.registry.write().expect("terminal registry").remove(id);
     }
 
+    /// Every terminal this node serves.
+    pub fn all(&self) -> Vec<Arc<Terminal>> {
+        let registry = self.registry.read().expect("terminal registry");
+        registry.values().cloned().collect()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Terminal>> {
         self.registry
             .read()
@@ -344,6 +378,7 @@ impl Terminal {
             state: tokio::sync::Mutex::new(state),
             replay: std::sync::Mutex::new(ReplayGuard::new(started_at)),
             paying: tokio::sync::Mutex::new(()),
+            contact: std::sync::Mutex::default(),
         }
     }
 
@@ -371,7 +406,31 @@ impl Terminal {
             return Err(AuthRefusal::BadSignature);
         }
         replay.admit(auth, now)?;
+        self.contact.lock().expect("contact").at = Some(now);
         Ok(())
+    }
+
+    /// Notes that this till's sync was put off (the server is shedding load).
+    pub fn deferred(&self, now: Timestamp) {
+        self.contact.lock().expect("contact").deferred_at = Some(now);
+    }
+
+    /// How this till stands, for the operator.
+    pub async fn status(&self) -> TerminalStatus {
+        let contact = *self.contact.lock().expect("contact");
+        let state = self.state.lock().await;
+        let report = state.report.clone().unwrap_or_default();
+        TerminalStatus {
+            terminal_id: self.id.clone(),
+            store: self.store.clone(),
+            last_contact_at: contact.at,
+            deferred_at: contact.deferred_at,
+            last_sync_at: state.last_sync_at,
+            unsynced: report.unsynced,
+            quarantined: state.quarantine.len(),
+            flagged: state.flagged.len(),
+            allotments: report.allotments,
+        }
     }
 
     /// The time test alone, before the body is read.

@@ -502,18 +502,16 @@ pub async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> (Option<u1
     (status, text)
 }
 
+/// A node's `/metrics` page.
+pub async fn metrics_page(app: &TestApp, base: &str) -> String {
+    let page = app.client.get(format!("{base}/metrics")).send().await;
+    page.unwrap().text().await.unwrap()
+}
+
 /// The value of a metric on the app's `/metrics` page (0 when absent). Metrics are one registry
 /// per process, so with several nodes in a test any node's page shows them all.
 pub async fn metric(app: &TestApp, name: &str) -> f64 {
-    let page = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_page(app, &app.base).await;
     page.lines()
         .filter_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .next()

@@ -349,6 +349,99 @@ async fn health_and_metrics_answer(backend: Backend) {
     assert!(text.contains("holdfast_commands_total"), "{text}");
 }
 
+/// `/metrics` parsed as Prometheus parses it says what the API says: a sale's buckets, the
+/// requests by route and status, a till's pending entries, the process.
+#[apply(backends)]
+async fn the_metrics_say_what_the_api_says(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Names of their own: every test in this binary shares one metrics registry.
+    app.create_sale(sale_json("metered", 10, 2, json!({})))
+        .await;
+    let alice = app.token("alice-metered", None, None).await;
+    let bob = app.token("bob-metered", None, None).await;
+    let held = app.hold("metered", &alice, 2).await;
+    assert_eq!(held.status, StatusCode::CREATED);
+    let confirmed = app
+        .confirm(held.body["hold_id"].as_str().unwrap(), &alice)
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK);
+    assert_eq!(
+        app.hold("metered", &bob, 1).await.status,
+        StatusCode::CREATED
+    );
+    let secret = terminals::register(&app, "till-metered").await;
+    let report = json!({"entries": [], "report": {"unsynced": 3, "cards_waiting": 0,
+        "cards_waiting_amount": 0, "transfers_pending": 0, "refunds_due": 0}});
+    let path = "/v1/terminals/till-metered/sync";
+    let synced = terminals::signed(&app, "till-metered", &secret, path, &report).await;
+    assert_eq!(synced.status, StatusCode::OK, "{}", synced.body);
+
+    let (total, available, held, sold) = stock(&app.sale("metered").await);
+    let scrape = scrape(&app).await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    let units = |bucket| {
+        value(
+            "holdfast_sale_units",
+            &[("sale", "metered"), ("bucket", bucket)],
+        )
+    };
+    assert_eq!(
+        (
+            units("total"),
+            units("available"),
+            units("held"),
+            units("sold")
+        ),
+        (total as f64, available as f64, held as f64, sold as f64)
+    );
+    assert_eq!((held, sold), (1, 2));
+    let holds = [
+        ("route", "/v1/sales/:id/holds"),
+        ("method", "POST"),
+        ("status", "201"),
+    ];
+    assert!(value("holdfast_http_requests_total", &holds) >= 2.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "holdfast_http_request_seconds"
+                && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+        "request latencies are a histogram"
+    );
+    let till = [("terminal", "till-metered")];
+    assert_eq!(value("holdfast_terminal_entries_pending", &till), 3.0);
+    assert_eq!(value("holdfast_terminal_quarantined", &till), 0.0);
+    assert!(value("holdfast_terminal_seconds_since_contact", &till) >= 0.0);
+    assert!(value("holdfast_idempotency_answers", &[]) >= 0.0);
+    assert!(value("holdfast_log_bytes", &[]) > 0.0);
+    assert!(value("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value("process_open_fds", &[]) > 0.0);
+}
+
+/// Every node's `/metrics`, parsed: each node refreshes the gauges of what it serves, into the
+/// one registry this process has, so the last page shows them all.
+async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
+    let mut text = String::new();
+    for base in &app.bases {
+        text = metrics_page(app, base).await;
+    }
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).unwrap()
+}
+
 #[apply(backends)]
 async fn writes_beyond_the_in_flight_bound_are_shed_at_once_and_reads_still_answer(
     backend: Backend,

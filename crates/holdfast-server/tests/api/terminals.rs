@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn register(app: &TestApp, id: &str) -> String {
+pub async fn register(app: &TestApp, id: &str) -> String {
     let body = json!({"terminal_id": id, "store": "Mapo cafe"});
     let answer = app
         .call(Method::POST, "/v1/terminals", Some(OPERATOR), Some(body))
@@ -22,7 +22,7 @@ async fn register(app: &TestApp, id: &str) -> String {
 }
 
 /// A request signed by terminal `id` at the app's current time with a fresh nonce.
-async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Value) -> Answer {
+pub async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Value) -> Answer {
     let request = signed_request(id, secret, path, body, app.clock.now());
     send(app, request).await
 }
