@@ -18,8 +18,8 @@ pub use person::{
 pub use queue::{ENTRIES_MAX, EntryId, Queue, QueueView, Standing, draw, seed_commitment};
 pub use rejection::Rejection;
 pub use sale::{
-    Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Reply, Sale,
-    SaleSnapshot, SaleStatus,
+    Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Pausable, Paused,
+    Reply, Sale, SaleSnapshot, SaleStatus,
 };
 pub use spec::{
     ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT,

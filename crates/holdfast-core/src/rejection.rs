@@ -41,6 +41,8 @@ pub enum Rejection {
     QueueFull,
     #[error("no delivery day can be promised: the fulfilment calendar is full")]
     NoDeliveryDay,
+    #[error("the sale is paused by its operator: nothing new can be held until it resumes")]
+    Paused,
     #[error("sold at {charged} a unit; the sale's price is {price}")]
     PriceMismatch { charged: u64, price: u64 },
 }
@@ -65,6 +67,7 @@ impl Rejection {
             Rejection::QueueFull => "queue_full",
             Rejection::NoDeliveryDay => "no_delivery_day",
             Rejection::PriceMismatch { .. } => "price_mismatch",
+            Rejection::Paused => "sale_paused",
         }
     }
 }

@@ -130,6 +130,53 @@ pub enum Command {
     },
     /// Does nothing but bring the sale up to `now`: expires due holds.
     Tick,
+    /// The operator stops (`paused: true`) or restarts part of the sale: see `Pausable`.
+    SetPaused {
+        part: Pausable,
+        paused: bool,
+    },
+}
+
+/// What an operator can pause while a sale runs (a bot wave, a payment outage, a wrong
+/// price): nothing already promised is taken back, and nothing is lost while it waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pausable {
+    /// No new holds or allotments; holds already placed can still be paid, tills' sales are
+    /// still recorded (the units left the counter), and nobody new is admitted.
+    Sale,
+    /// The waiting room admits nobody new; shoppers keep joining and keep their places, and
+    /// passes already given can still be used.
+    WaitingRoom,
+}
+
+/// Which parts of a sale are paused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub sale: bool,
+    pub waiting_room: bool,
+}
+
+impl Paused {
+    fn set(&mut self, part: Pausable, paused: bool) {
+        match part {
+            Pausable::Sale => self.sale = paused,
+            Pausable::WaitingRoom => self.waiting_room = paused,
+        }
+    }
+
+    pub fn get(&self, part: Pausable) -> bool {
+        match part {
+            Pausable::Sale => self.sale,
+            Pausable::WaitingRoom => self.waiting_room,
+        }
+    }
+
+    /// Whether the waiting room admits anyone: not while either part is paused (a pass given
+    /// while the sale cannot be held would only expire).
+    fn admits(&self) -> bool {
+        !self.sale && !self.waiting_room
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +237,11 @@ pub enum Event {
     PassesExpired {
         through: u32,
     },
+    PauseSet {
+        part: Pausable,
+        paused: bool,
+        at: Timestamp,
+    },
 }
 
 /// The answer to an accepted command.
@@ -220,6 +272,7 @@ pub enum Reply {
         entry: u32,
         id: EntryId,
     },
+    PauseSet,
 }
 
 /// Everything one `handle` call did: the events to log (expiries first), and the answer.
@@ -280,6 +333,7 @@ pub struct Sale {
     queue: Queue,
     /// The last journal entry applied per holder, so terminal syncs apply exactly once.
     journal_applied: BTreeMap<HolderId, u64>,
+    paused: Paused,
 }
 
 fn calendar_for(spec: &SaleSpec) -> DeliveryCalendar {
@@ -315,6 +369,7 @@ impl Sale {
             last_hold: 0,
             queue: Queue::default(),
             journal_applied: BTreeMap::new(),
+            paused: Paused::default(),
             spec,
         };
         sale.assert_balanced();
@@ -375,6 +430,10 @@ impl Sale {
 
     pub fn closed_at(&self) -> Option<Timestamp> {
         self.closed_at
+    }
+
+    pub fn paused(&self) -> Paused {
+        self.paused
     }
 
     pub fn status(&self, now: Timestamp) -> SaleStatus {
@@ -464,7 +523,7 @@ impl Sale {
     }
 
     fn admission_due(&self, now: Timestamp) -> Option<u32> {
-        if now < self.spec.opens_at || self.is_closed(now) {
+        if now < self.spec.opens_at || self.is_closed(now) || !self.paused.admits() {
             return None;
         }
         let rate = u64::from(self.spec.admission_per_s);
@@ -587,6 +646,9 @@ impl Sale {
                         opens_at: self.spec.opens_at,
                     });
                 }
+                if self.paused.sale {
+                    return Err(Rejection::Paused);
+                }
                 if *quantity == 0 || *quantity > STOCK_MAX {
                     return Err(Rejection::InvalidQuantity { max: STOCK_MAX });
                 }
@@ -625,6 +687,17 @@ impl Sale {
                 buyer.as_ref(),
             ),
             Command::Tick => Ok((vec![], Reply::Ticked)),
+            Command::SetPaused { part, paused } => {
+                if self.paused.get(*part) == *paused {
+                    return Ok((vec![], Reply::PauseSet));
+                }
+                let event = Event::PauseSet {
+                    part: *part,
+                    paused: *paused,
+                    at: now,
+                };
+                Ok((vec![event], Reply::PauseSet))
+            }
         }
     }
 
@@ -704,6 +777,9 @@ impl Sale {
             return Err(Rejection::NotOpenYet {
                 opens_at: self.spec.opens_at,
             });
+        }
+        if self.paused.sale {
+            return Err(Rejection::Paused);
         }
         self.check_pass(pass)?;
         if quantity == 0 {
@@ -878,6 +954,7 @@ impl Sale {
             }
             Event::Admitted { through, at } => self.queue.apply_admitted(*through, *at),
             Event::PassesExpired { through } => self.queue.apply_passes_expired(*through),
+            Event::PauseSet { part, paused, .. } => self.paused.set(*part, *paused),
         }
     }
 
@@ -1057,6 +1134,7 @@ impl Sale {
                 usage.sort();
                 usage
             },
+            paused: self.paused,
         }
     }
 
@@ -1091,6 +1169,7 @@ impl Sale {
             last_hold: snapshot.last_hold,
             queue: Queue::restore(snapshot.queue, seed.as_ref()),
             journal_applied: snapshot.journal_applied.into_iter().collect(),
+            paused: snapshot.paused,
         };
         for hold in snapshot.active {
             sale.book(&hold, 1);
@@ -1141,4 +1220,6 @@ pub struct SaleSnapshot {
     journal_applied: Vec<(HolderId, u64)>,
     #[serde(default)]
     till_usage: Vec<(IdentityKey, u32)>,
+    #[serde(default)]
+    paused: Paused,
 }

@@ -8,8 +8,8 @@ mod common;
 use std::collections::HashMap;
 
 use holdfast_core::{
-    Channel, Command, DeliveryPlan, Event, HoldId, HolderId, IdentityKey, QueueMode, Reply, Sale,
-    SaleSpec, Shopper, Timestamp,
+    Channel, Command, DeliveryPlan, Event, HoldId, HolderId, IdentityKey, Pausable, QueueMode,
+    Reply, Sale, SaleSpec, Shopper, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -59,6 +59,8 @@ struct Model {
     closed: bool,
     closed_at: Option<i64>,
     opens_at: i64,
+    /// The operator paused the sale: no new holds or allotments.
+    paused: bool,
     /// Sales recorded from tills: who bought (if known) and how many.
     till_sales: Vec<(Option<Shopper>, u32)>,
 }
@@ -81,6 +83,7 @@ impl Model {
             closed: false,
             closed_at: None,
             opens_at: OPENS_AT,
+            paused: false,
             till_sales: Vec::new(),
         }
     }
@@ -171,6 +174,9 @@ impl Model {
             } => {
                 if self.is_closed() || now < self.opens_at {
                     return "not_open".into();
+                }
+                if self.paused {
+                    return "sale_paused".into();
                 }
                 if *quantity == 0 {
                     return "invalid_quantity".into();
@@ -276,6 +282,9 @@ impl Model {
                 if self.is_closed() || now < self.opens_at {
                     return "not_open".into();
                 }
+                if self.paused {
+                    return "sale_paused".into();
+                }
                 if *quantity == 0 {
                     return "invalid_quantity".into();
                 }
@@ -323,6 +332,12 @@ impl Model {
                 answer
             }
             Command::Tick => "ok:ticked".into(),
+            Command::SetPaused { part, paused } => {
+                if *part == Pausable::Sale {
+                    self.paused = *paused;
+                }
+                "ok:pause set".into()
+            }
             Command::Join { .. } => "no_queue".into(),
         }
     }
@@ -370,6 +385,7 @@ fn describe(outcome: &Result<Reply, holdfast_core::Rejection>) -> String {
         Ok(Reply::AllottedSaleRecorded { over_limit: false }) => "ok:allotted sold".into(),
         Ok(Reply::AllottedSaleRecorded { over_limit: true }) => "ok:allotted sold over".into(),
         Ok(Reply::Ticked) => "ok:ticked".into(),
+        Ok(Reply::PauseSet) => "ok:pause set".into(),
         Ok(Reply::Joined { entry, .. }) => format!("ok:joined {entry}"),
     }
 }
@@ -432,6 +448,8 @@ fn command() -> impl Strategy<Value = Command> {
             }),
         1 => Just(Command::Tick),
         1 => Just(Command::Close),
+        1 => (prop::sample::select(vec![Pausable::Sale, Pausable::WaitingRoom]), any::<bool>())
+            .prop_map(|(part, paused)| Command::SetPaused { part, paused }),
     ]
 }
 

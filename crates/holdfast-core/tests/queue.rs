@@ -3,8 +3,8 @@
 mod common;
 
 use holdfast_core::{
-    Channel, Command, Event, QueueMode, Rejection, Reply, Sale, SaleSpec, Shopper, Standing,
-    Timestamp, draw,
+    Channel, Command, Event, Pausable, QueueMode, Rejection, Reply, Sale, SaleSpec, Shopper,
+    Standing, Timestamp, draw,
 };
 
 const OPENS: Timestamp = Timestamp(1_700_000_000_000);
@@ -279,6 +279,69 @@ fn replay_and_snapshots_rebuild_the_queue() {
         3,
         "every unit went to someone admitted"
     );
+}
+
+fn set_paused(sale: &mut Sale, part: Pausable, paused: bool, now: Timestamp) {
+    let answer = sale
+        .handle(&Command::SetPaused { part, paused }, now)
+        .outcome;
+    assert_eq!(answer, Ok(Reply::PauseSet));
+}
+
+#[test]
+fn a_paused_waiting_room_admits_nobody_keeps_every_place_and_resumes_without_a_burst() {
+    let mut sale = Sale::new(spec(100, QueueMode::Fifo, 2));
+    for n in 0..4 {
+        join(&mut sale, &shopper(n), at(-1000));
+    }
+    sale.handle(&Command::Tick, at(1000));
+    assert_eq!(sale.queue().admitted_through(), 2);
+    set_paused(&mut sale, Pausable::WaitingRoom, true, at(1000));
+    // Joining goes on while paused, and a pass already given still holds.
+    assert_eq!(join(&mut sale, &shopper(9), at(5000)), 4);
+    assert!(hold(&mut sale, &shopper(0), Some(1), at(5000)).is_ok());
+    sale.handle(&Command::Tick, at(30_000));
+    assert_eq!(
+        sale.queue().admitted_through(),
+        2,
+        "nobody admitted while paused"
+    );
+    set_paused(&mut sale, Pausable::WaitingRoom, false, at(30_000));
+    sale.handle(&Command::Tick, at(31_000));
+    assert_eq!(
+        sale.queue().admitted_through(),
+        4,
+        "one second's worth after resuming, not the paused time's"
+    );
+}
+
+#[test]
+fn a_paused_sale_takes_no_new_hold_but_the_held_can_still_pay_and_replay_keeps_the_pause() {
+    let mut sale = Sale::new(spec(10, QueueMode::Fifo, 5));
+    join(&mut sale, &shopper(0), at(-1000));
+    join(&mut sale, &shopper(1), at(-1000));
+    sale.handle(&Command::Tick, at(1000));
+    let Ok(Reply::Held(held)) = hold(&mut sale, &shopper(0), Some(1), at(1000)) else {
+        panic!("the first admitted shopper holds");
+    };
+    set_paused(&mut sale, Pausable::Sale, true, at(2000));
+    assert_eq!(
+        hold(&mut sale, &shopper(1), Some(2), at(2000)),
+        Err(Rejection::Paused)
+    );
+    let confirm = Command::ConfirmHold {
+        hold: held.id,
+        customer_id: "c0".into(),
+        payment_ref: "auth-1".into(),
+    };
+    assert!(matches!(
+        sale.handle(&confirm, at(3000)).outcome,
+        Ok(Reply::Confirmed(_))
+    ));
+    let restored = Sale::restore(sale.snapshot()).unwrap();
+    assert!(restored.paused().sale, "a snapshot keeps the pause");
+    set_paused(&mut sale, Pausable::Sale, false, at(4000));
+    assert!(hold(&mut sale, &shopper(1), Some(2), at(4000)).is_ok());
 }
 
 #[test]

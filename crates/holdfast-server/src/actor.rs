@@ -81,6 +81,7 @@ pub struct SaleView {
     pub allotted: u32,
     pub shares_left: [u32; 4],
     pub closed: bool,
+    pub paused: holdfast_core::Paused,
     pub orders: usize,
     pub queue: QueueView,
 }
@@ -96,6 +97,7 @@ impl SaleView {
             allotted: sale.allotted(),
             shares_left: holdfast_core::Channel::ALL.map(|c| sale.share_left(c)),
             closed: sale.closed_at().is_some(),
+            paused: sale.paused(),
             orders: sale.orders().len(),
             queue: sale
                 .queue()
@@ -498,6 +500,7 @@ fn command_name(command: &Command) -> Option<&'static str> {
         Command::ReturnAllotment { .. } => "return_allotment",
         Command::RecordAllottedSale { .. } => "allotted_sale",
         Command::Join { .. } => "join",
+        Command::SetPaused { .. } => "set_paused",
         Command::Tick => return None,
     };
     Some(name)

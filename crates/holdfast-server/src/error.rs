@@ -91,7 +91,9 @@ impl IntoResponse for ApiError {
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> ApiError {
         let status = match rejection {
-            Rejection::NotOpenYet { .. } | Rejection::Closed => StatusCode::FORBIDDEN,
+            Rejection::NotOpenYet { .. } | Rejection::Closed | Rejection::Paused => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::LimitExceeded { .. } => StatusCode::FORBIDDEN,
             Rejection::SoldOut { .. } => StatusCode::CONFLICT,
             Rejection::InvalidQuantity { .. } => StatusCode::BAD_REQUEST,

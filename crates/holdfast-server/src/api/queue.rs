@@ -62,6 +62,9 @@ struct QueueAnswer {
     /// When to ask again; `null` once there is nothing more to wait for (sold out, closed,
     /// a pass that ran out).
     poll_after_s: Option<u64>,
+    /// The operator has paused admissions (or the sale): places are kept, nobody new is let
+    /// in, and `eta_s` is unknown until it resumes.
+    paused: bool,
 }
 
 fn ticket_expiry(spec: &SaleSpec) -> Timestamp {
@@ -92,6 +95,7 @@ fn answer(
         units_left,
         chance: "unlikely",
         poll_after_s: Some(POLL_AFTER_S_MIN),
+        paused: view.paused.sale || view.paused.waiting_room,
     };
     let until_open_s = u64::try_from((spec.opens_at.0 - now.0).max(0)).unwrap_or(0) / 1000;
     if units_left == 0 && view.allotted == 0 {
@@ -117,7 +121,7 @@ fn answer(
             let ahead = position - queue.admitted_through - 1 + queue.outstanding;
             answer.position = Some(position);
             answer.ahead = Some(ahead);
-            answer.eta_s = Some(until_open_s + not_yet_admitted.div_ceil(rate));
+            answer.eta_s = (!answer.paused).then(|| until_open_s + not_yet_admitted.div_ceil(rate));
             answer.chance = if ahead < view.available {
                 "likely"
             } else if ahead < units_left {

@@ -4,9 +4,9 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use holdfast_core::{Command, STOCK_MAX, Shopper, is_valid_sale_id};
+use holdfast_core::{Command, Pausable, STOCK_MAX, Shopper, is_valid_sale_id};
 use serde_json::{Value, json};
 
 use super::credentials::{Caller, Operator};
@@ -32,6 +32,19 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sales/{id}", get(get_sale))
         .route("/v1/sales/{id}/restock", post(restock))
         .route("/v1/sales/{id}/close", post(close))
+        .route("/v1/sales/{id}/pause", setting_pause(Pausable::Sale, true))
+        .route(
+            "/v1/sales/{id}/resume",
+            setting_pause(Pausable::Sale, false),
+        )
+        .route(
+            "/v1/sales/{id}/waiting-room/pause",
+            setting_pause(Pausable::WaitingRoom, true),
+        )
+        .route(
+            "/v1/sales/{id}/waiting-room/resume",
+            setting_pause(Pausable::WaitingRoom, false),
+        )
         .route(
             "/v1/sales/{id}/channels/{channel}/release",
             post(release_share),
@@ -129,6 +142,20 @@ async fn close(
 ) -> Result<Json<Value>, ApiError> {
     let (sale, _) = run(&state, &id, Command::Close).await?;
     Ok(sale_json(&state, &sale))
+}
+
+/// The call that pauses (`paused`) or resumes `part` of a sale.
+fn setting_pause(part: Pausable, paused: bool) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              _: Operator,
+              _slot: WriteSlot,
+              ApiPath(id): ApiPath<String>| async move {
+            let command = Command::SetPaused { part, paused };
+            let (sale, _) = run(&state, &id, command).await?;
+            Ok::<_, ApiError>(sale_json(&state, &sale))
+        },
+    )
 }
 
 async fn release_share(

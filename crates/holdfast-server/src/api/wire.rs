@@ -234,6 +234,7 @@ pub fn sale_body(view: &SaleView, now: Timestamp) -> serde_json::Value {
         "per_customer_limit": spec.per_customer_limit,
         "queue_mode": spec.queue,
         "rehearsal": spec.rehearsal,
+        "paused": view.paused,
         "price_ceiling": spec.price_ceiling,
         "stock": {
             "total": view.total,

@@ -19,6 +19,7 @@ pub struct PublishedView {
     allotted: u32,
     shares_left: [u32; 4],
     closed: bool,
+    paused: holdfast_core::Paused,
     orders: usize,
     lottery: bool,
     entries: u32,
@@ -42,6 +43,7 @@ impl PublishedView {
             allotted: view.allotted,
             shares_left: view.shares_left,
             closed: view.closed,
+            paused: view.paused,
             orders: view.orders,
             lottery: queue.lottery,
             entries: queue.entries,
@@ -77,6 +79,7 @@ impl PublishedView {
             allotted: self.allotted,
             shares_left: self.shares_left,
             closed: self.closed,
+            paused: self.paused,
             orders: self.orders,
             queue: QueueView {
                 lottery: self.lottery,

@@ -232,6 +232,67 @@ async fn a_restock_admits_more(backend: Backend) {
     }
 }
 
+async fn operator_post(app: &TestApp, path: &str) -> Answer {
+    let answer = app.call(Method::POST, path, Some(OPERATOR), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+    answer
+}
+
+/// An operator pauses the waiting room (nobody new admitted, places kept, no ETA promised),
+/// then the sale (no new hold, a hold already placed still paid), then resumes both.
+#[apply(backends)]
+async fn an_operator_pauses_and_resumes_the_waiting_room_and_the_sale(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_sale(queued_sale("drop", 5, "fifo", "2026-01-01T00:00:00Z"))
+        .await;
+    let shoppers = line_up(&app, "drop", 3).await;
+    let paused = operator_post(&app, "/v1/sales/drop/waiting-room/pause").await;
+    assert_eq!(
+        paused.body["paused"],
+        json!({"sale": false, "waiting_room": true})
+    );
+    app.advance_s(5);
+    nudge(&app, "drop", &shoppers[0].token).await;
+    let waiting = poll(&app, "drop", &shoppers[0].token, &shoppers[0].ticket).await;
+    assert_eq!(
+        (
+            &waiting.body["state"],
+            &waiting.body["paused"],
+            &waiting.body["eta_s"]
+        ),
+        (&json!("waiting"), &json!(true), &Value::Null),
+        "{}",
+        waiting.body
+    );
+    operator_post(&app, "/v1/sales/drop/waiting-room/resume").await;
+    app.advance_s(1);
+    nudge(&app, "drop", &shoppers[0].token).await;
+    let admitted = poll(&app, "drop", &shoppers[0].token, &shoppers[0].ticket).await;
+    assert_eq!(admitted.body["state"], "admitted", "{}", admitted.body);
+    let pass = admitted.body["pass"].as_str().unwrap();
+    let held = hold_with_pass(&app, "drop", &shoppers[0].token, Some(pass)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+
+    operator_post(&app, "/v1/sales/drop/pause").await;
+    let second = poll(&app, "drop", &shoppers[1].token, &shoppers[1].ticket).await;
+    let pass = second.body["pass"].as_str().unwrap();
+    let refused = hold_with_pass(&app, "drop", &shoppers[1].token, Some(pass)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::FORBIDDEN, "sale_paused")
+    );
+    let hold_id = held.body["hold_id"].as_str().unwrap();
+    let confirmed = app.confirm(hold_id, &shoppers[0].token).await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    let resumed = operator_post(&app, "/v1/sales/drop/resume").await;
+    assert_eq!(
+        resumed.body["paused"],
+        json!({"sale": false, "waiting_room": false})
+    );
+    let held = hold_with_pass(&app, "drop", &shoppers[1].token, Some(pass)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+}
+
 #[apply(backends)]
 async fn an_expired_hold_admits_the_next_person(backend: Backend) {
     let app = spawn_app(backend).await;
