@@ -432,6 +432,11 @@ impl Sale {
         self.closed_at
     }
 
+    /// Holds ever placed (their ids run from 1 to this).
+    pub fn holds_placed(&self) -> u64 {
+        self.last_hold
+    }
+
     pub fn paused(&self) -> Paused {
         self.paused
     }

@@ -72,7 +72,7 @@ async fn line_control(proxy: Arc<FaultProxy>) -> String {
 }
 
 fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../browser")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,11 +83,14 @@ pub struct SaleView {
     pub closed: bool,
     pub paused: holdfast_core::Paused,
     pub orders: usize,
+    pub holds_placed: u64,
+    /// The delivery day a hold placed at the view's time would be promised.
+    pub promising: Option<holdfast_core::Day>,
     pub queue: QueueView,
 }
 
 impl SaleView {
-    fn of(sale: &Sale, spec: &Arc<SaleSpec>) -> SaleView {
+    fn of(sale: &Sale, spec: &Arc<SaleSpec>, now: Timestamp) -> SaleView {
         SaleView {
             spec: spec.clone(),
             total: sale.total(),
@@ -99,6 +102,8 @@ impl SaleView {
             closed: sale.closed_at().is_some(),
             paused: sale.paused(),
             orders: sale.orders().len(),
+            holds_placed: sale.holds_placed(),
+            promising: sale.delivery_quote(now).ok().flatten(),
             queue: sale
                 .queue()
                 .view(spec.queue == QueueMode::Lottery, spec.pass_ttl_millis),
@@ -260,7 +265,8 @@ impl SaleActor {
         assert!(limits.sale_batch_commands_max > 0);
         let spec = Arc::new(sale.spec().clone());
         let (sender, receiver) = mpsc::channel(limits.sale_queue_commands_max);
-        let (view, view_receiver) = watch::channel(Arc::new(SaleView::of(&sale, &spec)));
+        let (view, view_receiver) =
+            watch::channel(Arc::new(SaleView::of(&sale, &spec, clock.now())));
         let actor = SaleActor {
             last_now: clock.now(),
             sale,
@@ -409,7 +415,7 @@ impl SaleActor {
         } else {
             None
         };
-        let view = changed.then(|| Arc::new(SaleView::of(&self.sale, &self.spec)));
+        let view = changed.then(|| Arc::new(SaleView::of(&self.sale, &self.spec, self.last_now)));
         self.in_flight.push_back(InFlight {
             durable,
             replies,

@@ -302,6 +302,8 @@ impl Application {
             metrics: crate::telemetry::install(),
             latencies: Default::default(),
             bodies_in_progress: Default::default(),
+            requests_shed: Default::default(),
+            feed: Default::default(),
             data_dir: parts.data_lock.is_some().then(|| config.data_dir.clone()),
             write_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.writes_in_flight_max,
@@ -315,6 +317,11 @@ impl Application {
         tokio::spawn(settlements.run(
             ledger,
             config.limits.settlement_retry_every,
+            workers_stop.clone(),
+        ));
+        tokio::spawn(crate::feed::run(
+            state.clone(),
+            config.limits.feed_every,
             workers_stop.clone(),
         ));
         if let Some(cluster) = state.cluster.clone() {

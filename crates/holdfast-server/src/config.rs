@@ -51,6 +51,8 @@ pub struct Limits {
     pub settlement_retry_every: Duration,
     /// How long a customer token lives when the operator does not say.
     pub customer_token_ttl_s_default: u64,
+    /// How often the event feed samples what the operator watches.
+    pub feed_every: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +71,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(10),
             settlement_retry_every: Duration::from_secs(5),
             customer_token_ttl_s_default: 24 * 3600,
+            feed_every: Duration::from_secs(1),
         }
     }
 }

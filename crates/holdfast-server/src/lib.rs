@@ -12,6 +12,7 @@ pub mod clock;
 mod cluster;
 mod config;
 mod error;
+mod feed;
 pub mod fuzz_targets;
 mod idempotency;
 mod ledger;

@@ -39,6 +39,10 @@ pub struct AppInner {
     pub latencies: crate::telemetry::RecentLatencies,
     /// Request bodies being read right now (slow ones pile up here).
     pub bodies_in_progress: std::sync::atomic::AtomicU64,
+    /// Requests refused for load (`429`) since start.
+    pub requests_shed: std::sync::atomic::AtomicU64,
+    /// What the operator watches, sampled once a second (`GET /v1/events`).
+    pub feed: crate::feed::Feed,
     /// The embedded log's directory (alone; on several nodes there is none).
     pub data_dir: Option<std::path::PathBuf>,
     /// One permit per write request in flight (see `api::overload`).

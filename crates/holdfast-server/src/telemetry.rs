@@ -148,10 +148,6 @@ fn refresh_sales(state: &AppInner) {
     }
 }
 
-/// A till is online when it reached this node within this long (tills sync every few seconds
-/// while their line is up).
-pub const TERMINAL_ONLINE_WITHIN_MS: i64 = 30_000;
-
 async fn refresh_terminals(state: &AppInner) {
     let now = state.clock.now();
     let mut online = 0;
@@ -162,7 +158,7 @@ async fn refresh_terminals(state: &AppInner) {
             metrics::gauge!(name, "terminal" => id.clone()).set(value);
         };
         let since = status.last_contact_at.map(|at| (now.0 - at.0).max(0));
-        if since.is_some_and(|ms| ms <= TERMINAL_ONLINE_WITHIN_MS) {
+        if status.reach(now) == crate::terminals::Reach::Online {
             online += 1;
         }
         gauge(

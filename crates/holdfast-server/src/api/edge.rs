@@ -73,6 +73,9 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     };
     let elapsed = started.elapsed();
     crate::telemetry::record_request(&route, &method, response.status().as_u16(), elapsed);
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        state.requests_shed.fetch_add(1, Ordering::Relaxed);
+    }
     state.latencies.record(elapsed);
     // Tills sign their requests with the server's time, learned from this header, so a shop
     // whose clock is wrong still gets in.

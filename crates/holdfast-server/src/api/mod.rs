@@ -1,7 +1,9 @@
 //! The HTTP API (shared/API.md). One router per area, merged here.
 
 mod credentials;
+mod dashboard;
 mod edge;
+mod events;
 mod extract;
 pub(crate) mod internal;
 mod ops;
@@ -26,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .merge(sales::router())
         .merge(shopper::router())
         .merge(ops::router())
+        .merge(events::router())
+        .merge(dashboard::router())
         .merge(queue::router())
         .merge(terminals::router())
         .merge(pay::router())

@@ -146,6 +146,41 @@ pub struct TerminalStatus {
     pub allotments: Vec<(String, u32)>,
 }
 
+/// Whether a till is in touch, as far as this server can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    /// It reached the server within `ONLINE_WITHIN_MS`.
+    Online,
+    /// It reached the server, which put its sync off for load: the shop's line works, the
+    /// server is overloaded.
+    Deferred,
+    /// Not heard from within `ONLINE_WITHIN_MS`: its line (or the till) is down.
+    Unreachable,
+    /// Never heard from since this server started.
+    Never,
+}
+
+/// A till is online when it reached the server within this long (tills sync every few seconds
+/// while their line is up).
+pub const ONLINE_WITHIN_MS: i64 = 30_000;
+
+impl TerminalStatus {
+    pub fn reach(&self, now: Timestamp) -> Reach {
+        let recent = |at: Option<Timestamp>| at.is_some_and(|at| now.0 - at.0 <= ONLINE_WITHIN_MS);
+        let put_off_last = self.deferred_at >= self.last_contact_at;
+        if recent(self.deferred_at) && put_off_last {
+            Reach::Deferred
+        } else if recent(self.last_contact_at) {
+            Reach::Online
+        } else if self.last_contact_at.is_some() {
+            Reach::Unreachable
+        } else {
+            Reach::Never
+        }
+    }
+}
+
 /// Why a terminal's request is not let in.
 #[derive(Debug, Error)]
 pub enum AuthRefusal {
@@ -560,4 +595,49 @@ pub struct TerminalView {
     pub transfers_pending: Vec<(u64, PendingTransfer)>,
     pub quarantine: Vec<Noted>,
     pub flagged: Vec<Noted>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(contact: Option<i64>, deferred: Option<i64>) -> TerminalStatus {
+        TerminalStatus {
+            terminal_id: "t".into(),
+            store: "s".into(),
+            last_contact_at: contact.map(Timestamp),
+            deferred_at: deferred.map(Timestamp),
+            last_sync_at: None,
+            unsynced: 0,
+            quarantined: 0,
+            flagged: 0,
+            allotments: vec![],
+        }
+    }
+
+    /// A till put off by a shedding server is told apart from one whose line is down.
+    #[test]
+    fn reach_tells_a_down_line_from_an_overloaded_server() {
+        let now = Timestamp(100_000);
+        let cases = [
+            (None, None, Reach::Never),
+            (Some(99_000), None, Reach::Online),
+            (
+                Some(100_000 - ONLINE_WITHIN_MS - 1),
+                None,
+                Reach::Unreachable,
+            ),
+            (Some(99_000), Some(99_000), Reach::Deferred),
+            (Some(99_500), Some(99_000), Reach::Online),
+            (Some(10_000), Some(99_000), Reach::Deferred),
+            (Some(10_000), Some(20_000), Reach::Unreachable),
+        ];
+        for (contact, deferred, reach) in cases {
+            assert_eq!(
+                status(contact, deferred).reach(now),
+                reach,
+                "{contact:?} {deferred:?}"
+            );
+        }
+    }
 }

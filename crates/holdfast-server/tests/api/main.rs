@@ -1,6 +1,8 @@
 //! The HTTP API end to end, in one test binary, against real servers on loopback.
 
 mod bad_input;
+mod dashboard;
+mod events;
 mod helpers;
 mod hostile;
 mod ledger;
@@ -370,11 +372,7 @@ async fn the_metrics_say_what_the_api_says(backend: Backend) {
         StatusCode::CREATED
     );
     let secret = terminals::register(&app, "till-metered").await;
-    let report = json!({"entries": [], "report": {"unsynced": 3, "cards_waiting": 0,
-        "cards_waiting_amount": 0, "transfers_pending": 0, "refunds_due": 0}});
-    let path = "/v1/terminals/till-metered/sync";
-    let synced = terminals::signed(&app, "till-metered", &secret, path, &report).await;
-    assert_eq!(synced.status, StatusCode::OK, "{}", synced.body);
+    terminals::sync_report(&app, "till-metered", &secret, 3, None).await;
 
     let (total, available, held, sold) = stock(&app.sale("metered").await);
     let scrape = scrape(&app).await;

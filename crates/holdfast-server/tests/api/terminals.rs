@@ -27,6 +27,24 @@ pub async fn signed(app: &TestApp, id: &str, secret: &str, path: &str, body: &Va
     send(app, request).await
 }
 
+/// A till's sync carrying only its report: entries waiting at the till, and units left in its
+/// allotment of the sale `masks` (when given).
+pub async fn sync_report(
+    app: &TestApp,
+    till: &str,
+    secret: &str,
+    unsynced: u64,
+    left: Option<u32>,
+) {
+    let allotments: Vec<(&str, u32)> = left.map(|units| ("masks", units)).into_iter().collect();
+    let body = json!({"entries": [], "report": {"unsynced": unsynced, "cards_waiting": 0,
+        "cards_waiting_amount": 0, "transfers_pending": 0, "refunds_due": 0,
+        "allotments": allotments}});
+    let path = format!("/v1/terminals/{till}/sync");
+    let synced = signed(app, till, secret, &path, &body).await;
+    assert_eq!(synced.status, StatusCode::OK, "{}", synced.body);
+}
+
 /// The exact bytes and header of a signed request, so a test can send it again.
 fn signed_request(
     id: &str,
