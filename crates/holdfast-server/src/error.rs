@@ -5,13 +5,28 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_core::{IdentityError, Rejection, SpecError};
 use holdfast_store::StoreError;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::answer::StoredAnswer;
 use crate::ledger_error::LedgerError;
 use crate::payments::PaymentError;
 use crate::terminals::TerminalError;
 use crate::text::rejection_message;
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: clients match on it.
+    pub code: String,
+    /// For a person.
+    pub message: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -71,8 +86,13 @@ impl ApiError {
         StoredAnswer::json(self.status.as_u16(), &self.body())
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message.clone(),
+            },
+        }
     }
 }
 

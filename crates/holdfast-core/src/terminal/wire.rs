@@ -9,6 +9,7 @@ use super::{ChainHash, JournalEntry};
 /// Limits on store-and-forward card payments, set by the operator per store and sent to every
 /// till of that store with its sync answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfflineCardLimits {
     pub per_sale_max: u64,
     pub outstanding_total_max: u64,
@@ -30,6 +31,7 @@ impl Default for OfflineCardLimits {
 
 /// What a till must know of a scarce sale to sell it offline as the server would.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SaleTerms {
     pub price: u64,
     pub per_customer_limit: u32,
@@ -46,6 +48,7 @@ impl SaleTerms {
 
 /// An item of a store's catalogue, as the server keeps it for every till of the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CatalogueItem {
     pub sku: String,
     pub name: String,
@@ -56,6 +59,7 @@ pub struct CatalogueItem {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AllotmentRequest {
     pub sale_id: String,
     /// The allotment the terminal wants to hold from now on (0 returns everything).
@@ -63,6 +67,7 @@ pub struct AllotmentRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AllotmentAnswer {
     pub sale_id: String,
     pub granted: u32,
@@ -71,6 +76,7 @@ pub struct AllotmentAnswer {
 
 /// One journal entry on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireEntry {
     pub seq: u64,
     /// Hex hash of the previous entry (64 zeros before entry 1).
@@ -101,6 +107,7 @@ impl WireEntry {
 /// What is waiting at a till, reported with every sync so the owner sees the shop from the
 /// server.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TillReport {
     pub unsynced: u64,
     pub cards_waiting: u64,
@@ -113,6 +120,7 @@ pub struct TillReport {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRequest {
     pub entries: Vec<WireEntry>,
     #[serde(default)]
@@ -123,6 +131,7 @@ pub struct SyncRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncAnswer {
     pub acked_through: u64,
     pub head: String,
@@ -144,6 +153,7 @@ pub struct SyncAnswer {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreCatalogue {
     pub version: u64,
     pub items: Vec<CatalogueItem>,
@@ -156,6 +166,7 @@ pub struct StoreCatalogue {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentRequest {
     /// The till's own name for this payment; retries reuse it, so a card is charged once.
     pub reference: String,
@@ -164,6 +175,7 @@ pub struct PaymentRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentAnswer {
     pub status: String,
     pub authorization_id: String,

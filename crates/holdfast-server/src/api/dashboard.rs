@@ -3,12 +3,11 @@
 //! holds no data. Scripts and styles come only from this server (a strict
 //! Content-Security-Policy), so nothing on the page runs what a sale's name might contain.
 
-use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::state::AppState;
+use super::routes::Routes;
 
 const PAGE: &str = include_str!("../dashboard/index.html");
 const SCRIPT: &str = include_str!("../dashboard/dashboard.js");
@@ -19,21 +18,25 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
     form-action 'none'";
 
-pub fn router() -> Router<AppState> {
-    let assets = [
-        ("/dashboard", "text/html; charset=utf-8", PAGE),
-        (
-            "/dashboard/dashboard.js",
-            "text/javascript; charset=utf-8",
-            SCRIPT,
-        ),
-        ("/dashboard/dashboard.css", "text/css; charset=utf-8", STYLE),
-        ("/dashboard/favicon.svg", "image/svg+xml", ICON),
-    ];
-    assets
+/// The page and what it loads: path, content type, body (the OpenAPI document describes them
+/// from this table).
+pub const ASSETS: [(&str, &str, &str); 4] = [
+    ("/dashboard", "text/html; charset=utf-8", PAGE),
+    (
+        "/dashboard/dashboard.js",
+        "text/javascript; charset=utf-8",
+        SCRIPT,
+    ),
+    ("/dashboard/dashboard.css", "text/css; charset=utf-8", STYLE),
+    ("/dashboard/favicon.svg", "image/svg+xml", ICON),
+];
+
+pub fn routes() -> Routes {
+    ASSETS
         .into_iter()
-        .fold(Router::new(), |router, (path, content_type, body)| {
-            router.route(path, get(move || async move { asset(content_type, body) }))
+        .fold(Routes::default(), |routes, (path, content_type, body)| {
+            let serve = get(move || async move { asset(content_type, body) });
+            routes.add(path, &[Method::GET], serve)
         })
 }
 

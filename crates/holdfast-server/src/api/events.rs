@@ -6,22 +6,26 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures_util::Stream;
 
 use super::credentials::Operator;
-use crate::error::ApiError;
+use super::routes::Routes;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events", get(events))
+pub fn routes() -> Routes {
+    Routes::default().add("/v1/events", &[Method::GET], get(events))
 }
 
-async fn events(
+/// The live feed: one `sample` event a second (server-sent events); `Last-Event-ID` resumes.
+#[utoipa::path(get, path = "/v1/events", tag = "operator", security(("operator" = [])),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event received")),
+    responses((status = 200, description = "a stream of `sample` events", content_type = "text/event-stream", body = String), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn events(
     State(state): State<AppState>,
     _: Operator,
     headers: HeaderMap,

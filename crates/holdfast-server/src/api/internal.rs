@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Router, extract::Request};
@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 
 use super::extract::ApiPath;
+use super::routes::Routes;
 use crate::cluster::{Forwarded, ForwardedAnswer, ForwardedRequest, SIGNATURE_HEADER};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -19,8 +20,11 @@ use crate::terminals::{SaleCall, serve_sale_call};
 /// The largest batch a node takes: many requests, some of them tills' syncs.
 const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/internal/v1/sales/{id}/call", post(sale_call))
+/// Node to node only, and so not in the OpenAPI document.
+pub const SALE_CALL: &str = "/internal/v1/sales/{id}/call";
+
+pub fn routes() -> Routes {
+    Routes::default().add(SALE_CALL, &[Method::POST], post(sale_call))
 }
 
 /// Runs a batch of requests another node handed over, concurrently, through `router` (so they

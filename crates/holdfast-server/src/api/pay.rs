@@ -3,24 +3,29 @@
 //! The link itself is the credential (an unguessable receivable id), as on the receipts of the
 //! large card vendors.
 
+use axum::Json;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::ApiPath;
 use super::overload::WriteSlot;
-use crate::error::ApiError;
+use super::routes::Routes;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::fingerprint;
 use crate::state::AppState;
 use crate::terminals::{Receivable, Terminal};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/pay/{terminal}/{receivable}", get(page).post(pay))
+pub fn routes() -> Routes {
+    Routes::default().add(
+        "/pay/{terminal}/{receivable}",
+        &[Method::GET, Method::POST],
+        get(page).post(pay),
+    )
 }
 
 fn escape(text: &str) -> String {
@@ -41,7 +46,11 @@ async fn find(
     Ok((terminal, receivable))
 }
 
-async fn page(
+/// The pay link's page: what is owed, and a form to pay it.
+#[utoipa::path(get, path = "/pay/{terminal}/{receivable}", tag = "public",
+    params(("terminal" = String, Path), ("receivable" = String, Path, description = "the unguessable id on the receipt")),
+    responses((status = 200, description = "the page", content_type = "text/html", body = String), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn page(
     State(state): State<AppState>,
     ApiPath((terminal, id)): ApiPath<(String, String)>,
 ) -> Result<Html<String>, ApiError> {
@@ -63,14 +72,26 @@ async fn page(
     )))
 }
 
-#[derive(Debug, Deserialize)]
-struct PayForm {
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct PayForm {
     card_token: String,
+}
+
+/// A receivable paid.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Paid {
+    status: &'static str,
+    authorization_id: String,
+    amount: u64,
 }
 
 /// Pays a receivable; a browser (the form on the page) is answered with a page, a program with
 /// JSON.
-async fn pay(
+#[utoipa::path(post, path = "/pay/{terminal}/{receivable}", tag = "public",
+    params(("terminal" = String, Path), ("receivable" = String, Path)),
+    request_body(content = PayForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "paid (JSON, or a page for a browser)", body = Paid), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn pay(
     State(state): State<AppState>,
     ApiPath((terminal, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
@@ -87,8 +108,8 @@ async fn pay(
         (Ok(paid), true) => Html(format!(
             "<!doctype html><meta charset=\"utf-8\"><title>Paid</title>\
              <h1>Paid. Thank you.</h1><p>{} KRW, authorisation {}</p>",
-            paid["amount"],
-            escape(paid["authorization_id"].as_str().unwrap_or_default())
+            paid.amount,
+            escape(&paid.authorization_id)
         ))
         .into_response(),
         (Err(error), true) => (
@@ -108,11 +129,15 @@ async fn settle_receivable(
     terminal: &str,
     id: &str,
     form: Result<Form<PayForm>, FormRejection>,
-) -> Result<Value, ApiError> {
+) -> Result<Paid, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::bad_request("invalid_payment", e.body_text()))?;
     let (till, receivable) = find(state, terminal, id).await?;
     let _slot = WriteSlot::take(state)?;
-    let paid = |authorization: &str, amount: u64| json!({"status": "paid", "authorization_id": authorization, "amount": amount});
+    let paid = |authorization: &str, amount: u64| Paid {
+        status: "paid",
+        authorization_id: authorization.to_owned(),
+        amount,
+    };
     if let Some(authorization) = receivable.settled_by {
         return Ok(paid(&authorization, receivable.amount));
     }

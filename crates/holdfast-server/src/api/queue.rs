@@ -3,22 +3,24 @@
 //! A poll is answered from the sale's published view and the signed ticket alone: no actor
 //! round trip and no state per waiting shopper, so polls stay cheap at very high rates.
 
+use axum::Json;
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use holdfast_core::{Command, Reply, SaleSpec, Standing, Timestamp, seed_commitment};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::credentials::Customer;
 use super::extract::ApiPath;
 use super::overload::WriteSlot;
+use super::routes::Routes;
 use super::sales::find_sale;
 use super::wire::{format_time, parse_channel};
 use crate::actor::SaleView;
 use crate::auth::Place;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// How long a ticket stays valid after the sale opens.
@@ -27,20 +29,22 @@ const TICKET_LIFE_MILLIS: u64 = 30 * 24 * 3_600_000;
 const POLL_AFTER_S_MIN: u64 = 1;
 const POLL_AFTER_S_MAX: u64 = 30;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sales/{id}/queue", post(join))
-        .route("/v1/sales/{id}/queue/{ticket}", get(poll))
-        .route("/v1/sales/{id}/draw", get(published_draw))
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("/v1/sales/{id}/queue", &[Method::POST], post(join))
+        .add("/v1/sales/{id}/queue/{ticket}", &[Method::GET], get(poll))
+        .add("/v1/sales/{id}/draw", &[Method::GET], get(published_draw))
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The body is optional: an empty one joins on the default channel (web).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequest {
     pub channel: Option<String>,
 }
 
-#[derive(Serialize)]
-struct QueueAnswer {
+/// Where a ticket's holder stands in the waiting room.
+#[derive(Serialize, ToSchema)]
+pub(super) struct QueueAnswer {
     ticket: String,
     /// The shopper's entry in the published draw (`GET /v1/sales/{id}/draw`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,7 +170,12 @@ fn answer(
     answer
 }
 
-async fn join(
+/// Takes a place in the waiting room (or finds the one this person has): a ticket to poll.
+#[utoipa::path(post, path = "/v1/sales/{id}/queue", tag = "shopper", security(("customer" = [])),
+    params(("id" = String, Path)), request_body(content = Option<JoinRequest>),
+    responses((status = 200, description = "the place", body = QueueAnswer),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn join(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     _slot: WriteSlot,
@@ -202,7 +211,12 @@ async fn join(
     )))
 }
 
-async fn poll(
+/// Where the ticket's holder stands now, with a pass once admitted.
+#[utoipa::path(get, path = "/v1/sales/{id}/queue/{ticket}", tag = "shopper",
+    security(("customer" = [])), params(("id" = String, Path), ("ticket" = String, Path)),
+    responses((status = 200, description = "the standing", body = QueueAnswer),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn poll(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     ApiPath((sale_id, ticket)): ApiPath<(String, String)>,
@@ -226,12 +240,30 @@ async fn poll(
     Ok(Json(answer(&state, &view, &place, ticket, now)))
 }
 
+/// The lottery, published so anyone can check it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PublishedDraw {
+    sale_id: String,
+    /// SHA-256 of the seed, published when the sale was created.
+    seed_commitment: String,
+    /// Revealed once drawn.
+    seed: Option<String>,
+    drawn: bool,
+    /// The entrants' pseudonymous ids, in join order.
+    entrants: Vec<String>,
+    /// Each entrant's position, in the same order.
+    positions: Vec<u32>,
+}
+
 /// The lottery, published so anyone can check it: the seed's commitment (from creation), the
 /// seed (once drawn), the entrants' pseudonymous ids in join order, and each one's position.
-async fn published_draw(
+#[utoipa::path(get, path = "/v1/sales/{id}/draw", tag = "public", params(("id" = String, Path)),
+    responses((status = 200, description = "the draw", body = PublishedDraw),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn published_draw(
     State(state): State<AppState>,
     ApiPath(sale_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PublishedDraw>, ApiError> {
     let sale = find_sale(&state, &sale_id)?;
     let spec = sale.view().spec.clone();
     let Some(seed) = spec.lottery_seed else {
@@ -253,12 +285,12 @@ async fn published_draw(
         })
         .await?;
     let positions: Vec<u32> = ranks.iter().map(|r| r + 1).collect();
-    Ok(Json(json!({
-        "sale_id": sale_id,
-        "seed_commitment": seed_commitment(&seed),
-        "seed": drawn.map(|_| hex::encode(seed)),
-        "drawn": drawn.is_some(),
-        "entrants": entrants,
-        "positions": positions,
-    })))
+    Ok(Json(PublishedDraw {
+        sale_id,
+        seed_commitment: seed_commitment(&seed),
+        seed: drawn.map(|_| hex::encode(seed)),
+        drawn: drawn.is_some(),
+        entrants,
+        positions,
+    }))
 }

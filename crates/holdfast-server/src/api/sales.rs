@@ -1,24 +1,27 @@
 //! Operator calls: create and read sales, restock, close, release a channel share, list
 //! orders, issue customer tokens.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{MethodRouter, get, post};
-use axum::{Json, Router};
 use holdfast_core::{Command, Pausable, STOCK_MAX, Shopper, is_valid_sale_id};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::credentials::{Caller, Operator};
 use super::extract::{ApiJson, ApiPath};
 use super::overload::WriteSlot;
+use super::routes::Routes;
 use super::wire::{
-    CreateSale, CustomerTokenRequest, OrderBody, OrdersQuery, RestockRequest, format_time,
-    in_range, parse_channel, parse_order_id, sale_body,
+    CreateSale, CustomerTokenRequest, OrderBody, OrdersQuery, RestockRequest, SaleBody,
+    format_time, in_range, parse_channel, parse_order_id,
 };
 use crate::actor::SaleHandle;
 use crate::auth::CustomerIdentity;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ledger::Created;
 use crate::state::AppState;
 
@@ -26,31 +29,57 @@ const ORDERS_PAGE_DEFAULT: usize = 100;
 const ORDERS_PAGE_MAX: usize = 1_000;
 const TOKEN_TTL_S_MAX: i64 = 30 * 24 * 3600;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sales", post(create_sale))
-        .route("/v1/sales/{id}", get(get_sale))
-        .route("/v1/sales/{id}/restock", post(restock))
-        .route("/v1/sales/{id}/close", post(close))
-        .route("/v1/sales/{id}/pause", setting_pause(Pausable::Sale, true))
-        .route(
-            "/v1/sales/{id}/resume",
-            setting_pause(Pausable::Sale, false),
-        )
-        .route(
-            "/v1/sales/{id}/waiting-room/pause",
-            setting_pause(Pausable::WaitingRoom, true),
-        )
-        .route(
-            "/v1/sales/{id}/waiting-room/resume",
-            setting_pause(Pausable::WaitingRoom, false),
-        )
-        .route(
+/// The pause and resume calls: path, what they set, and what they do (for the OpenAPI
+/// document, which describes them from this table).
+pub const PAUSES: [(&str, Pausable, bool, &str); 4] = [
+    (
+        "/v1/sales/{id}/pause",
+        Pausable::Sale,
+        true,
+        "Pauses the sale: no new hold or allotment; holds already placed may still be paid, and tills' sales are still recorded",
+    ),
+    (
+        "/v1/sales/{id}/resume",
+        Pausable::Sale,
+        false,
+        "Resumes a paused sale",
+    ),
+    (
+        "/v1/sales/{id}/waiting-room/pause",
+        Pausable::WaitingRoom,
+        true,
+        "Pauses admissions: shoppers keep joining and keep their places; passes given stay good",
+    ),
+    (
+        "/v1/sales/{id}/waiting-room/resume",
+        Pausable::WaitingRoom,
+        false,
+        "Resumes admissions at the sale's rate",
+    ),
+];
+
+pub fn routes() -> Routes {
+    let routes = Routes::default()
+        .add("/v1/sales", &[Method::POST], post(create_sale))
+        .add("/v1/sales/{id}", &[Method::GET], get(get_sale))
+        .add("/v1/sales/{id}/restock", &[Method::POST], post(restock))
+        .add("/v1/sales/{id}/close", &[Method::POST], post(close))
+        .add(
             "/v1/sales/{id}/channels/{channel}/release",
+            &[Method::POST],
             post(release_share),
         )
-        .route("/v1/sales/{id}/orders", get(list_orders))
-        .route("/v1/customer-tokens", post(issue_customer_token))
+        .add("/v1/sales/{id}/orders", &[Method::GET], get(list_orders))
+        .add(
+            "/v1/customer-tokens",
+            &[Method::POST],
+            post(issue_customer_token),
+        );
+    PAUSES
+        .into_iter()
+        .fold(routes, |routes, (path, part, paused, _)| {
+            routes.add(path, &[Method::POST], setting_pause(part, paused))
+        })
 }
 
 fn random_seed() -> [u8; 32] {
@@ -66,16 +95,24 @@ pub fn find_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiError> {
         .ok_or_else(|| ApiError::not_found("sale_not_found", format!("no sale with id '{id}'")))
 }
 
-fn sale_json(state: &AppState, sale: &SaleHandle) -> Json<Value> {
-    Json(sale_body(&sale.view(), state.clock.now()))
+fn sale_json(state: &AppState, sale: &SaleHandle) -> Json<SaleBody> {
+    Json(SaleBody::new(&sale.view(), state.clock.now()))
 }
 
-async fn create_sale(
+/// Creates a sale. The same body again is a harmless retry (200); another sale under the
+/// same id is refused.
+#[utoipa::path(post, path = "/v1/sales", tag = "operator", security(("operator" = [])),
+    request_body = CreateSale,
+    responses(
+        (status = 201, description = "created", body = SaleBody),
+        (status = 200, description = "the same sale, created before", body = SaleBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn create_sale(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiJson(body): ApiJson<CreateSale>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
     // Several nodes: this one takes the new sale's stream (or reads back the sale another
     // node made under that id).
     if is_valid_sale_id(&body.id) {
@@ -104,11 +141,16 @@ async fn create_sale(
     }
 }
 
-async fn get_sale(
+/// A sale's state and stock.
+#[utoipa::path(get, path = "/v1/sales/{id}", tag = "operator",
+    security(("operator" = []), ("customer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "the sale", body = SaleBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn get_sale(
     State(state): State<AppState>,
     _: Caller,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SaleBody>, ApiError> {
     Ok(sale_json(&state, &find_sale(&state, &id)?))
 }
 
@@ -122,24 +164,34 @@ async fn run(
     Ok((sale, reply))
 }
 
-async fn restock(
+/// Adds stock to a running sale.
+#[utoipa::path(post, path = "/v1/sales/{id}/restock", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path)), request_body = RestockRequest,
+    responses((status = 200, description = "the sale", body = SaleBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn restock(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RestockRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SaleBody>, ApiError> {
     let quantity = in_range("quantity", body.quantity, 1, i64::from(STOCK_MAX))? as u32;
     let (sale, _) = run(&state, &id, Command::Restock { quantity }).await?;
     Ok(sale_json(&state, &sale))
 }
 
-async fn close(
+/// Stops new holds for good; holds already placed may still be paid.
+#[utoipa::path(post, path = "/v1/sales/{id}/close", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "the sale", body = SaleBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn close(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SaleBody>, ApiError> {
     let (sale, _) = run(&state, &id, Command::Close).await?;
     Ok(sale_json(&state, &sale))
 }
@@ -158,28 +210,58 @@ fn setting_pause(part: Pausable, paused: bool) -> MethodRouter<AppState> {
     )
 }
 
-async fn release_share(
+/// What a channel's share released to everyone came to.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ShareReleased {
+    #[schema(value_type = String)]
+    channel: holdfast_core::Channel,
+    released: u32,
+    sale: SaleBody,
+}
+
+/// Hands a channel's unsold share to the common pool.
+#[utoipa::path(post, path = "/v1/sales/{id}/channels/{channel}/release", tag = "operator",
+    security(("operator" = [])),
+    params(("id" = String, Path), ("channel" = String, Path, description = "web, app, phone or store")),
+    responses((status = 200, description = "released", body = ShareReleased),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn release_share(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiPath((id, channel)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShareReleased>, ApiError> {
     let channel = parse_channel(Some(&channel))?;
     let (sale, reply) = run(&state, &id, Command::ReleaseChannelShare { channel }).await?;
     let holdfast_core::Reply::ShareReleased { quantity } = reply else {
         unreachable!("releasing a share answers with its size")
     };
-    Ok(Json(
-        json!({"channel": channel, "released": quantity, "sale": sale_body(&sale.view(), state.clock.now())}),
-    ))
+    Ok(Json(ShareReleased {
+        channel,
+        released: quantity,
+        sale: SaleBody::new(&sale.view(), state.clock.now()),
+    }))
 }
 
-async fn list_orders(
+/// A page of a sale's orders.
+#[derive(Serialize, ToSchema)]
+pub(super) struct OrdersPage {
+    orders: Vec<OrderBody>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<String>,
+}
+
+/// A sale's orders, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/sales/{id}/orders", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path), OrdersQuery),
+    responses((status = 200, description = "a page", body = OrdersPage),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn list_orders(
     State(state): State<AppState>,
     _: Operator,
     ApiPath(id): ApiPath<String>,
     query: Result<Query<OrdersQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrdersPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let sale = find_sale(&state, &id)?;
     let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
@@ -219,10 +301,10 @@ async fn list_orders(
                 .last()
                 .filter(|_| more)
                 .map(|o| o.order_id().to_owned());
-            (serde_json::to_value(&page).expect("orders serialise"), next)
+            (page, next)
         })
         .await?;
-    Ok(Json(json!({"orders": orders, "next": next})))
+    Ok(Json(OrdersPage { orders, next }))
 }
 
 fn bounded_text(
@@ -241,11 +323,22 @@ fn bounded_text(
     }
 }
 
-async fn issue_customer_token(
+#[derive(Serialize, ToSchema)]
+pub(super) struct CustomerToken {
+    token: String,
+    expires_at: String,
+}
+
+/// A shopper's token, bound to the identity their limits count against.
+#[utoipa::path(post, path = "/v1/customer-tokens", tag = "operator",
+    security(("operator" = [])), request_body = CustomerTokenRequest,
+    responses((status = 201, description = "issued", body = CustomerToken),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn issue_customer_token(
     State(state): State<AppState>,
     _: Operator,
     ApiJson(body): ApiJson<CustomerTokenRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CustomerToken>), ApiError> {
     let customer_id = bounded_text("customer_id", Some(body.customer_id), 128)?.unwrap_or_default();
     if customer_id.trim().is_empty() {
         return Err(ApiError::bad_request(
@@ -276,6 +369,9 @@ async fn issue_customer_token(
     let token = state.tokens.issue(&identity, expires_at);
     Ok((
         StatusCode::CREATED,
-        Json(json!({"token": token, "expires_at": format_time(expires_at)})),
+        Json(CustomerToken {
+            token,
+            expires_at: format_time(expires_at),
+        }),
     ))
 }

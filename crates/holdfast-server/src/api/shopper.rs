@@ -1,35 +1,46 @@
 //! Shopper calls: hold, confirm (pay), release, and read holds and orders.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::credentials::{Caller, Customer};
 use super::extract::{ApiJson, ApiPath};
 use super::overload::WriteSlot;
+use super::routes::Routes;
 use super::sales::find_sale;
 use super::wire::{
-    ConfirmRequest, HoldRequest, OrderBody, format_day, format_time, in_range, parse_channel,
-    parse_hold_id, parse_order_id, render_confirm, render_hold,
+    ConfirmRequest, HoldBody, HoldRequest, OrderBody, format_day, format_time, in_range,
+    parse_channel, parse_hold_id, parse_order_id, render_confirm, render_hold,
 };
 use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
 use crate::payments::{AuthorizeRequest, CURRENCY};
 use crate::state::AppState;
 
 const CARD_TOKEN_LEN_MAX: usize = 256;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sales/{id}/holds", post(place_hold))
-        .route("/v1/holds/{hold_id}", get(get_hold).delete(release_hold))
-        .route("/v1/holds/{hold_id}/confirm", post(confirm_hold))
-        .route("/v1/orders/{order_id}", get(get_order))
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("/v1/sales/{id}/holds", &[Method::POST], post(place_hold))
+        .add(
+            "/v1/holds/{hold_id}",
+            &[Method::GET, Method::DELETE],
+            get(get_hold).delete(release_hold),
+        )
+        .add(
+            "/v1/holds/{hold_id}/confirm",
+            &[Method::POST],
+            post(confirm_hold),
+        )
+        .add("/v1/orders/{order_id}", &[Method::GET], get(get_order))
 }
 
 /// Where an idempotent request starts: either the stored first answer, or a run (with the
@@ -90,7 +101,13 @@ async fn execute(
     Ok((answer.into_response(), executed.outcome))
 }
 
-async fn place_hold(
+/// Holds units for the shopper until the hold expires.
+#[utoipa::path(post, path = "/v1/sales/{id}/holds", tag = "shopper", security(("customer" = [])),
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "the same key again replays the first answer")),
+    request_body = HoldRequest,
+    responses((status = 201, description = "held", body = HoldBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn place_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     _slot: WriteSlot,
@@ -175,7 +192,13 @@ fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {
     }
 }
 
-async fn confirm_hold(
+/// Pays for a hold: it becomes an order.
+#[utoipa::path(post, path = "/v1/holds/{hold_id}/confirm", tag = "shopper",
+    security(("customer" = [])), params(("hold_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "the same key again replays the first answer")),
+    request_body = ConfirmRequest,
+    responses((status = 200, description = "confirmed", body = OrderBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn confirm_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     _slot: WriteSlot,
@@ -265,54 +288,101 @@ async fn settle(
     let _ = settling.await;
 }
 
-async fn release_hold(
+/// A hold as its shopper sees it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct HoldStatus {
+    hold_id: String,
+    /// `active`, `confirmed`, `released` or `expired`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_by: Option<String>,
+}
+
+impl HoldStatus {
+    fn ended(hold_id: String, status: &'static str) -> HoldStatus {
+        HoldStatus {
+            hold_id,
+            status,
+            quantity: None,
+            expires_at: None,
+            deliver_by: None,
+        }
+    }
+}
+
+/// Gives a hold's units back.
+#[utoipa::path(delete, path = "/v1/holds/{hold_id}", tag = "shopper",
+    security(("customer" = [])), params(("hold_id" = String, Path)),
+    responses((status = 200, description = "released", body = HoldStatus),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn release_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     _slot: WriteSlot,
     ApiPath(raw_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HoldStatus>, ApiError> {
     let (sale, hold) = hold_and_sale(&state, &raw_id)?;
     let command = Command::ReleaseHold {
         hold,
         customer_id: shopper.customer_id().to_owned(),
     };
     sale.execute(command, None).await?.outcome?;
-    Ok(Json(json!({"hold_id": raw_id, "status": "released"})))
+    Ok(Json(HoldStatus::ended(raw_id, "released")))
 }
 
-async fn get_hold(
+/// A hold, and how it ended.
+#[utoipa::path(get, path = "/v1/holds/{hold_id}", tag = "shopper",
+    security(("customer" = [])), params(("hold_id" = String, Path)),
+    responses((status = 200, description = "the hold", body = HoldStatus),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn get_hold(
     State(state): State<AppState>,
     Customer(shopper): Customer,
     ApiPath(raw_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HoldStatus>, ApiError> {
     let (sale, hold) = hold_and_sale(&state, &raw_id)?;
     let owner = shopper.customer_id().to_owned();
     let id = raw_id.clone();
     let body = sale
         .read(move |s| {
-            if let Some(h) = s.active_hold(hold).filter(|h| h.shopper.customer_id() == owner) {
-                return Some(json!({
-                    "hold_id": id, "status": "active", "quantity": h.quantity,
-                    "expires_at": format_time(h.expires_at), "deliver_by": h.deliver_by.map(format_day),
-                }));
+            if let Some(h) = s
+                .active_hold(hold)
+                .filter(|h| h.shopper.customer_id() == owner)
+            {
+                return Some(HoldStatus {
+                    hold_id: id,
+                    status: "active",
+                    quantity: Some(h.quantity),
+                    expires_at: Some(format_time(h.expires_at)),
+                    deliver_by: h.deliver_by.map(format_day),
+                });
             }
             let status = match s.hold_end_for(hold, &owner)? {
                 HoldEnd::Confirmed(_) => "confirmed",
                 HoldEnd::Released => "released",
                 HoldEnd::Expired => "expired",
             };
-            Some(json!({"hold_id": id, "status": status}))
+            Some(HoldStatus::ended(id, status))
         })
         .await?;
     body.map(Json)
         .ok_or_else(|| ApiError::not_found("hold_not_found", "no such hold"))
 }
 
-async fn get_order(
+/// One order, to its shopper or the operator.
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "shopper",
+    security(("customer" = []), ("operator" = [])), params(("order_id" = String, Path)),
+    responses((status = 200, description = "the order", body = OrderBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(raw_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderBody>, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let (sale_id, order) = parse_order_id(&raw_id)?;
     let sale = find_sale(&state, sale_id).map_err(|_| not_found())?;
@@ -325,7 +395,5 @@ async fn get_order(
     {
         return Err(not_found());
     }
-    Ok(Json(
-        serde_json::to_value(OrderBody::new(sale_id, &order)).expect("orders serialise"),
-    ))
+    Ok(Json(OrderBody::new(sale_id, &order)))
 }

@@ -2,67 +2,93 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use holdfast_core::terminal::auth::{self, Authorization, SignedRequest};
 use holdfast_core::terminal::wire::{
     AllotmentAnswer, AllotmentRequest, CatalogueItem, OfflineCardLimits, PaymentAnswer,
-    PaymentRequest, StoreCatalogue, SyncAnswer, SyncRequest,
+    PaymentRequest, StoreCatalogue, SyncAnswer, SyncRequest, TillReport,
 };
 use holdfast_core::{STOCK_MAX, Timestamp, is_valid_sale_id};
 use rand::Rng;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::credentials::Operator;
 use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::overload::WriteSlot;
+use super::routes::Routes;
 use super::wire::{format_time, in_range};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
 use crate::state::AppState;
 use crate::streams::{store_stream, terminal_stream};
 use crate::terminals::is_valid_store_name;
-use crate::terminals::{AuthRefusal, SYNC_ENTRIES_MAX, Terminal, TerminalView};
+use crate::terminals::{
+    AuthRefusal, Noted, ReceivableView, SYNC_ENTRIES_MAX, Terminal, TerminalView,
+};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/terminals", post(register))
-        .route("/v1/terminals/{id}/allotments", post(allotments))
-        .route("/v1/terminals/{id}/sync", post(sync))
-        .route("/v1/terminals/{id}/quarantine", get(quarantine))
-        .route("/v1/terminals/{id}/secret", post(rotate_secret))
-        .route("/v1/terminals/{id}", get(view))
-        .route("/v1/terminals/{id}/view", post(own_view))
-        .route(
+pub fn routes() -> Routes {
+    use Method as M;
+    Routes::default()
+        .add("/v1/terminals", &[M::POST], post(register))
+        .add(
+            "/v1/terminals/{id}/allotments",
+            &[M::POST],
+            post(allotments),
+        )
+        .add("/v1/terminals/{id}/sync", &[M::POST], post(sync))
+        .add("/v1/terminals/{id}/quarantine", &[M::GET], get(quarantine))
+        .add("/v1/terminals/{id}/secret", &[M::POST], post(rotate_secret))
+        .add("/v1/terminals/{id}", &[M::GET], get(view))
+        .add("/v1/terminals/{id}/view", &[M::POST], post(own_view))
+        .add(
             "/v1/stores/{store}/catalogue",
+            &[M::GET, M::PUT],
             get(get_catalogue).put(set_catalogue),
         )
-        .route("/v1/terminals/{id}/payments", post(card_payment))
-        .route(
+        .add(
+            "/v1/terminals/{id}/payments",
+            &[M::POST],
+            post(card_payment),
+        )
+        .add(
             "/v1/stores/{store}/offline-card-limits",
+            &[M::POST],
             post(set_store_limits),
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
+pub(super) struct RegisterRequest {
     terminal_id: String,
     store: String,
 }
 
-async fn register(
+/// A till's credentials: its secret is shown once.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Registered {
+    terminal_id: String,
+    store: String,
+    secret: String,
+}
+
+/// Registers a till.
+#[utoipa::path(post, path = "/v1/terminals", tag = "operator", security(("operator" = [])),
+    request_body = RegisterRequest,
+    responses((status = 201, description = "registered", body = Registered), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn register(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiJson(body): ApiJson<RegisterRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     if !is_valid_sale_id(&body.terminal_id) || !is_valid_store_name(&body.store) {
         return Err(ApiError::bad_request(
             "invalid_terminal",
@@ -79,7 +105,11 @@ async fn register(
     {
         Some(secret) => Ok((
             StatusCode::CREATED,
-            Json(json!({"terminal_id": body.terminal_id, "store": body.store, "secret": secret})),
+            Json(Registered {
+                terminal_id: body.terminal_id,
+                store: body.store,
+                secret,
+            }),
         )),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -91,27 +121,38 @@ async fn register(
 
 /// A till that lost its data is registered again: a new secret, the same history. Its new
 /// journal continues after `acked_through`, from `head`.
-async fn rotate_secret(
+#[derive(Serialize, ToSchema)]
+pub(super) struct NewSecret {
+    terminal_id: String,
+    secret: String,
+    acked_through: u64,
+    head: String,
+}
+
+#[utoipa::path(post, path = "/v1/terminals/{id}/secret", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "a new secret; the history kept", body = NewSecret), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn rotate_secret(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NewSecret>, ApiError> {
     let (secret, progress) =
         state.terminals.rotate_secret(&id).await?.ok_or_else(|| {
             ApiError::not_found("terminal_not_found", format!("no terminal '{id}'"))
         })?;
-    Ok(Json(json!({
-        "terminal_id": id,
-        "secret": secret,
-        "acked_through": progress.applied_through,
-        "head": progress.head.to_hex(),
-    })))
+    Ok(Json(NewSecret {
+        terminal_id: id,
+        secret,
+        acked_through: progress.applied_through,
+        head: progress.head.to_hex(),
+    }))
 }
 
 /// A request from the terminal named in the path, carrying that terminal's valid signature over
 /// method, path, signing time, nonce and the exact body — received once.
-struct Signed {
+pub(super) struct Signed {
     terminal: Arc<Terminal>,
     body: Bytes,
 }
@@ -182,7 +223,11 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
 }
 
-async fn allotments(
+/// Sets the till's allotment of a sale (claiming or returning the difference).
+#[utoipa::path(post, path = "/v1/terminals/{id}/allotments", tag = "terminal",
+    security(("terminal" = [])), params(("id" = String, Path)), request_body = AllotmentRequest,
+    responses((status = 200, description = "the allotment held now", body = AllotmentAnswer), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn allotments(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
 ) -> Result<Json<AllotmentAnswer>, ApiError> {
@@ -199,7 +244,11 @@ async fn allotments(
     }))
 }
 
-async fn sync(
+/// Uploads the till's journal; each entry applies exactly once.
+#[utoipa::path(post, path = "/v1/terminals/{id}/sync", tag = "terminal",
+    security(("terminal" = [])), params(("id" = String, Path)), request_body = SyncRequest,
+    responses((status = 200, description = "acknowledged", body = SyncAnswer), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn sync(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
 ) -> Result<Json<SyncAnswer>, ApiError> {
@@ -256,7 +305,10 @@ const CARD_TOKEN_LEN_MAX: usize = 256;
 /// network connection, idempotent on the till's reference (online sales, and offline ones
 /// forwarded after an outage). The reference binds the amount and the card: a retry with the
 /// same ones gets the first answer, a reuse with others is refused.
-async fn card_payment(
+#[utoipa::path(post, path = "/v1/terminals/{id}/payments", tag = "terminal",
+    security(("terminal" = [])), params(("id" = String, Path)), request_body = PaymentRequest,
+    responses((status = 200, description = "approved", body = PaymentAnswer), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn card_payment(
     State(state): State<AppState>,
     Signed { terminal, body }: Signed,
 ) -> Result<Response, ApiError> {
@@ -309,23 +361,32 @@ async fn card_payment(
     Ok(answer.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LimitsRequest {
+pub(super) struct LimitsRequest {
     per_sale_max: i64,
     outstanding_total_max: i64,
     outstanding_count_max: i64,
     age_max_hours: i64,
 }
 
+#[derive(Serialize, ToSchema)]
+pub(super) struct StoreLimits {
+    store: String,
+    offline_card_limits: OfflineCardLimits,
+}
+
 /// The operator's limits on card payments a store's tills may take offline.
-async fn set_store_limits(
+#[utoipa::path(post, path = "/v1/stores/{store}/offline-card-limits", tag = "operator",
+    security(("operator" = [])), params(("store" = String, Path)), request_body = LimitsRequest,
+    responses((status = 200, description = "set", body = StoreLimits), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn set_store_limits(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
     ApiPath(store): ApiPath<String>,
     ApiJson(body): ApiJson<LimitsRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoreLimits>, ApiError> {
     let store = store_name(store)?;
     let limits = OfflineCardLimits {
         per_sale_max: in_range("per_sale_max", body.per_sale_max, 0, i64::MAX)? as u64,
@@ -345,21 +406,36 @@ async fn set_store_limits(
     };
     state.place(&store_stream(&store), true).await?;
     state.terminals.stores.set_limits(&store, limits).await?;
-    Ok(Json(json!({"store": store, "offline_card_limits": limits})))
+    Ok(Json(StoreLimits {
+        store,
+        offline_card_limits: limits,
+    }))
 }
 
-async fn quarantine(
+/// Entries a person must settle (quarantined, never applied) and flagged ones (applied).
+#[derive(Serialize, ToSchema)]
+pub(super) struct Quarantine {
+    terminal_id: String,
+    store: String,
+    quarantine: Vec<Noted>,
+    flagged: Vec<Noted>,
+}
+
+#[utoipa::path(get, path = "/v1/terminals/{id}/quarantine", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "entries to look at", body = Quarantine), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn quarantine(
     State(state): State<AppState>,
     _: Operator,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Quarantine>, ApiError> {
     let view = find_terminal(&state, &id)?.view(state.clock.now()).await;
-    Ok(Json(json!({
-        "terminal_id": view.terminal_id,
-        "store": view.store,
-        "quarantine": view.quarantine,
-        "flagged": view.flagged,
-    })))
+    Ok(Json(Quarantine {
+        terminal_id: view.terminal_id,
+        store: view.store,
+        quarantine: view.quarantine,
+        flagged: view.flagged,
+    }))
 }
 
 fn find_terminal(state: &AppState, id: &str) -> Result<Arc<Terminal>, ApiError> {
@@ -371,47 +447,81 @@ fn find_terminal(state: &AppState, id: &str) -> Result<Arc<Terminal>, ApiError> 
 
 /// The shop as its owner sees it from the server: what the till sold and synced, who owes
 /// what, transfers to confirm, what waits at the till, entries a person must look at.
-async fn view(
+#[utoipa::path(get, path = "/v1/terminals/{id}", tag = "operator",
+    security(("operator" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "the till", body = TerminalViewBody), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn view(
     State(state): State<AppState>,
     _: Operator,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TerminalViewBody>, ApiError> {
     let view = find_terminal(&state, &id)?.view(state.clock.now()).await;
-    Ok(Json(view_body(&view)))
+    Ok(Json(view_body(view)))
 }
 
 /// The same view, asked for by the till itself (a signed POST with an empty body).
-async fn own_view(
+#[utoipa::path(post, path = "/v1/terminals/{id}/view", tag = "terminal",
+    security(("terminal" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "the till", body = TerminalViewBody), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn own_view(
     State(state): State<AppState>,
     Signed { terminal, .. }: Signed,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(view_body(&terminal.view(state.clock.now()).await)))
+) -> Result<Json<TerminalViewBody>, ApiError> {
+    Ok(Json(view_body(terminal.view(state.clock.now()).await)))
 }
 
-fn view_body(view: &TerminalView) -> Value {
-    let transfers: Vec<Value> = view
+/// The shop as its owner sees it from the server.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TerminalViewBody {
+    terminal_id: String,
+    store: String,
+    last_sync_at: Option<String>,
+    synced_through: u64,
+    takings: u64,
+    /// Units sold per sale id.
+    units_sold: std::collections::BTreeMap<String, u64>,
+    waiting_at_till: Option<TillReport>,
+    receivables: Vec<ReceivableView>,
+    transfers_pending: Vec<TransferPending>,
+    quarantine: Vec<Noted>,
+    flagged: Vec<Noted>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct TransferPending {
+    seq: u64,
+    amount: u64,
+    taken_at: String,
+}
+
+fn view_body(view: TerminalView) -> TerminalViewBody {
+    let transfers_pending = view
         .transfers_pending
         .iter()
-        .map(|(seq, t)| json!({"seq": seq, "amount": t.amount, "taken_at": format_time(Timestamp(t.at))}))
+        .map(|(seq, t)| TransferPending {
+            seq: *seq,
+            amount: t.amount,
+            taken_at: format_time(Timestamp(t.at)),
+        })
         .collect();
-    json!({
-        "terminal_id": view.terminal_id,
-        "store": view.store,
-        "last_sync_at": view.last_sync_at.map(format_time),
-        "synced_through": view.synced_through,
-        "takings": view.takings,
-        "units_sold": view.units_sold,
-        "waiting_at_till": view.waiting_at_till,
-        "receivables": view.receivables,
-        "transfers_pending": transfers,
-        "quarantine": view.quarantine,
-        "flagged": view.flagged,
-    })
+    TerminalViewBody {
+        terminal_id: view.terminal_id,
+        store: view.store,
+        last_sync_at: view.last_sync_at.map(format_time),
+        synced_through: view.synced_through,
+        takings: view.takings,
+        units_sold: view.units_sold,
+        waiting_at_till: view.waiting_at_till,
+        receivables: view.receivables,
+        transfers_pending,
+        quarantine: view.quarantine,
+        flagged: view.flagged,
+    }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CatalogueRequest {
+pub(super) struct CatalogueRequest {
     items: Vec<CatalogueItem>,
     business_number: Option<String>,
     bank_account: Option<String>,
@@ -422,7 +532,10 @@ const CATALOGUE_TEXT_CHARS_MAX: usize = 128;
 
 /// The operator sets a store's catalogue once; every till of the store pulls it on its next
 /// sync. A scarce item's price is its sale's, whatever the request says.
-async fn set_catalogue(
+#[utoipa::path(put, path = "/v1/stores/{store}/catalogue", tag = "operator",
+    security(("operator" = [])), params(("store" = String, Path)), request_body = CatalogueRequest,
+    responses((status = 200, description = "the catalogue, versioned", body = StoreCatalogue), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn set_catalogue(
     State(state): State<AppState>,
     _: Operator,
     _slot: WriteSlot,
@@ -476,7 +589,11 @@ async fn set_catalogue(
     ))
 }
 
-async fn get_catalogue(
+/// A store's catalogue, as its tills pull it.
+#[utoipa::path(get, path = "/v1/stores/{store}/catalogue", tag = "operator",
+    security(("operator" = [])), params(("store" = String, Path)),
+    responses((status = 200, description = "the catalogue", body = StoreCatalogue), (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn get_catalogue(
     State(state): State<AppState>,
     _: Operator,
     ApiPath(store): ApiPath<String>,

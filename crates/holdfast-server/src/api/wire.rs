@@ -5,11 +5,13 @@ pub use crate::text::{format_time, hold_id, http_date, order_id};
 use chrono::{DateTime, NaiveDate};
 use holdfast_core::{
     ADMISSION_PER_S_DEFAULT, Channel, Day, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT, HoldId, Order,
-    OrderId, PASS_TTL_MILLIS_DEFAULT, QueueMode, Reply, SaleSpec, SpecError, Timestamp,
+    OrderId, PASS_TTL_MILLIS_DEFAULT, QueueMode, Reply, SaleSpec, SaleStatus, SpecError, Timestamp,
     seed_commitment,
 };
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::actor::{Outcome, SaleView};
 use crate::error::ApiError;
@@ -80,7 +82,7 @@ pub fn parse_channel(raw: Option<&str>) -> Result<Channel, ApiError> {
     })
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelShares {
     #[serde(default)]
@@ -93,7 +95,7 @@ pub struct ChannelShares {
     pub store: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
     pub capacity_per_day: i64,
@@ -101,7 +103,7 @@ pub struct DeliveryRequest {
 }
 
 /// `POST /v1/sales`. Unknown fields are refused: a typo in a limit must not go unnoticed.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSale {
     pub id: String,
@@ -212,58 +214,144 @@ impl CreateSale {
     }
 }
 
-pub fn sale_body(view: &SaleView, now: Timestamp) -> serde_json::Value {
-    let spec = &view.spec;
-    let channels: serde_json::Map<String, serde_json::Value> = Channel::ALL
-        .iter()
-        .filter(|c| spec.channel_shares[c.index()] > 0)
-        .map(|c| {
-            let share = json!({"share": spec.channel_shares[c.index()], "share_left": view.shares_left[c.index()]});
-            (c.name().to_owned(), share)
-        })
-        .collect();
-    json!({
-        "id": spec.id,
-        "sku": spec.sku,
-        "name": spec.name,
-        "price": spec.price,
-        "state": view.status(now),
-        "opens_at": format_time(spec.opens_at),
-        "closes_at": spec.closes_at.map(format_time),
-        "hold_ttl_s": spec.hold_ttl_millis / 1000,
-        "per_customer_limit": spec.per_customer_limit,
-        "queue_mode": spec.queue,
-        "rehearsal": spec.rehearsal,
-        "paused": view.paused,
-        "price_ceiling": spec.price_ceiling,
-        "stock": {
-            "total": view.total,
-            "available": view.available,
-            "held": view.held,
-            "sold": view.sold,
-            "allotted": view.allotted,
-        },
-        "queue": {
-            "waiting": view.queue.entries.saturating_sub(view.queue.admitted_through),
-            "admitted": view.queue.admitted_through,
-            "entries": view.queue.entries,
-            "passes_outstanding": view.queue.outstanding,
-            "admission_per_s": spec.admission_per_s,
-            "pass_ttl_s": spec.pass_ttl_millis / 1000,
-        },
-        "lottery": spec.lottery_seed.map(|seed| json!({
-            "seed_commitment": seed_commitment(&seed),
-            // The seed is revealed only once the draw it decides has been made.
-            "seed": view.queue.drawn.map(|_| hex::encode(seed)),
-            "entrants": view.queue.drawn,
-        })),
-        "channels": channels,
-        "delivery": spec.delivery.map(|d| json!({
-            "capacity_per_day": d.capacity_per_day,
-            "first_day": format_day(d.first_day),
-        })),
-        "orders": view.orders,
-    })
+/// A sale as the operator and shoppers see it (`GET /v1/sales/{id}` and every operator call
+/// on a sale).
+#[derive(Serialize, ToSchema)]
+pub struct SaleBody {
+    id: String,
+    sku: String,
+    name: String,
+    price: u64,
+    /// `scheduled`, `open`, `sold_out` or `closed`.
+    #[schema(value_type = String)]
+    state: SaleStatus,
+    opens_at: String,
+    closes_at: Option<String>,
+    hold_ttl_s: u64,
+    per_customer_limit: u32,
+    /// `none`, `fifo` or `lottery`.
+    #[schema(value_type = String)]
+    queue_mode: QueueMode,
+    rehearsal: bool,
+    /// What the operator has paused: the sale (no new holds) and/or its waiting room.
+    paused: PausedBody,
+    price_ceiling: Option<u64>,
+    stock: StockBody,
+    queue: SaleQueueBody,
+    lottery: Option<LotteryBody>,
+    /// Per channel with a share: the share and what is left of it.
+    channels: BTreeMap<String, ShareBody>,
+    delivery: Option<DeliveryBody>,
+    orders: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PausedBody {
+    sale: bool,
+    waiting_room: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StockBody {
+    total: u32,
+    available: u32,
+    held: u32,
+    sold: u32,
+    allotted: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SaleQueueBody {
+    waiting: u32,
+    admitted: u32,
+    entries: u32,
+    passes_outstanding: u32,
+    admission_per_s: u32,
+    pass_ttl_s: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LotteryBody {
+    seed_commitment: String,
+    /// Revealed once the draw it decides has been made.
+    seed: Option<String>,
+    entrants: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ShareBody {
+    share: u32,
+    share_left: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryBody {
+    capacity_per_day: u32,
+    first_day: String,
+}
+
+impl SaleBody {
+    pub fn new(view: &SaleView, now: Timestamp) -> SaleBody {
+        let spec = &view.spec;
+        let channels = Channel::ALL
+            .iter()
+            .filter(|c| spec.channel_shares[c.index()] > 0)
+            .map(|c| {
+                let share = ShareBody {
+                    share: spec.channel_shares[c.index()],
+                    share_left: view.shares_left[c.index()],
+                };
+                (c.name().to_owned(), share)
+            })
+            .collect();
+        SaleBody {
+            id: spec.id.clone(),
+            sku: spec.sku.clone(),
+            name: spec.name.clone(),
+            price: spec.price,
+            state: view.status(now),
+            opens_at: format_time(spec.opens_at),
+            closes_at: spec.closes_at.map(format_time),
+            hold_ttl_s: spec.hold_ttl_millis / 1000,
+            per_customer_limit: spec.per_customer_limit,
+            queue_mode: spec.queue,
+            rehearsal: spec.rehearsal,
+            paused: PausedBody {
+                sale: view.paused.sale,
+                waiting_room: view.paused.waiting_room,
+            },
+            price_ceiling: spec.price_ceiling,
+            stock: StockBody {
+                total: view.total,
+                available: view.available,
+                held: view.held,
+                sold: view.sold,
+                allotted: view.allotted,
+            },
+            queue: SaleQueueBody {
+                waiting: view
+                    .queue
+                    .entries
+                    .saturating_sub(view.queue.admitted_through),
+                admitted: view.queue.admitted_through,
+                entries: view.queue.entries,
+                passes_outstanding: view.queue.outstanding,
+                admission_per_s: spec.admission_per_s,
+                pass_ttl_s: spec.pass_ttl_millis / 1000,
+            },
+            lottery: spec.lottery_seed.map(|seed| LotteryBody {
+                seed_commitment: seed_commitment(&seed),
+                seed: view.queue.drawn.map(|_| hex::encode(seed)),
+                entrants: view.queue.drawn,
+            }),
+            channels,
+            delivery: spec.delivery.map(|d| DeliveryBody {
+                capacity_per_day: d.capacity_per_day,
+                first_day: format_day(d.first_day),
+            }),
+            orders: view.orders,
+        }
+    }
 }
 
 /// Splits "<sale>.<letter><n>" into the sale id and the number.
@@ -286,13 +374,15 @@ pub fn parse_order_id(raw: &str) -> Result<(&str, OrderId), ApiError> {
 }
 
 /// An order as shoppers and operators see it.
-#[derive(Serialize)]
-pub struct OrderBody<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct OrderBody {
     order_id: String,
-    sale_id: &'a str,
+    sale_id: String,
     hold_id: String,
-    customer_id: &'a str,
+    customer_id: String,
     quantity: u32,
+    /// `web`, `app`, `phone` or `store`.
+    #[schema(value_type = String)]
     channel: Channel,
     amount: u64,
     status: &'static str,
@@ -301,13 +391,13 @@ pub struct OrderBody<'a> {
     rehearsal: bool,
 }
 
-impl<'a> OrderBody<'a> {
-    pub fn new(sale_id: &'a str, order: &'a Order) -> OrderBody<'a> {
+impl OrderBody {
+    pub fn new(sale_id: &str, order: &Order) -> OrderBody {
         OrderBody {
             order_id: order_id(sale_id, order.id),
-            sale_id,
+            sale_id: sale_id.to_owned(),
             hold_id: hold_id(sale_id, order.hold),
-            customer_id: order.shopper.customer_id(),
+            customer_id: order.shopper.customer_id().to_owned(),
             quantity: order.quantity,
             channel: order.channel,
             amount: order.amount,
@@ -323,11 +413,13 @@ impl<'a> OrderBody<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct HoldBody<'a> {
+/// A hold: units kept for the shopper until `expires_at`.
+#[derive(Serialize, ToSchema)]
+pub struct HoldBody {
     hold_id: String,
-    sale_id: &'a str,
+    sale_id: String,
     quantity: u32,
+    #[schema(value_type = String)]
     channel: Channel,
     amount: u64,
     expires_at: String,
@@ -349,7 +441,7 @@ pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     };
     let body = HoldBody {
         hold_id: hold_id(&spec.id, hold.id),
-        sale_id: &spec.id,
+        sale_id: spec.id.clone(),
         quantity: hold.quantity,
         channel: hold.channel,
         amount: spec.price * u64::from(hold.quantity),
@@ -370,31 +462,31 @@ pub fn render_confirm(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     StoredAnswer::json(200, &OrderBody::new(&spec.id, order))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HoldRequest {
     pub quantity: i64,
     pub channel: Option<String>,
     pub pass: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PaymentRequest {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConfirmPayment {
     pub method: String,
     pub token: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConfirmRequest {
-    pub payment: PaymentRequest,
+    pub payment: ConfirmPayment,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
     pub quantity: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerTokenRequest {
     pub customer_id: String,
@@ -403,7 +495,8 @@ pub struct CustomerTokenRequest {
     pub ttl_s: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     pub after: Option<String>,
     pub limit: Option<String>,

@@ -45,7 +45,7 @@ struct Registration {
 
 /// An entry with a reason a person must read: quarantined (never applied) or flagged
 /// (applied, but past a rule such as the per-person limit).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Noted {
     pub seq: u64,
     pub reason: String,
@@ -571,7 +571,7 @@ impl Terminal {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceivableView {
     pub id: String,
     pub seq: u64,

@@ -6,6 +6,7 @@ mod events;
 mod helpers;
 mod hostile;
 mod ledger;
+mod openapi;
 mod queue;
 mod terminals;
 
