@@ -15,7 +15,9 @@ mod time;
 pub use person::{
     IdentityError, IdentityKey, PHONE_DIGITS_RANGE, Shopper, normalise_address, normalise_phone,
 };
-pub use queue::{ENTRIES_MAX, EntryId, Queue, QueueView, Standing, draw, seed_commitment};
+pub use queue::{
+    ENTRIES_MAX, EntryId, Queue, QueueView, Standing, draw, key_digest, seed_commitment,
+};
 pub use rejection::Rejection;
 pub use sale::{
     Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Pausable, Paused,

@@ -164,6 +164,36 @@ pub fn is_valid_sale_id(id: &str) -> bool {
 }
 
 impl SaleSpec {
+    /// A sale with no waiting room, no channel shares, no delivery plan and the default hold
+    /// time; change what differs. Not validated.
+    pub fn plain(
+        id: &str,
+        price: u64,
+        stock: u32,
+        per_customer_limit: u32,
+        opens_at: Timestamp,
+    ) -> SaleSpec {
+        SaleSpec {
+            id: id.to_owned(),
+            sku: id.to_uppercase(),
+            name: id.to_owned(),
+            price,
+            stock,
+            per_customer_limit,
+            opens_at,
+            closes_at: None,
+            hold_ttl_millis: HOLD_TTL_MILLIS_DEFAULT,
+            queue: QueueMode::None,
+            rehearsal: false,
+            channel_shares: [0; 4],
+            price_ceiling: None,
+            delivery: None,
+            admission_per_s: ADMISSION_PER_S_DEFAULT,
+            pass_ttl_millis: PASS_TTL_MILLIS_DEFAULT,
+            lottery_seed: None,
+        }
+    }
+
     /// Checks every rule a sale must satisfy before it may exist.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !is_valid_sale_id(&self.id) {

@@ -17,7 +17,7 @@ pub mod fuzz_targets;
 mod idempotency;
 mod ledger;
 mod ledger_error;
-mod log_entry;
+pub mod log_entry;
 pub mod payments;
 mod settlement;
 mod state;

@@ -15,8 +15,8 @@ use axum::routing::post;
 use clap::Args;
 use hdrhistogram::Histogram;
 use holdfast_core::{
-    Channel, Command, HoldId, PER_CUSTOMER_LIMIT_MAX, QueueMode, Reply, STOCK_MAX, Sale, SaleSpec,
-    Shopper, Timestamp,
+    Channel, Command, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, STOCK_MAX, Sale, SaleSpec, Shopper,
+    Timestamp,
 };
 use hyper::Method;
 use hyper::body::Bytes;
@@ -476,25 +476,14 @@ pub(crate) async fn drive(
 
 /// The core alone: hold then confirm, round-robin over many shoppers, no I/O.
 fn core_commands_per_s(duration: Duration) -> f64 {
-    let spec = SaleSpec {
-        id: "core".into(),
-        sku: "C".into(),
-        name: "core".into(),
-        price: 1000,
-        stock: STOCK_MAX,
-        per_customer_limit: PER_CUSTOMER_LIMIT_MAX,
-        opens_at: Timestamp(0),
-        closes_at: None,
-        hold_ttl_millis: 600_000,
-        queue: QueueMode::None,
-        rehearsal: false,
-        channel_shares: [0; 4],
-        price_ceiling: None,
-        delivery: None,
-        admission_per_s: holdfast_core::ADMISSION_PER_S_DEFAULT,
-        pass_ttl_millis: holdfast_core::PASS_TTL_MILLIS_DEFAULT,
-        lottery_seed: None,
-    };
+    let mut spec = SaleSpec::plain(
+        "core",
+        1000,
+        STOCK_MAX,
+        PER_CUSTOMER_LIMIT_MAX,
+        Timestamp(0),
+    );
+    spec.hold_ttl_millis = 600_000;
     let mut sale = Sale::new(spec);
     let shoppers: Vec<Shopper> = (0..1000)
         .map(|n| Shopper::new(&format!("c{n}"), Some(&format!("010-{n:08}")), None).unwrap())

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use hyper::Method;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -293,6 +293,35 @@ impl Shop {
     }
 }
 
+impl LoadArgs {
+    /// A waiting-room sale for `holdfast replay --live`: `shoppers` for `stock` units, `limit`
+    /// each, admitted `admission_per_s` a second, against the server at `url`.
+    pub fn for_replay(
+        url: String,
+        shoppers: usize,
+        stock: u32,
+        limit: u32,
+        admission_per_s: u32,
+    ) -> LoadArgs {
+        LoadArgs {
+            url: Some(url),
+            shoppers,
+            stock,
+            limit,
+            queue: QueueArg::Fifo,
+            admission_per_s,
+            opens_in_s: 5,
+            in_flight: 512,
+            deadline_s: 300,
+            poll_only: false,
+            poll_for_s: 30,
+            poll_every_ms: None,
+            server_pid: None,
+            data: None,
+        }
+    }
+}
+
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.shoppers == 0 || args.in_flight == 0 {
         bail!("--shoppers and --in-flight must be at least 1");
@@ -407,14 +436,7 @@ fn rfc3339_from_now(seconds: u64) -> String {
 }
 
 fn progress(total: u64, what: &'static str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what);
-    bar
+    crate::progress::bar(total, what)
 }
 
 async fn issue_tokens(

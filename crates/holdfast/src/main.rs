@@ -4,6 +4,8 @@ mod bench;
 mod cluster_bench;
 mod http;
 mod load;
+mod progress;
+mod replay;
 mod storm;
 mod strangers;
 mod verify;
@@ -85,6 +87,8 @@ enum Commands {
     Bench(bench::BenchArgs),
     /// Drive simulated shoppers through join, poll, hold and confirm, and report.
     Load(load::LoadArgs),
+    /// Replay an incident (or your own sale) on a virtual clock, with an HTML report.
+    Replay(replay::ReplayArgs),
     /// Recompute a sale's lottery from its published draw and check it.
     VerifyDraw(verify::VerifyDrawArgs),
 }
@@ -232,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),
+        Commands::Replay(args) => replay::run(args),
         Commands::VerifyDraw(args) => verify::run(args),
     }
 }
