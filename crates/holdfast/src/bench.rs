@@ -145,21 +145,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = crate::http::client(args.connections);
     let data = ToolData::new(args.data.as_deref(), "bench")?;
     let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
+    let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
+    let steps = [Scenario::Bare, Scenario::Ledger, Scenario::Core]
+        .into_iter()
+        .filter(|s| wanted(*s))
+        .count();
+    let bar = crate::progress::bar((args.runs * steps) as u64, "measurements");
     for run in 1..=args.runs {
-        let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
         if wanted(Scenario::Bare) {
-            eprintln!("run {run}/{}: bare endpoint", args.runs);
+            bar.set_message(format!("run {run}/{}: bare endpoint", args.runs));
             bare.push(bare_run(&runtimes, &client, &args)?);
+            bar.inc(1);
         }
         if wanted(Scenario::Ledger) {
-            eprintln!("run {run}/{}: ledger hold+confirm", args.runs);
+            bar.set_message(format!("run {run}/{}: ledger hold+confirm", args.runs));
             ledger.push(ledger_run(&runtimes, &client, &args, &data)?);
+            bar.inc(1);
         }
         if wanted(Scenario::Core) {
-            eprintln!("run {run}/{}: core alone", args.runs);
+            bar.set_message(format!("run {run}/{}: core alone", args.runs));
             core.push(core_commands_per_s(Duration::from_secs(args.seconds)));
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     report(&args, &data, &bare, &ledger, &core);
     Ok(())
 }
