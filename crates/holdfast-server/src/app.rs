@@ -402,6 +402,8 @@ impl Application {
             });
         }
         drop(listener);
+        // Event-feed streams never end by themselves: end them, or the wait below never would.
+        state.feed.end();
         graceful.shutdown().await;
         let _ = stop_workers.send(true);
         if let Some(cluster) = &state.cluster {

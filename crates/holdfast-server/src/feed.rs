@@ -69,7 +69,8 @@ impl Feed {
         self.newest.subscribe()
     }
 
-    fn end(&self) {
+    /// Ends every subscriber's stream (the server is stopping).
+    pub fn end(&self) {
         self.newest.send_modify(|(_, ended)| *ended = true);
     }
 }

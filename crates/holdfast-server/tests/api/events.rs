@@ -229,3 +229,20 @@ async fn a_till_put_off_by_an_overloaded_server_is_not_called_unreachable(backen
     assert_eq!(sample["tills"]["deferred"], 1);
     assert_eq!(sample["tills"]["unreachable"], 0);
 }
+
+/// A dashboard left open does not keep the server from stopping: the feed ends, and the
+/// connection with it.
+#[tokio::test]
+async fn an_open_feed_does_not_hold_up_shutdown() {
+    let mut app = spawn_app_with(Backend::Embedded, quick_feed()).await;
+    let mut feed = Subscription::open(&app, &app.base.clone(), None).await;
+    feed.next().await;
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stops with a feed open");
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = feed.response.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the feed's stream ended");
+}
