@@ -8,12 +8,15 @@ use std::sync::OnceLock;
 use axum::Json;
 use axum::http::Method;
 use axum::routing::get;
+use serde_json::Value;
+use utoipa::Number;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
 };
+use utoipa::openapi::schema::{KnownFormat, Schema, SchemaFormat};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
 
 use super::routes::Routes;
 use super::{dashboard, events, ops, pay, queue, sales, shopper, terminals};
@@ -39,7 +42,7 @@ use crate::error::ErrorBody;
         pay::page, pay::pay, ops::health, ops::metrics, events::events,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&Credentials, &FromTables),
+    modifiers(&Credentials, &FromTables, &Ranges),
     tags(
         (name = "operator", description = "The seller: sales, tokens, tills, the live feed"),
         (name = "shopper", description = "Waiting room, holds, payment, orders"),
@@ -93,6 +96,106 @@ impl utoipa::Modify for Credentials {
                 "`Terminal <id>:<signed at ms>:<nonce>:<HMAC-SHA256 over method, path, time, \
                  nonce and body>`, accepted once within five minutes",
             ))),
+        );
+    }
+}
+
+/// The ranges the core enforces (`SaleSpec::validate` and the wire checks), written into the
+/// request schemas from the same constants, so generated requests are mostly valid ones and
+/// the document cannot promise more or less than the server takes.
+struct Ranges;
+
+impl utoipa::Modify for Ranges {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use holdfast_core::{
+            ADMISSION_PER_S_MAX, HOLD_TTL_MILLIS_MAX, PASS_TTL_MILLIS_RANGE,
+            PER_CUSTOMER_LIMIT_MAX, STOCK_MAX,
+        };
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let mut set = |schema: &str,
+                       field: &str,
+                       edit: &dyn Fn(&mut utoipa::openapi::schema::Object)| {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+                return;
+            };
+            if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
+                edit(property);
+            }
+        };
+        let range = |min: u64, max: u64| {
+            move |p: &mut utoipa::openapi::schema::Object| {
+                p.minimum = Some(Number::UInt(min as usize));
+                p.maximum = Some(Number::UInt(max as usize));
+            }
+        };
+        let ms_to_s = |ms: u64| ms / 1000;
+        set("CreateSale", "stock", &range(0, u64::from(STOCK_MAX)));
+        set(
+            "CreateSale",
+            "per_customer_limit",
+            &range(1, u64::from(PER_CUSTOMER_LIMIT_MAX)),
+        );
+        set("CreateSale", "price", &range(0, i64::MAX as u64));
+        set(
+            "CreateSale",
+            "hold_ttl_s",
+            &range(1, ms_to_s(HOLD_TTL_MILLIS_MAX)),
+        );
+        set(
+            "CreateSale",
+            "admission_per_s",
+            &range(1, u64::from(ADMISSION_PER_S_MAX)),
+        );
+        let pass = ms_to_s(*PASS_TTL_MILLIS_RANGE.start())..=ms_to_s(*PASS_TTL_MILLIS_RANGE.end());
+        set(
+            "CreateSale",
+            "pass_ttl_s",
+            &range(*pass.start(), *pass.end()),
+        );
+        set("CreateSale", "id", &|p| {
+            p.pattern = Some("^[A-Za-z0-9_-]{1,64}$".into())
+        });
+        set("CreateSale", "queue", &|p| {
+            p.enum_values = Some(vec![
+                "none".into(),
+                "fifo".into(),
+                "lottery".into(),
+                Value::Null,
+            ]);
+        });
+        let format = |known: KnownFormat| {
+            move |p: &mut utoipa::openapi::schema::Object| {
+                p.format = Some(SchemaFormat::KnownFormat(known.clone()));
+            }
+        };
+        set("CreateSale", "opens_at", &format(KnownFormat::DateTime));
+        set("CreateSale", "closes_at", &format(KnownFormat::DateTime));
+        set("DeliveryRequest", "first_day", &format(KnownFormat::Date));
+        let words = |p: &mut utoipa::openapi::schema::Object| {
+            p.min_length = Some(1);
+            p.max_length = Some(128);
+        };
+        set("CreateSale", "sku", &words);
+        set("CreateSale", "name", &words);
+        set("CustomerTokenRequest", "customer_id", &words);
+        set("CustomerTokenRequest", "phone", &|p| {
+            p.pattern = Some("^[+0-9][0-9 ().-]{3,30}$".into());
+        });
+        set("RegisterRequest", "terminal_id", &|p| {
+            p.pattern = Some("^[A-Za-z0-9_-]{1,64}$".into());
+        });
+        set("RegisterRequest", "store", &words);
+        set(
+            "RestockRequest",
+            "quantity",
+            &range(1, u64::from(STOCK_MAX)),
+        );
+        set(
+            "HoldRequest",
+            "quantity",
+            &range(1, u64::from(PER_CUSTOMER_LIMIT_MAX)),
         );
     }
 }
