@@ -42,6 +42,13 @@ fn the_list_describes_every_incident() {
         assert!(out.contains(name), "{out}");
     }
     assert!(out.contains("04:00"), "the stories are told: {out}");
+    let shown = replay(dir.path(), &["--show", "ns-restock"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let toml = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        toml.contains("name = \"ns-restock\"") && toml.contains("[shoppers]"),
+        "{toml}"
+    );
 }
 
 #[test]

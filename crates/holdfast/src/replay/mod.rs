@@ -20,13 +20,17 @@ use scenario::{Kind, Scenario};
 #[derive(Args)]
 pub struct ReplayArgs {
     /// The incident to replay (see --list).
-    #[arg(required_unless_present_any = ["list", "file"])]
+    #[arg(required_unless_present_any = ["list", "file", "show"])]
     name: Option<String>,
     /// Describe the built-in scenarios and stop.
     #[arg(long)]
     list: bool,
-    /// Replay your own sale, described in a TOML file shaped like the built-in ones
-    /// (crates/holdfast/scenarios/).
+    /// Print a built-in scenario's TOML, to start your own from: `holdfast replay --show
+    /// ns-restock > my-sale.toml`.
+    #[arg(long, value_name = "NAME", conflicts_with = "name")]
+    show: Option<String>,
+    /// Replay your own sale, described in a TOML file shaped like the built-in ones (see
+    /// --show).
     #[arg(long, conflicts_with = "name")]
     file: Option<PathBuf>,
     /// Another seed than the scenario's (a different crowd; the same seed, the same report).
@@ -55,6 +59,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             }
             println!();
         }
+        return Ok(());
+    }
+    if let Some(name) = &args.show {
+        let text = scenario::BUILT_IN
+            .iter()
+            .find(|text| Scenario::parse(text).is_ok_and(|s| &s.name == name))
+            .with_context(|| format!("no scenario '{name}' (see --list)"))?;
+        print!("{text}");
         return Ok(());
     }
     let mut scenario = find(&args)?;
