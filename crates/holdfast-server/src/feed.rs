@@ -21,23 +21,31 @@ use crate::api::wire::{format_day, format_time};
 use crate::state::AppState;
 use crate::terminals::{Reach, TerminalStatus};
 
-/// Samples kept: ten minutes at one a second.
+/// Samples kept: ten minutes at one a second...
 const SAMPLES_KEPT: usize = 600;
+/// ...and no more bytes than this, however many sales and tills a sample describes.
+const SAMPLES_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Tills listed by name in one sample; the rest are counted. Those in trouble come first.
 const TILLS_LISTED_MAX: usize = 200;
 
 /// The samples of the last minutes, and a signal for subscribers when a new one is taken.
 pub struct Feed {
-    samples: Mutex<VecDeque<(u64, Arc<str>)>>,
+    samples: Mutex<Kept>,
     /// The newest sample's id, and whether the feed has ended (the server is stopping).
     newest: watch::Sender<(u64, bool)>,
+}
+
+#[derive(Default)]
+struct Kept {
+    samples: VecDeque<(u64, Arc<str>)>,
+    bytes: usize,
 }
 
 impl Default for Feed {
     fn default() -> Self {
         Feed {
-            samples: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT)),
+            samples: Mutex::new(Kept::default()),
             newest: watch::Sender::new((0, false)),
         }
     }
@@ -45,19 +53,23 @@ impl Default for Feed {
 
 impl Feed {
     fn push(&self, id: u64, sample: Arc<str>) {
-        let mut samples = self.samples.lock().expect("feed samples");
-        if samples.len() == SAMPLES_KEPT {
-            samples.pop_front();
+        let mut kept = self.samples.lock().expect("feed samples");
+        kept.bytes += sample.len();
+        kept.samples.push_back((id, sample));
+        while kept.samples.len() > SAMPLES_KEPT
+            || (kept.bytes > SAMPLES_BYTES_MAX && kept.samples.len() > 1)
+        {
+            let (_, oldest) = kept.samples.pop_front().expect("not empty");
+            kept.bytes -= oldest.len();
         }
-        samples.push_back((id, sample));
-        drop(samples);
+        drop(kept);
         self.newest.send_modify(|(newest, _)| *newest = id);
     }
 
     /// The samples kept that are newer than `id` (all of them without one), oldest first.
     pub fn after(&self, id: Option<u64>) -> Vec<(u64, Arc<str>)> {
-        let samples = self.samples.lock().expect("feed samples");
-        samples
+        let kept = self.samples.lock().expect("feed samples");
+        kept.samples
             .iter()
             .filter(|(sample, _)| id.is_none_or(|id| *sample > id))
             .cloned()
@@ -314,5 +326,32 @@ fn till(status: TerminalStatus, reach: Reach) -> TillSample {
         allotment_left: status.allotments.iter().map(|(_, units)| units).sum(),
         terminal_id: status.terminal_id,
         store: status.store,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The feed keeps ten minutes of samples, and never more bytes than its budget: a server
+    /// with thousands of sales does not grow without bound.
+    #[test]
+    fn the_feed_forgets_the_oldest_samples_first_within_its_bounds() {
+        let feed = Feed::default();
+        for id in 1..=SAMPLES_KEPT as u64 + 5 {
+            feed.push(id, Arc::from("{}"));
+        }
+        let kept = feed.after(None);
+        assert_eq!(kept.len(), SAMPLES_KEPT);
+        assert_eq!(kept[0].0, 6, "the oldest went first");
+        let big: Arc<str> = Arc::from("x".repeat(SAMPLES_BYTES_MAX / 4).as_str());
+        for id in 1_000..1_010 {
+            feed.push(id, big.clone());
+        }
+        let kept = feed.after(None);
+        let bytes: usize = kept.iter().map(|(_, s)| s.len()).sum();
+        assert!(bytes <= SAMPLES_BYTES_MAX, "{bytes}");
+        assert_eq!(kept.last().unwrap().0, 1_009, "the newest is always kept");
+        assert_eq!(feed.after(Some(1_007)).len(), 2);
     }
 }
