@@ -89,10 +89,19 @@ fn random_seed() -> [u8; 32] {
 }
 
 pub fn find_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiError> {
-    state
-        .ledger
-        .sale(id)
-        .ok_or_else(|| ApiError::not_found("sale_not_found", format!("no sale with id '{id}'")))
+    if let Some(sale) = state.ledger.sale(id) {
+        return Ok(sale);
+    }
+    // Several nodes: a sale whose view is published exists, only not here this instant (its
+    // lease was just lost, or another node is taking it over): "send it again", never "no
+    // such sale".
+    if state.cluster.as_ref().is_some_and(|c| c.view(id).is_some()) {
+        return Err(crate::ledger_error::LedgerError::Moved.into());
+    }
+    Err(ApiError::not_found(
+        "sale_not_found",
+        format!("no sale with id '{id}'"),
+    ))
 }
 
 fn sale_json(state: &AppState, sale: &SaleHandle) -> Json<SaleBody> {
