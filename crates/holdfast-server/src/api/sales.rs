@@ -88,6 +88,28 @@ fn random_seed() -> [u8; 32] {
     seed
 }
 
+/// The sale, for a write. On several nodes a sale this node does not hold this instant (its
+/// lease lost a moment ago, or vacant after its holder died) is placed again first: taken over
+/// here, or the caller is told to send the request again — never "no such sale" for a sale
+/// that exists.
+pub async fn locate_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiError> {
+    if let Some(sale) = state.ledger.sale(id) {
+        return Ok(sale);
+    }
+    if state.cluster.is_some() && is_valid_sale_id(id) {
+        match state.place(id, false).await? {
+            crate::cluster::Placement::Nowhere => {}
+            _ => {
+                return state
+                    .ledger
+                    .sale(id)
+                    .ok_or_else(|| crate::ledger_error::LedgerError::Moved.into());
+            }
+        }
+    }
+    find_sale(state, id)
+}
+
 pub fn find_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiError> {
     if let Some(sale) = state.ledger.sale(id) {
         return Ok(sale);
@@ -168,7 +190,7 @@ async fn run(
     id: &str,
     command: Command,
 ) -> Result<(SaleHandle, holdfast_core::Reply), ApiError> {
-    let sale = find_sale(state, id)?;
+    let sale = locate_sale(state, id).await?;
     let reply = sale.execute(command, None).await?.outcome?;
     Ok((sale, reply))
 }

@@ -14,7 +14,7 @@ use super::credentials::{Caller, Customer};
 use super::extract::{ApiJson, ApiPath};
 use super::overload::WriteSlot;
 use super::routes::Routes;
-use super::sales::find_sale;
+use super::sales::{find_sale, locate_sale};
 use super::wire::{
     ConfirmRequest, HoldBody, HoldRequest, OrderBody, format_day, format_time, in_range,
     parse_channel, parse_hold_id, parse_order_id, render_confirm, render_hold,
@@ -122,7 +122,7 @@ pub(super) async fn place_hold(
         i64::from(PER_CUSTOMER_LIMIT_MAX),
     )? as u32;
     let channel = parse_channel(body.channel.as_deref())?;
-    let sale = find_sale(&state, &sale_id)?;
+    let sale = locate_sale(&state, &sale_id).await?;
     let fingerprint = fingerprint(&format!("hold {sale_id}"), &body);
     let guard = match start(&state, &shopper, &headers, &fingerprint)? {
         Start::Replay(response) => return Ok(response),
