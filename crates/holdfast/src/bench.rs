@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -50,6 +51,9 @@ pub struct BenchArgs {
     /// Strangers: the buyer's holds measured in each phase of each run.
     #[arg(long, default_value_t = 200)]
     holds: usize,
+    /// Sustained: purchases (hold + confirm) each run makes before it stops.
+    #[arg(long, default_value_t = 1_000_000)]
+    purchases: u64,
     #[arg(long, help = crate::http::DATA_HELP)]
     pub data: Option<PathBuf>,
     /// The postgres scenario: a PostgreSQL server where the bench may create (and afterwards
@@ -73,6 +77,9 @@ enum Scenario {
     /// PostgreSQL against the embedded log, round trips and commits per purchase, three nodes
     /// against one, and the time a dead owner's sale takes to be served again (--database).
     Postgres,
+    /// One sale bought from without a pause until --purchases complete: p50, p99 and the worst
+    /// second's p99, to show whether periodic work (snapshots) stalls callers.
+    Sustained,
 }
 
 pub(crate) const OPERATOR: &str = "bench-operator";
@@ -115,6 +122,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::strangers::run(crate::strangers::StrangersArgs {
             strangers: args.strangers,
             holds: args.holds,
+            runs: args.runs,
+            data: args.data.as_deref(),
+        });
+    }
+    if args.scenario == Scenario::Sustained {
+        return crate::sustained::run(crate::sustained::SustainedArgs {
+            purchases: args.purchases,
+            connections: args.connections,
             runs: args.runs,
             data: args.data.as_deref(),
         });
@@ -312,7 +327,7 @@ struct HoldAnswer {
 /// Sends until the answer is not `429 overloaded`, waiting as the server asks between tries
 /// and resending the same request (same idempotency key), as a well-behaved client does.
 /// Returns the final status, body and when that try started; `None` if `until` comes first.
-async fn until_answered(
+pub(crate) async fn until_answered(
     client: &HttpClient,
     url: &str,
     authorization: &str,
@@ -345,26 +360,58 @@ async fn until_answered(
     }
 }
 
-/// One connection's loop; returns its latency histogram (µs) and error count.
+/// When a connection stops, and what it keeps besides the histogram.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    pub measure_from: Instant,
+    pub until: Instant,
+    /// Purchases still wanted by the whole run; every connection stops once none are.
+    pub purchases_wanted: Option<Arc<AtomicI64>>,
+    /// Whether to keep every latency with the second it started in.
+    pub timeline: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct ConnectionOutcome {
+    pub latencies: Option<Histogram<u64>>,
+    pub errors: u64,
+    pub purchases: u64,
+    pub shed: u64,
+    /// (second since measuring began, latency µs) per request, when the plan asks for it.
+    pub timeline: Vec<(u32, u32)>,
+}
+
+/// One connection's loop.
 async fn connection_loop(
     client: HttpClient,
     address: SocketAddr,
     workload: Workload,
     connection: usize,
-    measure_from: Instant,
-    until: Instant,
-) -> anyhow::Result<(Histogram<u64>, u64, u64, u64)> {
+    plan: Plan,
+) -> anyhow::Result<ConnectionOutcome> {
+    let (measure_from, until) = (plan.measure_from, plan.until);
     let mut latencies = Histogram::<u64>::new(3)?;
+    let mut timeline = Vec::new();
     let mut errors = 0;
     let mut purchases = 0u64;
     let mut shed = 0u64;
     let mut record = |started: Instant, ok: bool| {
         if started >= measure_from {
-            let _ = latencies.record(started.elapsed().as_micros() as u64);
+            let micros = started.elapsed().as_micros() as u64;
+            let _ = latencies.record(micros);
+            if plan.timeline {
+                let second = (started - measure_from).as_secs() as u32;
+                timeline.push((second, micros.min(u64::from(u32::MAX)) as u32));
+            }
             if !ok {
                 errors += 1;
             }
         }
+    };
+    let wanted_more = || {
+        plan.purchases_wanted
+            .as_ref()
+            .is_none_or(|wanted| wanted.load(Ordering::Relaxed) > 0)
     };
     let bare_url = format!("http://{address}/bare");
     let target = match &workload {
@@ -381,7 +428,7 @@ async fn connection_loop(
         Workload::Ledger { tokens, .. } => format!("Bearer {}", tokens[connection]),
     };
     for n in 0u64.. {
-        if Instant::now() >= until {
+        if Instant::now() >= until || !wanted_more() {
             break;
         }
         match &workload {
@@ -435,11 +482,20 @@ async fn connection_loop(
                 record(started, status == 200);
                 if status == 200 && started >= measure_from {
                     purchases += 1;
+                    if let Some(wanted) = &plan.purchases_wanted {
+                        wanted.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
     }
-    Ok((latencies, errors, purchases, shed))
+    Ok(ConnectionOutcome {
+        latencies: Some(latencies),
+        errors,
+        purchases,
+        shed,
+        timeline,
+    })
 }
 
 pub(crate) async fn drive(
@@ -449,38 +505,58 @@ pub(crate) async fn drive(
     args: &BenchArgs,
 ) -> anyhow::Result<RunResult> {
     let measure_from = Instant::now() + WARM_UP;
-    let until = measure_from + Duration::from_secs(args.seconds);
-    let tasks: Vec<_> = (0..args.connections)
+    let plan = Plan {
+        measure_from,
+        until: measure_from + Duration::from_secs(args.seconds),
+        purchases_wanted: None,
+        timeline: false,
+    };
+    let outcome = drive_with(client, address, workload, args.connections, plan).await?;
+    let latencies = outcome.latencies.expect("merged histogram");
+    Ok(RunResult {
+        requests_per_s: latencies.len() as f64 / args.seconds as f64,
+        purchases_per_s: outcome.purchases as f64 / args.seconds as f64,
+        shed: outcome.shed,
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        errors: outcome.errors,
+    })
+}
+
+/// Runs `connections` connection loops to the plan and merges what they measured.
+pub(crate) async fn drive_with(
+    client: &HttpClient,
+    address: SocketAddr,
+    workload: Workload,
+    connections: usize,
+    plan: Plan,
+) -> anyhow::Result<ConnectionOutcome> {
+    let tasks: Vec<_> = (0..connections)
         .map(|c| {
             tokio::spawn(connection_loop(
                 client.clone(),
                 address,
                 workload.clone(),
                 c,
-                measure_from,
-                until,
+                plan.clone(),
             ))
         })
         .collect();
-    let mut latencies = Histogram::<u64>::new(3)?;
-    let mut errors = 0;
-    let mut purchases = 0;
-    let mut shed = 0;
+    let mut merged = ConnectionOutcome {
+        latencies: Some(Histogram::<u64>::new(3)?),
+        ..ConnectionOutcome::default()
+    };
     for task in tasks {
-        let (histogram, task_errors, task_purchases, task_shed) = task.await??;
-        shed += task_shed;
-        latencies.add(&histogram)?;
-        errors += task_errors;
-        purchases += task_purchases;
+        let outcome = task.await??;
+        if let (Some(all), Some(one)) = (&mut merged.latencies, &outcome.latencies) {
+            all.add(one)?;
+        }
+        merged.shed += outcome.shed;
+        merged.errors += outcome.errors;
+        merged.purchases += outcome.purchases;
+        merged.timeline.extend(outcome.timeline);
     }
-    Ok(RunResult {
-        requests_per_s: latencies.len() as f64 / args.seconds as f64,
-        purchases_per_s: purchases as f64 / args.seconds as f64,
-        shed,
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        errors,
-    })
+    Ok(merged)
 }
 
 /// The core alone: hold then confirm, round-robin over many shoppers, no I/O.

@@ -8,6 +8,7 @@ mod progress;
 mod replay;
 mod storm;
 mod strangers;
+mod sustained;
 mod verify;
 
 /// The server allocates small, short-lived objects per request on several threads, the case
