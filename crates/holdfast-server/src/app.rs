@@ -21,6 +21,7 @@ use crate::config::{Config, Limits};
 use crate::idempotency::Idempotency;
 use crate::ledger::{Ledger, RecoveryError};
 use crate::settlement::Settlements;
+use crate::snapshots::{SnapshotStore, Snapshotter};
 use crate::state::{AppInner, AppState};
 use crate::streams::{Leases, Streams};
 use crate::terminals::Terminals;
@@ -194,7 +195,16 @@ impl Application {
                 path: data.clone(),
                 source,
             })?;
-        let (ledger, rest) = Ledger::recover(backend, config.clock.clone(), config.limits)?;
+        let snapshots = SnapshotStore::embedded(data).map_err(|source| StartError::Store {
+            path: data.clone(),
+            source,
+        })?;
+        let (ledger, rest) = Ledger::recover(
+            backend,
+            Snapshotter::spawn(snapshots),
+            config.clock.clone(),
+            config.limits,
+        )?;
         let tokens = TokenKeys::load_or_create(data).map_err(data_error)?;
         let (operator_token, source) =
             operator_token(config.operator_token.clone(), data).map_err(data_error)?;
@@ -243,7 +253,8 @@ impl Application {
         let log = GroupCommit::spawn(writer, GroupCommitConfig::default());
         let leases: Arc<dyn Leases> = cluster.clone();
         let streams = Streams::shared(log, leases);
-        let ledger = Ledger::empty(streams, config.clock.clone(), config.limits);
+        let snapshotter = Snapshotter::spawn(SnapshotStore::Shared(cluster.store.clone()));
+        let ledger = Ledger::empty(streams, snapshotter, config.clock.clone(), config.limits);
         let secret = cluster
             .store
             .shared_secret("token-secret", &crate::auth::random_secret())

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use holdfast_core::{Sale, SaleSnapshot, SaleSpec};
+use holdfast_core::{Sale, SaleSpec};
 use holdfast_store::{
     Batch, GroupCommit, GroupCommitConfig, LogBackend, Record, StoreError, StoredRecord,
     StoredSnapshot,
@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::Limits;
 pub use crate::ledger_error::LedgerError;
 use crate::log_entry::LogEntry;
+use crate::snapshots::Snapshotter;
 use crate::streams::{StreamKind, Streams};
 
 /// Reasons the server refuses to start: it will not serve from a log it cannot trust.
@@ -43,6 +44,7 @@ pub struct Ledger {
     sales: RwLock<HashMap<String, SaleHandle>>,
     creating: tokio::sync::Mutex<()>,
     streams: Streams,
+    snapshotter: Snapshotter,
     clock: Arc<dyn Clock>,
     limits: Limits,
 }
@@ -59,6 +61,7 @@ impl Ledger {
     /// starts the log writer and one actor per sale. Must run inside a tokio runtime.
     pub fn recover<B: LogBackend>(
         mut backend: B,
+        snapshotter: Snapshotter,
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> Result<(Ledger, RecoveredRest), RecoveryError> {
@@ -71,7 +74,7 @@ impl Ledger {
         let sales = rebuild(sale_snapshots, recovery.records)?;
         tracing::info!(sales = sales.len(), records = replayed, "ledger recovered");
         let log = GroupCommit::spawn(backend, GroupCommitConfig::default());
-        let ledger = Ledger::empty(Streams::alone(log), clock, limits);
+        let ledger = Ledger::empty(Streams::alone(log), snapshotter, clock, limits);
         for (_, (sale, since)) in sales {
             ledger.start(sale, since)?;
         }
@@ -84,11 +87,17 @@ impl Ledger {
 
     /// A ledger with no sales yet, writing through `streams`: one node of several, which
     /// takes sales over one at a time (`adopt`).
-    pub fn empty(streams: Streams, clock: Arc<dyn Clock>, limits: Limits) -> Ledger {
+    pub fn empty(
+        streams: Streams,
+        snapshotter: Snapshotter,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+    ) -> Ledger {
         Ledger {
             sales: RwLock::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             streams,
+            snapshotter,
             clock,
             limits,
         }
@@ -127,6 +136,7 @@ impl Ledger {
             sale,
             events_since_snapshot,
             writer,
+            self.snapshotter.clone(),
             self.clock.clone(),
             self.limits,
         );
@@ -188,7 +198,7 @@ impl Ledger {
 /// Rebuilds sales from their snapshots and the records after them (in log order), checking each
 /// deeply. Records of terminal and store streams are an audit trail and are skipped. Answers
 /// each sale with the number of events since its snapshot.
-fn rebuild(
+pub(crate) fn rebuild(
     snapshots: Vec<StoredSnapshot>,
     records: Vec<StoredRecord>,
 ) -> Result<BTreeMap<String, (Sale, u64)>, RecoveryError> {
@@ -199,8 +209,7 @@ fn rebuild(
             stream: snapshot.stream.clone(),
             reason,
         };
-        let state: SaleSnapshot =
-            serde_json::from_slice(&snapshot.payload).map_err(|e| inconsistent(e.to_string()))?;
+        let state = crate::snapshots::decode(&snapshot.payload).map_err(inconsistent)?;
         let sale = Sale::restore(state).map_err(inconsistent)?;
         through.insert(snapshot.stream.clone(), snapshot.through);
         sales.insert(snapshot.stream, (sale, 0));

@@ -20,6 +20,7 @@ mod ledger_error;
 pub mod log_entry;
 pub mod payments;
 mod settlement;
+mod snapshots;
 mod state;
 mod streams;
 mod telemetry;

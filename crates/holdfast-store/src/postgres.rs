@@ -621,6 +621,29 @@ impl PgStore {
         Ok(recovery)
     }
 
+    /// Keeps a snapshot built by a reader of the stream's records, unless the stream already
+    /// has one covering as much. Written on its own connection, apart from the log's writer.
+    pub async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let crc = i64::from(checksum(&snapshot.stream, &snapshot.payload));
+        client
+            .execute(
+                "INSERT INTO snapshot (stream, through, payload, crc) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (stream) DO UPDATE
+                 SET through = EXCLUDED.through, payload = EXCLUDED.payload, crc = EXCLUDED.crc
+                 WHERE snapshot.through < EXCLUDED.through",
+                &[
+                    &snapshot.stream,
+                    &(snapshot.through as i64),
+                    &snapshot.payload,
+                    &crc,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
     /// The values written without a fence, belonging to no stream.
     pub async fn global_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.values_of(GLOBAL).await

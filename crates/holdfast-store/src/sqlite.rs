@@ -2,10 +2,16 @@
 //! appends to the write-ahead log and syncs it once. SQLite's WAL frames carry checksums, so a
 //! tail torn by a crash is detected and ignored on open; our own per-row checksum then verifies
 //! every payload as it is read back.
+//!
+//! Sale snapshots live in a second file, `snapshots.db`, written by [`SqliteSnapshots`] from its
+//! own connection: building and syncing a snapshot of a large sale then never holds the log's
+//! write lock, so no commit waits for one. Older data directories keep their snapshots in the
+//! log file's `snapshot` table, which is still read; for each stream the newer one wins.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::backend::{
     Batch, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
@@ -18,6 +24,7 @@ CREATE TABLE IF NOT EXISTS log (
     payload BLOB NOT NULL,
     crc INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS log_by_stream ON log (stream, seq);
 CREATE TABLE IF NOT EXISTS snapshot (
     stream TEXT PRIMARY KEY,
     through INTEGER NOT NULL,
@@ -30,6 +37,18 @@ CREATE TABLE IF NOT EXISTS value_log (
     crc INTEGER NOT NULL
 );
 ";
+
+const SNAPSHOT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshot (
+    stream TEXT PRIMARY KEY,
+    through INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+";
+
+const LOG_FILE: &str = "holdfast.db";
+const SNAPSHOTS_FILE: &str = "snapshots.db";
 
 pub struct SqliteLog {
     connection: Connection,
@@ -46,15 +65,8 @@ impl SqliteLog {
     /// Opens (creating if needed) the log file `holdfast.db` in `dir`.
     pub fn open(dir: &Path) -> Result<SqliteLog, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(e.to_string()))?;
-        let path = dir.join("holdfast.db");
-        let connection = Connection::open(&path).map_err(io)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(io)?;
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(io)?;
-        connection.execute_batch(SCHEMA).map_err(io)?;
+        let path = dir.join(LOG_FILE);
+        let connection = open_durable(&path, SCHEMA)?;
         let last_seq: Option<i64> = connection
             .query_row("SELECT MAX(seq) FROM log", [], |row| row.get(0))
             .map_err(io)?;
@@ -121,29 +133,21 @@ impl LogBackend for SqliteLog {
 
     fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut recovery = Recovery::default();
-        let mut snapshots = self
-            .connection
-            .prepare("SELECT stream, through, payload, crc FROM snapshot")
-            .map_err(io)?;
-        let rows = snapshots
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                    row.get::<_, u32>(3)?,
-                ))
-            })
-            .map_err(io)?;
-        for row in rows {
-            let (stream, through, payload, crc) = row.map_err(io)?;
-            verify("snapshot", &stream, &payload, crc)?;
-            recovery.snapshots.push(StoredSnapshot {
-                stream,
-                through: through as u64,
-                payload,
-            });
+        let mut newest: HashMap<String, StoredSnapshot> = HashMap::new();
+        let dir = self.path.parent().expect("the log file is in a directory");
+        let snapshot_file = open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
+        for connection in [&self.connection, &snapshot_file] {
+            for snapshot in read_snapshots(connection, None)? {
+                match newest.get(&snapshot.stream) {
+                    Some(kept) if kept.through >= snapshot.through => {}
+                    _ => {
+                        newest.insert(snapshot.stream.clone(), snapshot);
+                    }
+                }
+            }
         }
+        recovery.snapshots = newest.into_values().collect();
+        recovery.snapshots.sort_by(|a, b| a.stream.cmp(&b.stream));
         let mut values = self
             .connection
             .prepare("SELECT seq, entries, crc FROM value_log ORDER BY seq")
@@ -169,16 +173,23 @@ impl LogBackend for SqliteLog {
             unpack_values(&entries, &mut recovery.values).ok_or_else(corrupt)?;
         }
         // Streams without a snapshot need the log from its start.
-        let streams_without_snapshot: Option<i64> = self
+        let mut streams = self
             .connection
-            .query_row(
-                "SELECT 1 FROM log WHERE stream NOT IN (SELECT stream FROM snapshot) LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
+            .prepare("SELECT DISTINCT stream FROM log")
             .map_err(io)?;
-        let from = if streams_without_snapshot.is_some() {
+        let mut streams_without_snapshot = false;
+        for stream in streams
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(io)?
+        {
+            let stream = stream.map_err(io)?;
+            if !recovery.snapshots.iter().any(|s| s.stream == stream) {
+                streams_without_snapshot = true;
+                break;
+            }
+        }
+        drop(streams);
+        let from = if streams_without_snapshot {
             0
         } else {
             recovery
@@ -218,6 +229,144 @@ impl LogBackend for SqliteLog {
         }
         Ok(recovery)
     }
+}
+
+/// Sale snapshots in their own file, and a reader of the log to build them from, each on its
+/// own connection: nothing here takes the log's write lock.
+pub struct SqliteSnapshots {
+    log: Connection,
+    snapshots: Connection,
+}
+
+impl SqliteSnapshots {
+    /// Opens the snapshot file of the log in `dir` (creating it if needed) and a reading
+    /// connection to the log. The log must have been opened first.
+    pub fn open(dir: &Path) -> Result<SqliteSnapshots, StoreError> {
+        let log = Connection::open_with_flags(
+            dir.join(LOG_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(io)?;
+        let snapshots = open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
+        // Only this connection writes the file (and a tool an operator points at it); waiting
+        // long for its lock holds nobody else up.
+        snapshots
+            .busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(io)?;
+        Ok(SqliteSnapshots { log, snapshots })
+    }
+
+    /// The stream's newest snapshot (from either file) and its durable records after it.
+    pub fn load_stream(
+        &self,
+        stream: &str,
+    ) -> Result<(Option<StoredSnapshot>, Vec<StoredRecord>), StoreError> {
+        let snapshot = [&self.log, &self.snapshots]
+            .into_iter()
+            .map(|connection| read_snapshots(connection, Some(stream)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .max_by_key(|snapshot| snapshot.through);
+        let through = snapshot.as_ref().map_or(0, |s| s.through);
+        let mut query = self
+            .log
+            .prepare_cached(
+                "SELECT seq, payload, crc FROM log WHERE stream = ?1 AND seq > ?2 ORDER BY seq",
+            )
+            .map_err(io)?;
+        let rows = query
+            .query_map(params![stream, through as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, u32>(2)?,
+                ))
+            })
+            .map_err(io)?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (seq, payload, crc) = row.map_err(io)?;
+            if checksum(stream, &payload) != crc {
+                return Err(StoreError::Corrupt {
+                    what: "record",
+                    key: seq.to_string(),
+                });
+            }
+            records.push(StoredRecord {
+                seq: seq as u64,
+                stream: stream.to_owned(),
+                payload,
+            });
+        }
+        Ok((snapshot, records))
+    }
+
+    /// Keeps `snapshot` durably, unless the stream already has one covering as much.
+    pub fn save(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let crc = checksum(&snapshot.stream, &snapshot.payload);
+        self.snapshots
+            .execute(
+                "INSERT INTO snapshot (stream, through, payload, crc) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream) DO UPDATE
+                 SET through = excluded.through, payload = excluded.payload, crc = excluded.crc
+                 WHERE excluded.through > snapshot.through",
+                params![
+                    snapshot.stream,
+                    snapshot.through as i64,
+                    snapshot.payload,
+                    crc
+                ],
+            )
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+/// A connection in WAL mode whose every commit is synced, with `schema` in place.
+fn open_durable(path: &Path, schema: &str) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(io)?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(io)?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(io)?;
+    connection.execute_batch(schema).map_err(io)?;
+    Ok(connection)
+}
+
+/// Every snapshot in a `snapshot` table (or one stream's), checksums verified.
+fn read_snapshots(
+    connection: &Connection,
+    stream: Option<&str>,
+) -> Result<Vec<StoredSnapshot>, StoreError> {
+    let mut query = connection
+        .prepare_cached(
+            "SELECT stream, through, payload, crc FROM snapshot WHERE ?1 IS NULL OR stream = ?1",
+        )
+        .map_err(io)?;
+    let rows = query
+        .query_map([stream], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, u32>(3)?,
+            ))
+        })
+        .map_err(io)?;
+    let mut snapshots = Vec::new();
+    for row in rows {
+        let (stream, through, payload, crc) = row.map_err(io)?;
+        verify("snapshot", &stream, &payload, crc)?;
+        snapshots.push(StoredSnapshot {
+            stream,
+            through: through as u64,
+            payload,
+        });
+    }
+    Ok(snapshots)
 }
 
 fn verify(what: &'static str, key: &str, payload: &[u8], crc: u32) -> Result<(), StoreError> {

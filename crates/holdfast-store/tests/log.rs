@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use holdfast_store::{
     Batch, GroupCommit, GroupCommitConfig, LogBackend, Record, Recovery, Snapshot, SqliteLog,
-    StoreError,
+    SqliteSnapshots, StoreError, StoredSnapshot,
 };
 use rand::{Rng, SeedableRng};
 
@@ -92,6 +92,58 @@ fn with_every_stream_snapshotted_recovery_starts_at_the_oldest_snapshot() {
     }
     let recovery = log.recover().unwrap();
     assert_eq!(payloads(&recovery), ["a7", "a8", "a9"]);
+}
+
+#[test]
+fn a_snapshot_saved_apart_covers_what_it_was_built_from_and_an_older_one_never_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SqliteLog::open(dir.path()).unwrap();
+    for n in 1..=6 {
+        let batch = Batch {
+            records: vec![record("a", &format!("a{n}")), record("b", &format!("b{n}"))],
+            // A snapshot in the log file itself, as older data directories have them.
+            snapshots: if n == 2 {
+                vec![Snapshot {
+                    stream: "a".into(),
+                    payload: b"a-through-4".to_vec(),
+                }]
+            } else {
+                vec![]
+            },
+            ..Batch::default()
+        };
+        log.commit(&[batch]).unwrap();
+    }
+    let snapshots = SqliteSnapshots::open(dir.path()).unwrap();
+    let (snapshot, records) = snapshots.load_stream("a").unwrap();
+    assert_eq!(
+        snapshot.unwrap().through,
+        4,
+        "the log file's snapshot is read"
+    );
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [5, 7, 9, 11], "only stream a's records after it");
+
+    let saved = |through: u64, payload: &str| StoredSnapshot {
+        stream: "a".into(),
+        through,
+        payload: payload.as_bytes().to_vec(),
+    };
+    snapshots.save(&saved(9, "a-through-9")).unwrap();
+    snapshots.save(&saved(7, "a-through-7")).unwrap();
+    let (snapshot, records) = snapshots.load_stream("a").unwrap();
+    assert_eq!(
+        snapshot.unwrap().payload,
+        b"a-through-9",
+        "the newer one is kept"
+    );
+    assert_eq!(records.len(), 1);
+
+    let recovery = log.recover().unwrap();
+    let a = recovery.snapshots.iter().find(|s| s.stream == "a").unwrap();
+    assert_eq!((a.through, a.payload.as_slice()), (9, &b"a-through-9"[..]));
+    // Stream b has no snapshot, so the log is read from its start.
+    assert_eq!(recovery.records.len(), 12);
 }
 
 /// A backend that parks its first commit until the test lets it go, so the test can queue

@@ -77,6 +77,10 @@ enum Commands {
         /// renewal — how soon another node takes over the sales of one that died.
         #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
         lease_ttl_ms: u64,
+        /// Events a sale writes between two snapshots of it (at least; a sale with more orders
+        /// than this waits that many). Fewer: faster restarts, more background work.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_every_events: u64,
         /// Simulated card network: milliseconds added to every call.
         #[arg(long, default_value_t = 0)]
         card_latency_ms: u64,
@@ -170,8 +174,10 @@ async fn serve(
     operator_token: Option<String>,
     card: NetworkConditions,
     cluster: Option<ClusterConfig>,
+    snapshot_every_events: u64,
 ) -> anyhow::Result<()> {
     let mut config = Config::new(listen, data.clone(), operator_token);
+    config.limits.snapshot_every_events = snapshot_every_events;
     let shared = cluster.is_some();
     config.cluster = cluster;
     // No card network is reachable from here: the simulator stands in for the acquirer.
@@ -221,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             advertise,
             lease_ttl_ms,
+            snapshot_every_events,
             card_latency_ms,
             card_declines_per_mille,
         } => {
@@ -233,7 +240,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cluster = database
                 .map(|url| cluster_config(url, advertise, lease_ttl_ms))
                 .transpose()?;
-            tokio::runtime::Runtime::new()?.block_on(serve(listen, data, token, card, cluster))
+            tokio::runtime::Runtime::new()?.block_on(serve(
+                listen,
+                data,
+                token,
+                card,
+                cluster,
+                snapshot_every_events,
+            ))
         }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),

@@ -27,9 +27,13 @@ const CUSTOMERS: usize = 600;
 const LIMIT: u64 = 2;
 const STOCK: u64 = 900;
 
+/// Snapshots are taken often, so kills land while one is being built and saved.
 fn start_server(data: &std::path::Path) -> Served {
     serve(OPERATOR, |command| {
-        command.arg("--data").arg(data);
+        command
+            .arg("--data")
+            .arg(data)
+            .args(["--snapshot-every-events", "40"]);
     })
 }
 

@@ -287,6 +287,30 @@ impl TestApp {
     }
 
     /// Counts rows with `sql` in whatever the backend stores the ledger in.
+    /// Sale snapshots stored: in the embedded log's snapshot file, or PostgreSQL's table.
+    pub async fn sale_snapshot_count(&self) -> i64 {
+        const SQL: &str = "SELECT COUNT(*) FROM snapshot WHERE stream NOT LIKE '%:%'";
+        match &self.database {
+            None => {
+                let db = rusqlite::Connection::open(self.dir.path().join("snapshots.db")).unwrap();
+                db.query_row(SQL, [], |row| row.get(0)).unwrap()
+            }
+            Some(_) => self.count_rows(SQL).await,
+        }
+    }
+
+    /// Polls until a sale snapshot is stored (they are written in the background).
+    pub async fn wait_for_a_sale_snapshot(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.sale_snapshot_count().await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot written within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn count_rows(&self, sql: &str) -> i64 {
         match &self.database {
             None => {

@@ -100,10 +100,6 @@ async fn a_refusal_is_remembered_under_its_key_too(backend: Backend) {
     );
 }
 
-async fn snapshot_count(app: &TestApp) -> i64 {
-    app.count_rows("SELECT COUNT(*) FROM snapshot").await
-}
-
 async fn buy(app: &TestApp, customer: &str) -> Value {
     let token = app.token(customer, None, None).await;
     let hold = app.hold("masks", &token, 1).await;
@@ -138,6 +134,9 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots(backend: Backe
         .await;
         let before = app.sale("masks").await;
         assert_eq!(stock(&before), (24, 16, 1, 7));
+        if snapshot_every_events == 3 {
+            app.wait_for_a_sale_snapshot().await;
+        }
 
         let app = app.restart().await;
         assert_eq!(
@@ -145,7 +144,7 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots(backend: Backe
             before,
             "snapshot every {snapshot_every_events}"
         );
-        let snapshots = snapshot_count(&app).await;
+        let snapshots = app.sale_snapshot_count().await;
         if snapshot_every_events == 3 {
             assert!(snapshots > 0, "this pass must restore from a snapshot");
         } else {
@@ -194,6 +193,30 @@ async fn the_ledger_survives_a_restart_with_and_without_snapshots(backend: Backe
         assert_eq!(buy(&app, "after-restart").await["status"], "confirmed");
         assert_eq!(stock(&app.sale("masks").await), (24, 16, 0, 8));
     }
+}
+
+/// A snapshot is built from the durable log by a task of its own and saved in its own file,
+/// so a sale keeps selling while one cannot be written at all.
+#[tokio::test]
+async fn a_sale_sells_on_while_its_snapshot_cannot_be_written() {
+    let limits = Limits {
+        snapshot_every_events: 3,
+        ..Limits::default()
+    };
+    let app = spawn_app_with(Backend::Embedded, limits).await;
+    app.create_sale(sale_json("masks", 40, 1, json!({}))).await;
+    let blocker = rusqlite::Connection::open(app.dir.path().join("snapshots.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for n in 0..12 {
+        assert_eq!(buy(&app, &format!("c{n}")).await["status"], "confirmed");
+    }
+    assert_eq!(app.sale_snapshot_count().await, 0, "nothing could be saved");
+    blocker.execute_batch("COMMIT").unwrap();
+    app.wait_for_a_sale_snapshot().await;
+    let before = app.sale("masks").await;
+    assert_eq!(stock(&before), (40, 28, 0, 12));
+    let app = app.restart().await;
+    assert_eq!(app.sale("masks").await, before);
 }
 
 #[apply(backends)]
