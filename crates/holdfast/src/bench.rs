@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Strangers: the buyer's holds measured in each phase of each run.
     #[arg(long, default_value_t = 200)]
     holds: usize,
+    /// Sellout: units in the sale (one per person).
+    #[arg(long, default_value_t = 10_000)]
+    pub units: u32,
     /// Sustained: purchases (hold + confirm) each run makes before it stops.
     #[arg(long, default_value_t = 1_000_000)]
     purchases: u64,
@@ -77,6 +80,9 @@ enum Scenario {
     /// PostgreSQL against the embedded log, round trips and commits per purchase, three nodes
     /// against one, and the time a dead owner's sale takes to be served again (--database).
     Postgres,
+    /// A crowd that keeps asking after the last of --units is sold: requests answered per
+    /// second after the sell-out, with and without idempotency keys, against the bare endpoint.
+    Sellout,
     /// One sale bought from without a pause until --purchases complete: p50, p99 and the worst
     /// second's p99, to show whether periodic work (snapshots) stalls callers.
     Sustained,
@@ -125,6 +131,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             runs: args.runs,
             data: args.data.as_deref(),
         });
+    }
+    if args.scenario == Scenario::Sellout {
+        return crate::sellout::run(&args);
     }
     if args.scenario == Scenario::Sustained {
         return crate::sustained::run(crate::sustained::SustainedArgs {
@@ -212,7 +221,7 @@ impl Runtimes {
     }
 }
 
-fn bare_run(
+pub(crate) fn bare_run(
     runtimes: &Runtimes,
     client: &HttpClient,
     args: &BenchArgs,

@@ -6,6 +6,7 @@ mod http;
 mod load;
 mod progress;
 mod replay;
+mod sellout;
 mod storm;
 mod strangers;
 mod sustained;
