@@ -20,8 +20,8 @@ pub use queue::{
 };
 pub use rejection::Rejection;
 pub use sale::{
-    Command, Event, Handled, Hold, HoldEnd, HoldId, HolderId, Order, OrderId, Pausable, Paused,
-    Reply, Sale, SaleSnapshot, SaleStatus,
+    Command, Event, Handled, Hold, HoldCounters, HoldEnd, HoldId, HolderId, Order, OrderId,
+    Pausable, Paused, Reply, Sale, SaleSnapshot, SaleStatus,
 };
 pub use spec::{
     ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT,

@@ -292,6 +292,41 @@ pub enum SaleStatus {
     Closed,
 }
 
+/// The few numbers of a sale that decide, on their own, some answers to a hold: a copy of them
+/// (a server's published view) can give those answers without the sale. Whatever
+/// `hold_refusal` answers, `Sale::handle` answers the same to any hold at that state and time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldCounters {
+    pub opens_at: Timestamp,
+    pub closes_at: Option<Timestamp>,
+    pub closed: bool,
+    pub paused: Paused,
+    /// Units in the pool (common and every channel's share).
+    pub available: u32,
+    pub held: u32,
+}
+
+impl HoldCounters {
+    /// The refusal every hold gets now, whoever asks and for what, if these counters make one
+    /// certain. Sold out is certain only when nothing is held: a hold due to expire gives its
+    /// units back before the next command is decided.
+    pub fn hold_refusal(&self, now: Timestamp) -> Option<Rejection> {
+        if self.closed || self.closes_at.is_some_and(|at| now >= at) {
+            Some(Rejection::Closed)
+        } else if now < self.opens_at {
+            Some(Rejection::NotOpenYet {
+                opens_at: self.opens_at,
+            })
+        } else if self.paused.sale {
+            Some(Rejection::Paused)
+        } else if self.available == 0 && self.held == 0 {
+            Some(Rejection::SoldOut { available: 0 })
+        } else {
+            None
+        }
+    }
+}
+
 impl SaleStatus {
     /// The status of a sale from its spec and a few counters, for readers that hold a copy of
     /// those rather than the sale itself.
@@ -388,6 +423,17 @@ impl Sale {
     }
     pub fn held(&self) -> u32 {
         self.held
+    }
+    /// The numbers that decide some holds' answers on their own (see `HoldCounters`).
+    pub fn counters(&self) -> HoldCounters {
+        HoldCounters {
+            opens_at: self.spec.opens_at,
+            closes_at: self.spec.closes_at,
+            closed: self.closed_at.is_some(),
+            paused: self.paused,
+            available: self.available(),
+            held: self.held,
+        }
     }
     pub fn sold(&self) -> u32 {
         self.sold
@@ -775,16 +821,12 @@ impl Sale {
         pass: Option<u32>,
         now: Timestamp,
     ) -> Result<(Vec<Event>, Reply), Rejection> {
-        if self.is_closed(now) {
-            return Err(Rejection::Closed);
+        if let Some(refusal) = self.counters().hold_refusal(now) {
+            return Err(refusal);
         }
-        if now < self.spec.opens_at {
-            return Err(Rejection::NotOpenYet {
-                opens_at: self.spec.opens_at,
-            });
-        }
-        if self.paused.sale {
-            return Err(Rejection::Paused);
+        // With nothing left for this channel, the answer is the same for everyone.
+        if self.available_to(channel) == 0 {
+            return Err(Rejection::SoldOut { available: 0 });
         }
         self.check_pass(pass)?;
         if quantity == 0 {

@@ -178,6 +178,9 @@ impl Model {
                 if self.paused {
                     return "sale_paused".into();
                 }
+                if self.pool_for(*channel).is_empty() {
+                    return "sold_out".into();
+                }
                 if *quantity == 0 {
                     return "invalid_quantity".into();
                 }
@@ -495,6 +498,20 @@ proptest! {
         let mut now = OPENS_AT - 30_000;
         for (command, advance) in steps {
             now += advance;
+            // A refusal the counters alone make certain is what the sale itself answers to
+            // any hold, whoever places it.
+            if let Some(certain) = sale.counters().hold_refusal(Timestamp(now)) {
+                for (who, quantity, channel) in [(0, 1, Channel::Web), (3, 2, Channel::Store)] {
+                    let hold = Command::PlaceHold {
+                        shopper: shopper(who),
+                        quantity,
+                        channel,
+                        pass: None,
+                    };
+                    let outcome = sale.clone().handle(&hold, Timestamp(now)).outcome;
+                    prop_assert_eq!(outcome, Err(certain.clone()));
+                }
+            }
             let handled = sale.handle(&command, Timestamp(now));
             let expected = model.run(&command, now);
             prop_assert_eq!(describe(&handled.outcome), expected, "command {:?}", command);

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_core::{
-    Command, Event, QueueMode, QueueView, Rejection, Reply, Sale, SaleSpec, SaleStatus, Timestamp,
+    Command, Event, HoldCounters, QueueMode, QueueView, Rejection, Reply, Sale, SaleSpec,
+    SaleStatus, Timestamp,
 };
 use holdfast_store::{Batch, Durable, Record, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -113,6 +114,18 @@ impl SaleView {
 
     pub fn status(&self, now: Timestamp) -> SaleStatus {
         SaleStatus::of(&self.spec, self.closed, self.available, now)
+    }
+
+    /// The counters that decide some holds' answers without the sale (`HoldCounters`).
+    pub fn counters(&self) -> HoldCounters {
+        HoldCounters {
+            opens_at: self.spec.opens_at,
+            closes_at: self.spec.closes_at,
+            closed: self.closed,
+            paused: self.paused,
+            available: self.available,
+            held: self.held,
+        }
     }
 }
 

@@ -292,7 +292,6 @@ impl Settlements {
             .pending
             .entry(pending.authorization.clone())
             .or_insert(pending);
-        metrics::gauge!("holdfast_payment_settlements_pending").set(state.pending.len() as f64);
         drop(state);
         self.wake.notify_one();
     }
@@ -359,7 +358,6 @@ impl Settlements {
                 let backoff = Duration::from_secs(1 << kept.attempts.min(9)).min(RETRY_BACKOFF_MAX);
                 kept.next_try = Some(now + backoff);
             }
-            metrics::gauge!("holdfast_payment_settlements_pending").set(state.pending.len() as f64);
         }
     }
 

@@ -6,7 +6,8 @@ use axum::http::HeaderMap;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Reply, Shopper};
+use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Rejection, Reply, Shopper};
+use holdfast_store::Batch;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -19,9 +20,10 @@ use super::wire::{
     ConfirmRequest, HoldBody, HoldRequest, OrderBody, format_day, format_time, in_range,
     parse_channel, parse_hold_id, parse_order_id, render_confirm, render_hold,
 };
-use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle};
+use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle, SaleView};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
+use crate::ledger_error::LedgerError;
 use crate::payments::{AuthorizeRequest, CURRENCY};
 use crate::state::AppState;
 
@@ -128,6 +130,10 @@ pub(super) async fn place_hold(
         Start::Replay(response) => return Ok(response),
         Start::Run(guard) => guard,
     };
+    let view = sale.view();
+    if let Some(refusal) = view.counters().hold_refusal(state.clock.now()) {
+        return refuse_from_view(&state, &sale_id, &view, refusal, guard, fingerprint).await;
+    }
     let pass = match body.pass.as_deref() {
         None => None,
         Some(token) => Some(pass_position(&state, token, &sale_id, &shopper)?),
@@ -140,6 +146,41 @@ pub(super) async fn place_hold(
     };
     let (response, _) = execute(&sale, command, guard, fingerprint, render_hold).await?;
     Ok(response)
+}
+
+/// Answers a hold whose refusal the sale's published counters already make certain (closed,
+/// not open yet, paused, sold out with nothing held), without a trip through the sale's actor:
+/// during a sell-out these are nearly every request. With an idempotency key the refusal is
+/// still stored durably first, in a batch of its own on the sale's stream, so a retry gets the
+/// same answer.
+async fn refuse_from_view(
+    state: &AppState,
+    sale_id: &str,
+    view: &SaleView,
+    refusal: Rejection,
+    guard: Option<InFlightGuard>,
+    fingerprint: String,
+) -> Result<Response, ApiError> {
+    metrics::counter!("holdfast_holds_refused_from_view_total", "result" => refusal.code())
+        .increment(1);
+    let mut answer = render_hold(&view.spec, &Err(refusal));
+    let Some(guard) = guard else {
+        return Ok(answer.into_response());
+    };
+    answer.stored_at = state.clock.now();
+    let batch = Batch {
+        values: vec![(guard.key().to_owned(), answer.encode(&fingerprint))],
+        ..Batch::default()
+    };
+    state
+        .ledger
+        .streams()
+        .writer(sale_id)?
+        .append(batch)
+        .await
+        .map_err(LedgerError::from)?;
+    guard.finish(fingerprint, answer.clone());
+    Ok(answer.into_response())
 }
 
 /// The admitted position a pass stands for, if it is genuine, unexpired, for this sale and
