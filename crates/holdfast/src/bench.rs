@@ -25,7 +25,7 @@ use hyper::body::Bytes;
 use crate::http::{HttpClient, InProcessServer, ToolData, send_json, send_raw};
 use serde_json::{Value, json};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Seconds each measured run lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 5)]
@@ -51,7 +51,11 @@ pub struct BenchArgs {
     /// Strangers: the buyer's holds measured in each phase of each run.
     #[arg(long, default_value_t = 200)]
     holds: usize,
-    /// Sellout: units in the sale (one per person).
+    /// Measure Holdfast beside the common design for flash sales (throughput, exactness, and
+    /// purchases lost to SIGKILL) instead of the scenarios.
+    #[arg(long, value_enum)]
+    peer: Option<crate::peer::Peer>,
+    /// Sellout and --peer: units in the sale (one per person).
     #[arg(long, default_value_t = 10_000)]
     pub units: u32,
     /// Sustained: purchases (hold + confirm) each run makes before it stops.
@@ -131,6 +135,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             runs: args.runs,
             data: args.data.as_deref(),
         });
+    }
+    if args.peer.is_some() {
+        return crate::peer::run(&args);
     }
     if args.scenario == Scenario::Sellout {
         return crate::sellout::run(&args);

@@ -4,6 +4,7 @@ mod bench;
 mod cluster_bench;
 mod http;
 mod load;
+mod peer;
 mod progress;
 mod replay;
 mod sellout;

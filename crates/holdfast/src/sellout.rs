@@ -22,10 +22,10 @@ use crate::http::{HttpClient, InProcessServer, ToolData, send_raw};
 const SELLING_LIMIT: Duration = Duration::from_secs(120);
 const SALE: &str = "drop";
 
-struct Sellout {
+pub(crate) struct Sellout {
     /// Seconds from the first request to the last unit sold.
     selling_s: f64,
-    purchases: u64,
+    pub purchases: u64,
     /// Requests answered per second after the first `sold_out`.
     answered_per_s: f64,
     p50_us: u64,
@@ -94,7 +94,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sell_out(
+pub(crate) async fn sell_out(
     client: &HttpClient,
     address: SocketAddr,
     args: &BenchArgs,

@@ -40,6 +40,10 @@ struct Run {
     /// Seconds whose p99 was above 3x the run's p50.
     seconds_over: usize,
     snapshot: Option<(u64, usize)>,
+    /// The log's files (and the snapshot file) once the server stopped.
+    log_bytes: u64,
+    /// Starting a server again on the run's data: recovering every sale.
+    recovery_s: f64,
 }
 
 pub fn run(args: SustainedArgs) -> anyhow::Result<()> {
@@ -55,7 +59,7 @@ pub fn run(args: SustainedArgs) -> anyhow::Result<()> {
             dir.clone(),
             Some(OPERATOR.into()),
         );
-        let server = InProcessServer::start_with(&runtimes.server, config)?;
+        let server = InProcessServer::start_with(&runtimes.server, config.clone())?;
         let label = format!("run {run}/{}: purchases", args.runs);
         let measured = runtimes
             .client
@@ -63,6 +67,11 @@ pub fn run(args: SustainedArgs) -> anyhow::Result<()> {
         server.stop(&runtimes.server);
         let mut measured = measured?;
         measured.snapshot = newest_snapshot(&dir, "bench")?;
+        measured.log_bytes = bytes_in(&dir)?;
+        let started = Instant::now();
+        let again = InProcessServer::start_with(&runtimes.server, config)?;
+        measured.recovery_s = started.elapsed().as_secs_f64();
+        again.stop(&runtimes.server);
         runs.push(measured);
     }
     report(&args, &data, &runs);
@@ -130,7 +139,22 @@ async fn buy_until(
             .filter(|(_, p99)| *p99 > 3 * p50_us)
             .count(),
         snapshot: None,
+        log_bytes: 0,
+        recovery_s: 0.0,
     })
+}
+
+/// The bytes of the SQLite files (with their write-ahead logs) in a server's directory.
+fn bytes_in(dir: &Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().contains(".db") {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(bytes)
 }
 
 /// The p99 of the requests that started in each second (seconds with fewer than 100 requests,
@@ -182,15 +206,16 @@ fn report(args: &SustainedArgs, data: &ToolData, runs: &[Run]) {
     println!(
         "| run | purchases | seconds | purchases/s | requests | errors | p50 µs | p99 µs | \
          p99/p50 | p99.9 µs | max µs | worst second's p99 µs (at s) | seconds with p99 > 3x p50 \
-         | last snapshot (log position, bytes) |"
+         | last snapshot (log position, bytes) | log bytes per purchase | recovery s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     for (n, run) in runs.iter().enumerate() {
         let snapshot = run.snapshot.map_or("none".to_owned(), |(through, bytes)| {
             format!("{through}, {bytes}")
         });
         println!(
-            "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} ({}) | {} | {} | \
+             {:.0} | {:.2} |",
             n + 1,
             run.purchases,
             run.seconds,
@@ -206,17 +231,21 @@ fn report(args: &SustainedArgs, data: &ToolData, runs: &[Run]) {
             run.worst_second.0,
             run.seconds_over,
             snapshot,
+            run.log_bytes as f64 / run.purchases.max(1) as f64,
+            run.recovery_s,
         );
     }
     let median_of = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
     println!(
         "\nmedians: {:.0} purchases/s, p50 {:.0} µs, p99 {:.0} µs, p99/p50 {:.2}, worst second's \
-         p99 {:.0} µs",
+         p99 {:.0} µs, log bytes per purchase {:.0}, recovery {:.2} s",
         median_of(&|r| r.purchases as f64 / r.seconds),
         median_of(&|r| r.p50_us as f64),
         median_of(&|r| r.p99_us as f64),
         median_of(&|r| r.p99_us as f64 / r.p50_us.max(1) as f64),
         median_of(&|r| r.worst_second.1 as f64),
+        median_of(&|r| r.log_bytes as f64 / r.purchases.max(1) as f64),
+        median_of(&|r| r.recovery_s),
     );
 }
 
