@@ -312,6 +312,7 @@ impl Application {
             limits: config.limits,
             metrics: crate::telemetry::install(),
             latencies: Default::default(),
+            refused_from_view: Default::default(),
             bodies_in_progress: Default::default(),
             requests_shed: Default::default(),
             feed: Default::default(),

@@ -209,7 +209,8 @@ pub(crate) fn rebuild(
             stream: snapshot.stream.clone(),
             reason,
         };
-        let state = crate::snapshots::decode(&snapshot.payload).map_err(inconsistent)?;
+        let state = crate::log_entry::decode_snapshot(&snapshot.payload)
+            .map_err(|e| inconsistent(e.to_string()))?;
         let sale = Sale::restore(state).map_err(inconsistent)?;
         through.insert(snapshot.stream.clone(), snapshot.through);
         sales.insert(snapshot.stream, (sale, 0));

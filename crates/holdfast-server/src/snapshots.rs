@@ -14,11 +14,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use holdfast_core::{Sale, SaleSnapshot};
 use holdfast_store::{PgStore, SqliteSnapshots, StoreError, StoredRecord, StoredSnapshot};
 use tokio::sync::mpsc;
 
 use crate::ledger::rebuild;
+use crate::log_entry::encode_snapshot;
 
 /// Where snapshots are read from and saved to.
 #[derive(Clone)]
@@ -137,7 +137,7 @@ async fn take(store: &SnapshotStore, stream: &str) -> Result<Option<usize>, Stri
         let (sale, _) = sales
             .remove(&name)
             .ok_or_else(|| format!("no sale '{name}' in its own stream"))?;
-        Ok(encode(&sale))
+        Ok(encode_snapshot(&sale))
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -150,14 +150,4 @@ async fn take(store: &SnapshotStore, stream: &str) -> Result<Option<usize>, Stri
         })
         .await?;
     Ok(Some(bytes))
-}
-
-/// A sale's snapshot as stored.
-pub fn encode(sale: &Sale) -> Vec<u8> {
-    serde_json::to_vec(&sale.snapshot()).expect("snapshots serialise")
-}
-
-/// A stored snapshot read back.
-pub fn decode(payload: &[u8]) -> Result<SaleSnapshot, String> {
-    serde_json::from_slice(payload).map_err(|e| e.to_string())
 }

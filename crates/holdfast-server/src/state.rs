@@ -37,6 +37,8 @@ pub struct AppInner {
     pub metrics: PrometheusHandle,
     /// Request latencies since the event feed last looked.
     pub latencies: crate::telemetry::RecentLatencies,
+    /// Holds refused from a sale's published counters, without its actor.
+    pub refused_from_view: crate::telemetry::RefusedFromView,
     /// Request bodies being read right now (slow ones pile up here).
     pub bodies_in_progress: std::sync::atomic::AtomicU64,
     /// Requests refused for load (`429`) since start.

@@ -89,6 +89,29 @@ impl RecentLatencies {
     }
 }
 
+/// Holds answered from a sale's published counters, by refusal: counted with atomics on the
+/// request path and handed to the registry at each scrape.
+#[derive(Default)]
+pub struct RefusedFromView([std::sync::atomic::AtomicU64; 3]);
+
+impl RefusedFromView {
+    /// A closed sale's refusal shares `not_open` with one not open yet.
+    const CODES: [&'static str; 3] = ["not_open", "sale_paused", "sold_out"];
+
+    pub fn count(&self, refusal: &holdfast_core::Rejection) {
+        if let Some(i) = Self::CODES.iter().position(|c| *c == refusal.code()) {
+            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn publish(&self) {
+        for (code, count) in Self::CODES.iter().zip(&self.0) {
+            metrics::counter!("holdfast_holds_refused_from_view_total", "result" => *code)
+                .absolute(count.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+}
+
 /// Reads the state the gauges describe, then renders the exposition.
 ///
 /// One server at a time: the registry is the process's, and tests run several servers in one
@@ -108,6 +131,7 @@ pub async fn render(state: &AppInner) -> String {
     if let Some(bytes) = log_bytes(state).await {
         metrics::gauge!("holdfast_log_bytes").set(bytes as f64);
     }
+    state.refused_from_view.publish();
     process_collector().collect();
     state.metrics.render()
 }

@@ -17,4 +17,4 @@ pub use backend::{
 };
 pub use group_commit::{Durable, GroupCommit, GroupCommitConfig, LogHandle};
 pub use postgres::{Lease, PgLog, PgStore, SCHEMA_VERSION, StreamRecovery};
-pub use sqlite::{SqliteLog, SqliteSnapshots};
+pub use sqlite::{SqliteLog, SqliteReader, SqliteSnapshots};

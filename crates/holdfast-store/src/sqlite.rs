@@ -99,11 +99,13 @@ impl LogBackend for SqliteLog {
                 .map_err(io)?;
             // Values are appended, not updated in place: a keyed update dirties a random B-tree
             // page per value, and every dirty page is written to the WAL and synced. All of a
-            // batch's values share one row, so a busy commit costs one insert, not hundreds.
-            // The newest value for a key wins when read back.
+            // commit's values share one row (the commit is atomic as a whole, and this log has
+            // no fences to keep apart), so a busy commit costs one insert, not hundreds. The
+            // newest value for a key wins when read back.
             let mut values = tx
                 .prepare_cached("INSERT INTO value_log (entries, crc) VALUES (?1, ?2)")
                 .map_err(io)?;
+            let mut all_values = Vec::new();
             for batch in batches {
                 for record in &batch.records {
                     let crc = checksum(&record.stream, &record.payload);
@@ -118,12 +120,13 @@ impl LogBackend for SqliteLog {
                         .execute(params![snap.stream, last as i64, snap.payload, crc])
                         .map_err(io)?;
                 }
-                if !batch.values.is_empty() {
-                    let entries = pack_values(&batch.values);
-                    let crc = checksum("values", &entries);
-                    values.execute(params![entries, crc]).map_err(io)?;
-                }
+                all_values.extend(batch.values.iter());
                 ends.push(Ok(last));
+            }
+            if !all_values.is_empty() {
+                let entries = pack_values(all_values);
+                let crc = checksum("values", &entries);
+                values.execute(params![entries, crc]).map_err(io)?;
             }
         }
         tx.commit().map_err(io)?;
@@ -133,21 +136,10 @@ impl LogBackend for SqliteLog {
 
     fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut recovery = Recovery::default();
-        let mut newest: HashMap<String, StoredSnapshot> = HashMap::new();
         let dir = self.path.parent().expect("the log file is in a directory");
-        let snapshot_file = open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
-        for connection in [&self.connection, &snapshot_file] {
-            for snapshot in read_snapshots(connection, None)? {
-                match newest.get(&snapshot.stream) {
-                    Some(kept) if kept.through >= snapshot.through => {}
-                    _ => {
-                        newest.insert(snapshot.stream.clone(), snapshot);
-                    }
-                }
-            }
-        }
-        recovery.snapshots = newest.into_values().collect();
-        recovery.snapshots.sort_by(|a, b| a.stream.cmp(&b.stream));
+        // Made here if missing, so the reader below finds it.
+        open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
+        recovery.snapshots = SqliteReader::open(dir)?.snapshots()?;
         let mut values = self
             .connection
             .prepare("SELECT seq, entries, crc FROM value_log ORDER BY seq")
@@ -323,6 +315,82 @@ impl SqliteSnapshots {
     }
 }
 
+/// Reads a data directory's log and snapshots and writes nothing, so it may look at the data of
+/// a running server (for `holdfast log dump`).
+pub struct SqliteReader {
+    log: Connection,
+    snapshots: Option<Connection>,
+}
+
+impl SqliteReader {
+    pub fn open(dir: &Path) -> Result<SqliteReader, StoreError> {
+        let read_only = |file: &str| {
+            Connection::open_with_flags(
+                dir.join(file),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.join(file).display())))
+        };
+        let log = read_only(LOG_FILE)?;
+        let snapshots = match dir.join(SNAPSHOTS_FILE).exists() {
+            true => Some(read_only(SNAPSHOTS_FILE)?),
+            false => None,
+        };
+        Ok(SqliteReader { log, snapshots })
+    }
+
+    /// Calls `each` with every record in log order, checksums verified.
+    pub fn records(
+        &self,
+        mut each: impl FnMut(StoredRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut query = self
+            .log
+            .prepare("SELECT seq, stream, payload, crc FROM log ORDER BY seq")
+            .map_err(io)?;
+        let mut rows = query.query([]).map_err(io)?;
+        while let Some(row) = rows.next().map_err(io)? {
+            let (seq, stream, payload, crc): (i64, String, Vec<u8>, u32) = (
+                row.get(0).map_err(io)?,
+                row.get(1).map_err(io)?,
+                row.get(2).map_err(io)?,
+                row.get(3).map_err(io)?,
+            );
+            if checksum(&stream, &payload) != crc {
+                return Err(StoreError::Corrupt {
+                    what: "record",
+                    key: seq.to_string(),
+                });
+            }
+            each(StoredRecord {
+                seq: seq as u64,
+                stream,
+                payload,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot of each stream, from either file.
+    pub fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
+        let mut newest: HashMap<String, StoredSnapshot> = HashMap::new();
+        for connection in std::iter::once(&self.log).chain(self.snapshots.as_ref()) {
+            for snapshot in read_snapshots(connection, None)? {
+                if newest
+                    .get(&snapshot.stream)
+                    .is_none_or(|kept| kept.through < snapshot.through)
+                {
+                    newest.insert(snapshot.stream.clone(), snapshot);
+                }
+            }
+        }
+        let mut snapshots: Vec<_> = newest.into_values().collect();
+        snapshots.sort_by(|a, b| a.stream.cmp(&b.stream));
+        Ok(snapshots)
+    }
+}
+
 /// A connection in WAL mode whose every commit is synced, with `schema` in place.
 fn open_durable(path: &Path, schema: &str) -> Result<Connection, StoreError> {
     let connection = Connection::open(path).map_err(io)?;
@@ -381,7 +449,7 @@ fn verify(what: &'static str, key: &str, payload: &[u8], crc: u32) -> Result<(),
 }
 
 /// `(u32 key length, key, u32 value length, value)*`, little-endian.
-fn pack_values(values: &[(String, Vec<u8>)]) -> Vec<u8> {
+fn pack_values(values: Vec<&(String, Vec<u8>)>) -> Vec<u8> {
     let size: usize = values.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut packed = Vec::with_capacity(size);
     for (key, value) in values {

@@ -4,6 +4,7 @@ mod bench;
 mod cluster_bench;
 mod http;
 mod load;
+mod log_dump;
 mod peer;
 mod progress;
 mod replay;
@@ -96,6 +97,8 @@ enum Commands {
     Load(load::LoadArgs),
     /// Replay an incident (or your own sale) on a virtual clock, with an HTML report.
     Replay(replay::ReplayArgs),
+    /// Read a data directory's log: `holdfast log dump` prints it as JSON lines.
+    Log(log_dump::LogArgs),
     /// Recompute a sale's lottery from its published draw and check it.
     VerifyDraw(verify::VerifyDrawArgs),
 }
@@ -253,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Bench(args) => bench::run(args),
         Commands::Load(args) => load::run(args),
+        Commands::Log(args) => log_dump::run(args),
         Commands::Replay(args) => replay::run(args),
         Commands::VerifyDraw(args) => verify::run(args),
     }

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use holdfast_core::{Event, Sale, SaleSnapshot, SaleSpec};
+use holdfast_core::Sale;
+use holdfast_server::log_entry::{LogEntry, decode_snapshot};
 use holdfast_testkit::TestPostgres;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -373,7 +374,7 @@ async fn replay(db: &tokio_postgres::Client) -> Sale {
         .unwrap();
     let (mut sale, through) = match snapshot {
         Some(row) => {
-            let state: SaleSnapshot = serde_json::from_slice(&row.get::<_, Vec<u8>>(1)).unwrap();
+            let state = decode_snapshot(&row.get::<_, Vec<u8>>(1)).unwrap();
             (Some(Sale::restore(state).unwrap()), row.get::<_, i64>(0))
         }
         None => panic!("no snapshot was written in the whole run"),
@@ -386,14 +387,9 @@ async fn replay(db: &tokio_postgres::Client) -> Sale {
         .await
         .unwrap();
     for record in records {
-        let entry: Value = serde_json::from_slice(&record.get::<_, Vec<u8>>(0)).unwrap();
-        match entry["entry"].as_str() {
-            Some("sale_created") => {
-                let spec: SaleSpec = serde_json::from_value(entry["spec"].clone()).unwrap();
-                sale = Some(Sale::new(spec));
-            }
-            _ => {
-                let events: Vec<Event> = serde_json::from_value(entry["events"].clone()).unwrap();
+        match LogEntry::decode(&record.get::<_, Vec<u8>>(0)).unwrap() {
+            LogEntry::SaleCreated { spec } => sale = Some(Sale::new(spec)),
+            LogEntry::Events { events } => {
                 let sale = sale.as_mut().expect("created before its events");
                 for event in &events {
                     sale.apply(event);

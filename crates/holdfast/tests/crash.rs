@@ -305,4 +305,39 @@ async fn acknowledged_orders_survive_sigkill() {
         rounds_cut_mid_flight >= kills / 2,
         "kills must land mid-traffic: only {rounds_cut_mid_flight}"
     );
+
+    // The log, binary on disk, read back as JSON lines by `holdfast log dump` alone: one
+    // confirmation per order, no more.
+    let dump = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["log", "dump", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines[0]["record"]["entry"], "sale_created");
+    let confirmations = lines
+        .iter()
+        .filter(|line| line["stream"] == "crash")
+        .flat_map(|line| {
+            line["record"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|event| event.get("HoldConfirmed").is_some())
+        .count();
+    assert_eq!(
+        confirmations,
+        orders.len(),
+        "the dump shows every order once"
+    );
 }

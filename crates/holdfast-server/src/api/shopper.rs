@@ -161,8 +161,7 @@ async fn refuse_from_view(
     guard: Option<InFlightGuard>,
     fingerprint: String,
 ) -> Result<Response, ApiError> {
-    metrics::counter!("holdfast_holds_refused_from_view_total", "result" => refusal.code())
-        .increment(1);
+    state.refused_from_view.count(&refusal);
     let mut answer = render_hold(&view.spec, &Err(refusal));
     let Some(guard) = guard else {
         return Ok(answer.into_response());

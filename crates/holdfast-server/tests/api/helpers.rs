@@ -286,7 +286,6 @@ impl TestApp {
         &self.bases[turn % self.bases.len()]
     }
 
-    /// Counts rows with `sql` in whatever the backend stores the ledger in.
     /// Sale snapshots stored: in the embedded log's snapshot file, or PostgreSQL's table.
     pub async fn sale_snapshot_count(&self) -> i64 {
         const SQL: &str = "SELECT COUNT(*) FROM snapshot WHERE stream NOT LIKE '%:%'";
@@ -311,6 +310,7 @@ impl TestApp {
         }
     }
 
+    /// Counts rows with `sql` in whatever the backend stores the ledger in.
     pub async fn count_rows(&self, sql: &str) -> i64 {
         match &self.database {
             None => {

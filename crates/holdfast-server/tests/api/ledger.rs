@@ -221,6 +221,80 @@ async fn a_sale_sells_on_while_its_snapshot_cannot_be_written() {
     assert_eq!(app.sale("masks").await, before);
 }
 
+/// A data directory written before records and snapshots were binary (JSON records, a JSON
+/// snapshot in the log file itself) opens as it was, and what is written next is binary.
+#[tokio::test]
+async fn a_data_directory_written_in_json_still_opens() {
+    use holdfast_core::{Channel, Command, Reply, Sale, SaleSpec, Shopper, Timestamp};
+    use holdfast_server::log_entry::LogEntry;
+    use holdfast_store::{Batch, LogBackend, Record, Snapshot, SqliteLog};
+
+    let mut app = spawn_app(Backend::Embedded).await;
+    app.stop().await;
+    let mut sale = Sale::new(SaleSpec::plain("masks", 1000, 20, 1, Timestamp(0)));
+    let json_record = |entry: &LogEntry| Record {
+        stream: "masks".into(),
+        payload: serde_json::to_vec(entry).unwrap(),
+    };
+    let purchase = |sale: &mut Sale, who: &str, now: i64| {
+        let shopper = Shopper::new(who, None, None).unwrap();
+        let hold = Command::PlaceHold {
+            shopper: shopper.clone(),
+            quantity: 1,
+            channel: Channel::Web,
+            pass: None,
+        };
+        let held = sale.handle(&hold, Timestamp(now));
+        let Ok(Reply::Held(placed)) = held.outcome else {
+            panic!("{:?}", held.outcome)
+        };
+        let confirm = Command::ConfirmHold {
+            hold: placed.id,
+            customer_id: who.into(),
+            payment_ref: format!("auth-{who}"),
+        };
+        let mut events = held.events;
+        events.extend(sale.handle(&confirm, Timestamp(now)).events);
+        LogEntry::Events { events }
+    };
+    let created = LogEntry::SaleCreated {
+        spec: sale.spec().clone(),
+    };
+    let first = purchase(&mut sale, "alice", 1_000);
+    let snapshot = serde_json::to_vec(&sale.snapshot()).unwrap();
+    let second = purchase(&mut sale, "bob", 2_000);
+    {
+        let mut log = SqliteLog::open(app.dir.path()).unwrap();
+        let with_snapshot = Batch {
+            records: vec![json_record(&created), json_record(&first)],
+            snapshots: vec![Snapshot {
+                stream: "masks".into(),
+                payload: snapshot,
+            }],
+            ..Batch::default()
+        };
+        let after = Batch {
+            records: vec![json_record(&second)],
+            ..Batch::default()
+        };
+        log.commit(&[with_snapshot, after]).unwrap();
+    }
+    let app = app.restart().await;
+    assert_eq!(stock(&app.sale("masks").await), (20, 18, 0, 2));
+    assert_eq!(buy(&app, "carol").await["status"], "confirmed");
+    let app = app.restart().await;
+    assert_eq!(stock(&app.sale("masks").await), (20, 17, 0, 3));
+    let last: Vec<u8> = rusqlite::Connection::open(app.dir.path().join("holdfast.db"))
+        .unwrap()
+        .query_row(
+            "SELECT payload FROM log ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_ne!(last[0], b'{', "new records are binary");
+}
+
 #[apply(backends)]
 async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again(backend: Backend) {
     let app = spawn_app(backend).await;
