@@ -262,6 +262,8 @@ pub struct SaleActor {
     view: watch::Sender<Arc<SaleView>>,
     last_now: Timestamp,
     events_since_snapshot: u64,
+    /// The sale's records (holds, orders) when the last snapshot was asked for.
+    records_at_snapshot: u64,
     in_flight: VecDeque<InFlight>,
     stopped: bool,
 }
@@ -283,6 +285,7 @@ impl SaleActor {
         let (sender, receiver) = mpsc::channel(limits.sale_queue_commands_max);
         let (view, view_receiver) =
             watch::channel(Arc::new(SaleView::of(&sale, &spec, clock.now())));
+        let sale_records = sale.record_count() as u64;
         let actor = SaleActor {
             last_now: clock.now(),
             sale,
@@ -294,6 +297,7 @@ impl SaleActor {
             receiver,
             view,
             events_since_snapshot,
+            records_at_snapshot: sale_records,
             in_flight: VecDeque::new(),
             stopped: false,
         };
@@ -455,16 +459,18 @@ impl SaleActor {
             stream: self.spec.id.clone(),
             payload: entry.encode(),
         });
-        // A snapshot costs time in proportion to the sale's records; waiting at least that many
-        // events between snapshots keeps the cost per event constant as the sale grows. It is
-        // built elsewhere from what is durable, so asking for one costs this writer nothing.
+        // A snapshot costs time in proportion to the sale's records; waiting for as many events
+        // as the last one had records keeps the cost per event constant as the sale grows (the
+        // interval doubles with a sale that only grows). It is built elsewhere from what is
+        // durable, so asking for one costs this writer nothing.
         let snapshot_due = self
             .limits
             .snapshot_every_events
-            .max(self.sale.record_count() as u64);
+            .max(self.records_at_snapshot);
         if self.events_since_snapshot >= snapshot_due {
             self.snapshotter.request(&self.spec.id);
             self.events_since_snapshot = 0;
+            self.records_at_snapshot = self.sale.record_count() as u64;
         }
         batch
     }

@@ -221,6 +221,40 @@ async fn a_sale_sells_on_while_its_snapshot_cannot_be_written() {
     assert_eq!(app.sale("masks").await, before);
 }
 
+/// A sale that keeps selling keeps being snapshotted (ever less often: as many events between
+/// two as the sale had records at the last), so a restart never replays most of its history.
+#[tokio::test]
+async fn a_growing_sale_keeps_being_snapshotted() {
+    let limits = Limits {
+        snapshot_every_events: 3,
+        ..Limits::default()
+    };
+    let app = spawn_app_with(Backend::Embedded, limits).await;
+    app.create_sale(sale_json("masks", 100, 1, json!({}))).await;
+    for n in 0..40 {
+        assert_eq!(buy(&app, &format!("c{n}")).await["status"], "confirmed");
+    }
+    let last_record: i64 = app.count_rows("SELECT MAX(seq) FROM log").await;
+    let covered = || {
+        let db = rusqlite::Connection::open(app.dir.path().join("snapshots.db")).unwrap();
+        db.query_row(
+            "SELECT COALESCE(MAX(through), 0) FROM snapshot WHERE stream = 'masks'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while covered() < last_record / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the newest snapshot covers the log only to {} of {last_record}",
+            covered()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A data directory written before records and snapshots were binary (JSON records, a JSON
 /// snapshot in the log file itself) opens as it was, and what is written next is binary.
 #[tokio::test]
