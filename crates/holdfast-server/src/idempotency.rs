@@ -21,8 +21,14 @@ use crate::streams::StreamWriter;
 const KEY_PREFIX: &str = "idem/";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
-/// Stored answers between two sweeps of expired ones.
-const PRUNE_EVERY_ANSWERS: u64 = 65_536;
+/// The index is split by owner into this many parts, each behind its own lock: a sweep of
+/// expired answers, or a part's table growing, then holds up only the requests of the owners
+/// in that part, for a 64th of the time. One table of two million answers took seconds to grow
+/// or sweep, and every request waited (`holdfast bench --scenario sustained`).
+const SHARDS: usize = 64;
+
+/// Answers stored in one part between two sweeps of its expired ones.
+const PRUNE_EVERY_ANSWERS: u64 = 1_024;
 
 /// Whose keys these are: each owner has a key space of its own and a bound on it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +94,7 @@ struct Slots {
     /// When a full owner last caused a sweep: at most one a minute, so an owner knocking at
     /// its bound cannot make every request walk the whole index.
     swept_for_full_owner_at: Option<Timestamp>,
+    stored_since_sweep: u64,
 }
 
 const FULL_OWNER_SWEEP_EVERY_MILLIS: u64 = 60_000;
@@ -126,10 +133,29 @@ impl Slots {
     }
 }
 
-#[derive(Clone, Default)]
+type Shards = Arc<[Mutex<Slots>]>;
+
+#[derive(Clone)]
 pub struct Idempotency {
-    slots: Arc<Mutex<Slots>>,
-    stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
+    shards: Shards,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        let shards: Vec<Mutex<Slots>> = (0..SHARDS).map(|_| Mutex::default()).collect();
+        Idempotency {
+            shards: shards.into(),
+        }
+    }
+}
+
+/// The part of the index that keeps `owner`'s keys (the same in every process: the hasher's
+/// keys are fixed).
+fn shard_of(owner: &Owner) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    owner.hash(&mut hasher);
+    (hasher.finish() % SHARDS as u64) as usize
 }
 
 pub enum Begin {
@@ -140,8 +166,7 @@ pub enum Begin {
 
 /// Removes the in-flight marker unless the request finished with a stored answer.
 pub struct InFlightGuard {
-    slots: Arc<Mutex<Slots>>,
-    stored_since_prune: Arc<std::sync::atomic::AtomicU64>,
+    shards: Shards,
     owner: Owner,
     key: String,
     finished: bool,
@@ -154,15 +179,14 @@ impl InFlightGuard {
 
     pub fn finish(mut self, fingerprint: String, answer: StoredAnswer) {
         let now = answer.stored_at;
-        let mut slots = self.slots.lock().expect("idempotency map");
+        let mut slots = self.shards[shard_of(&self.owner)]
+            .lock()
+            .expect("idempotency map");
         // Sweeping expired answers every so many keeps the cost per request constant and the
         // map bounded by a day's worth of keys.
-        let stored = self
-            .stored_since_prune
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if stored + 1 >= PRUNE_EVERY_ANSWERS {
-            self.stored_since_prune
-                .store(0, std::sync::atomic::Ordering::Relaxed);
+        slots.stored_since_sweep += 1;
+        if slots.stored_since_sweep >= PRUNE_EVERY_ANSWERS {
+            slots.stored_since_sweep = 0;
             slots.sweep(now);
         }
         let done = Slot::Done {
@@ -196,7 +220,7 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.slots
+            self.shards[shard_of(&self.owner)]
                 .lock()
                 .expect("idempotency map")
                 .remove(&self.key, &self.owner);
@@ -210,17 +234,17 @@ impl Idempotency {
         values: &[(String, Vec<u8>)],
         now: Timestamp,
     ) -> Result<Idempotency, UnreadableAnswer> {
-        let idempotency = Idempotency {
-            slots: Arc::new(Mutex::new(Slots::default())),
-            stored_since_prune: Arc::default(),
-        };
+        let idempotency = Idempotency::default();
         idempotency.absorb(values, now)?;
         Ok(idempotency)
     }
 
     /// Answers kept (and requests in flight), all owners together.
     pub fn len(&self) -> usize {
-        self.slots.lock().expect("idempotency map").by_key.len()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().expect("idempotency map").by_key.len())
+            .sum()
     }
 
     /// Takes in stored answers (at start-up, or from a stream this node has just taken over).
@@ -229,9 +253,11 @@ impl Idempotency {
         values: &[(String, Vec<u8>)],
         now: Timestamp,
     ) -> Result<(), UnreadableAnswer> {
-        let mut slots = self.slots.lock().expect("idempotency map");
         for (key, bytes) in values.iter().filter(|(k, _)| k.starts_with(KEY_PREFIX)) {
             let owner = Owner::of_storage_key(key).ok_or_else(|| UnreadableAnswer(key.clone()))?;
+            let mut slots = self.shards[shard_of(&owner)]
+                .lock()
+                .expect("idempotency map");
             let (fingerprint, answer) =
                 StoredAnswer::decode(bytes).ok_or_else(|| UnreadableAnswer(key.clone()))?;
             if answer.expired(now) {
@@ -257,7 +283,9 @@ impl Idempotency {
         now: Timestamp,
     ) -> Result<Begin, ApiError> {
         let key = owner.storage_key(key);
-        let mut slots = self.slots.lock().expect("idempotency map");
+        let mut slots = self.shards[shard_of(&owner)]
+            .lock()
+            .expect("idempotency map");
         if matches!(slots.by_key.get(&key), Some(Slot::Done { answer, .. }) if answer.expired(now))
         {
             slots.remove(&key, &owner);
@@ -300,8 +328,7 @@ impl Idempotency {
                 };
                 slots.insert(key.clone(), &owner, in_flight);
                 Ok(Begin::Fresh(InFlightGuard {
-                    slots: self.slots.clone(),
-                    stored_since_prune: self.stored_since_prune.clone(),
+                    shards: self.shards.clone(),
                     owner,
                     key,
                     finished: false,
