@@ -123,6 +123,49 @@ async fn run(store: SnapshotStore, mut requests: mpsc::UnboundedReceiver<String>
     }
 }
 
+/// Runs `build` on a thread of its own that the scheduler runs only when no other thread wants
+/// the CPU (Linux `SCHED_IDLE`; elsewhere the lowest priority the platform allows): under load,
+/// a snapshot takes only the time requests leave, and is simply done later.
+async fn when_idle<T: Send + 'static>(
+    build: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, built) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("holdfast-snapshot".into())
+        .spawn(move || {
+            lowest_priority();
+            let _ = done.send(build());
+        })
+        .map_err(|e| e.to_string())?;
+    built.await.map_err(|e| e.to_string())
+}
+
+#[cfg(target_os = "linux")]
+fn lowest_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let set = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        idle,
+    );
+    if let Err(error) = set {
+        tracing::debug!(?error, "snapshot thread keeps its priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowest_priority() {
+    if let Err(error) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(?error, "snapshot thread keeps its priority");
+    }
+}
+
 /// Builds and saves one snapshot of `stream`; answers its size, or `None` when nothing was
 /// written since the last one.
 async fn take(store: &SnapshotStore, stream: &str) -> Result<Option<usize>, String> {
@@ -131,7 +174,7 @@ async fn take(store: &SnapshotStore, stream: &str) -> Result<Option<usize>, Stri
         return Ok(None);
     };
     let name = stream.to_owned();
-    let payload = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+    let payload = when_idle(move || -> Result<Vec<u8>, String> {
         let mut sales =
             rebuild(snapshot.into_iter().collect(), records).map_err(|e| e.to_string())?;
         let (sale, _) = sales
@@ -139,8 +182,7 @@ async fn take(store: &SnapshotStore, stream: &str) -> Result<Option<usize>, Stri
             .ok_or_else(|| format!("no sale '{name}' in its own stream"))?;
         Ok(encode_snapshot(&sale))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     let bytes = payload.len();
     store
         .save(StoredSnapshot {

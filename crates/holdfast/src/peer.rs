@@ -140,8 +140,7 @@ fn redis_server_binary() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("redis-server"))
         .find(|path| path.is_file());
     found.context(
-        "--peer redis needs Debian's redis-server (apt-get install redis-server); \
-         scripts/test installs it",
+        "--peer redis needs Debian's redis-server on the PATH: sudo apt-get install redis-server",
     )
 }
 
