@@ -3,6 +3,7 @@
 //! No I/O, no clock, no async runtime. Callers pass `now` in and persist the events that come
 //! out; replaying those events rebuilds the same state.
 
+mod chunks;
 mod delivery;
 mod person;
 mod queue;
@@ -12,6 +13,7 @@ mod spec;
 pub mod terminal;
 mod time;
 
+pub use chunks::Chunks;
 pub use person::{
     IdentityError, IdentityKey, PHONE_DIGITS_RANGE, Shopper, normalise_address, normalise_phone,
 };

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::Chunks;
 use crate::delivery::DeliveryCalendar;
 use crate::person::{IdentityKey, Shopper};
 use crate::queue::{EntryId, Queue, QueueSnapshot, key_digest};
@@ -362,7 +363,7 @@ pub struct Sale {
     usage: HashMap<IdentityKey, u32>,
     /// Units bought at tills per identity key, learned when the till synced.
     till_usage: HashMap<IdentityKey, u32>,
-    orders: Vec<Order>,
+    orders: Chunks<Order>,
     deliveries: DeliveryCalendar,
     last_hold: u64,
     queue: Queue,
@@ -399,7 +400,7 @@ impl Sale {
             ended: BTreeMap::new(),
             usage: HashMap::new(),
             till_usage: HashMap::new(),
-            orders: Vec::new(),
+            orders: Chunks::new(),
             deliveries: calendar_for(&spec),
             last_hold: 0,
             queue: Queue::default(),
@@ -451,7 +452,7 @@ impl Sale {
     pub fn available_to(&self, channel: Channel) -> u32 {
         self.common + self.shares[channel.index()]
     }
-    pub fn orders(&self) -> &[Order] {
+    pub fn orders(&self) -> &Chunks<Order> {
         &self.orders
     }
     pub fn order(&self, id: OrderId) -> Option<&Order> {
@@ -1172,7 +1173,7 @@ impl Sale {
                 .iter()
                 .map(|(id, (owner, end))| (*id, owner.clone(), *end))
                 .collect(),
-            orders: self.orders.clone(),
+            orders: self.orders.iter().cloned().collect(),
             last_hold: self.last_hold,
             queue: self.queue.snapshot(),
             journal_applied: self.journal_applied.clone().into_iter().collect(),
@@ -1211,7 +1212,7 @@ impl Sale {
                 .collect(),
             usage: HashMap::new(),
             till_usage: snapshot.till_usage.into_iter().collect(),
-            orders: Vec::new(),
+            orders: Chunks::new(),
             deliveries,
             last_hold: snapshot.last_hold,
             queue: Queue::restore(snapshot.queue, seed.as_ref()),

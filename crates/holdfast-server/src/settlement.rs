@@ -375,8 +375,11 @@ impl Settlements {
             }
             let Ok(orders) = sale
                 .read(move |s| {
-                    let above = s.orders().get(through as usize..).unwrap_or_default();
-                    above[..above.len().min(ORDERS_LOOKED_AT_MAX)].to_vec()
+                    s.orders()
+                        .iter_from(through as usize)
+                        .take(ORDERS_LOOKED_AT_MAX)
+                        .cloned()
+                        .collect::<Vec<_>>()
                 })
                 .await
             else {

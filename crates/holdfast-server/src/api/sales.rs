@@ -322,8 +322,9 @@ pub(super) async fn list_orders(
             let start = usize::try_from(after)
                 .unwrap_or(usize::MAX)
                 .min(sale.orders().len());
-            let page: Vec<OrderBody> = sale.orders()[start..]
-                .iter()
+            let page: Vec<OrderBody> = sale
+                .orders()
+                .iter_from(start)
                 .take(limit)
                 .map(|o| OrderBody::new(&sale_id, o))
                 .collect();
