@@ -48,7 +48,7 @@ impl SnapshotStore {
                 .map_err(|e| e.to_string())?
             }
             SnapshotStore::Shared(store) => store
-                .load_stream(stream)
+                .load_records(stream)
                 .await
                 .map(|loaded| (loaded.snapshot, loaded.records)),
         }

@@ -576,6 +576,14 @@ impl PgStore {
 
     /// A stream's snapshot, the records after it and its values, checksums verified.
     pub async fn load_stream(&self, stream: &str) -> Result<StreamRecovery, StoreError> {
+        let mut recovery = self.load_records(stream).await?;
+        recovery.values = self.values_of(stream).await?;
+        Ok(recovery)
+    }
+
+    /// A stream's snapshot and the records after it, without its values (what a snapshot is
+    /// built from), checksums verified.
+    pub async fn load_records(&self, stream: &str) -> Result<StreamRecovery, StoreError> {
         let client = self.client().await?;
         let mut recovery = StreamRecovery::default();
         let through = match client
@@ -616,8 +624,6 @@ impl PgStore {
                 payload,
             });
         }
-        drop(client);
-        recovery.values = self.values_of(stream).await?;
         Ok(recovery)
     }
 
