@@ -80,8 +80,9 @@ enum Commands {
         /// renewal — how soon another node takes over the sales of one that died.
         #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
         lease_ttl_ms: u64,
-        /// Events a sale writes between two snapshots of it (at least; a sale with more orders
-        /// than this waits that many). Fewer: faster restarts, more background work.
+        /// Events a sale writes between two snapshots of it, at least: a sale then waits as many
+        /// events as its last snapshot held records, so snapshots grow rarer as it grows. Fewer:
+        /// faster restarts, more background work.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         snapshot_every_events: u64,
         /// Simulated card network: milliseconds added to every call.
