@@ -99,6 +99,13 @@ pub async fn locate_sale(state: &AppState, id: &str) -> Result<SaleHandle, ApiEr
     if state.cluster.is_some() && is_valid_sale_id(id) {
         match state.place(id, false).await? {
             crate::cluster::Placement::Nowhere => {}
+            // Ours, and nothing stored in it (a creation that was refused): no such sale.
+            crate::cluster::Placement::Here => {
+                return state
+                    .ledger
+                    .sale(id)
+                    .map_or_else(|| find_sale(state, id), Ok);
+            }
             _ => {
                 return state
                     .ledger
