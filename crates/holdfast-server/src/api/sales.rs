@@ -151,6 +151,9 @@ pub(super) async fn create_sale(
     _slot: WriteSlot,
     ApiJson(body): ApiJson<CreateSale>,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
+    // Refused before anything is taken: on several nodes a refused sale must not leave its
+    // id leased here with nothing in it.
+    body.clone().into_spec(random_seed())?;
     // Several nodes: this one takes the new sale's stream (or reads back the sale another
     // node made under that id).
     if is_valid_sale_id(&body.id) {

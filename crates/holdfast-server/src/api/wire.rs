@@ -82,7 +82,7 @@ pub fn parse_channel(raw: Option<&str>) -> Result<Channel, ApiError> {
     })
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelShares {
     #[serde(default)]
@@ -95,7 +95,7 @@ pub struct ChannelShares {
     pub store: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
     pub capacity_per_day: i64,
@@ -103,7 +103,7 @@ pub struct DeliveryRequest {
 }
 
 /// `POST /v1/sales`. Unknown fields are refused: a typo in a limit must not go unnoticed.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSale {
     pub id: String,
