@@ -307,15 +307,24 @@ pub(crate) async fn ledger_load(
     address: SocketAddr,
     args: &BenchArgs,
 ) -> anyhow::Result<RunResult> {
+    let workload = ledger_workload(client, address, args.connections).await?;
+    drive(client, address, workload, args).await
+}
+
+/// Creates the bench sale on the server at `address` and a shopper per connection buying it.
+pub(crate) async fn ledger_workload(
+    client: &HttpClient,
+    address: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<Workload> {
     create_bench_sale(client, address, "bench").await?;
-    let workload = Workload::Ledger {
-        tokens: bench_tokens(client, address, args.connections).await?,
+    Ok(Workload::Ledger {
+        tokens: bench_tokens(client, address, connections).await?,
         targets: Arc::new(vec![Target {
             address,
             sale: "bench".into(),
         }]),
-    };
-    drive(client, address, workload, args).await
+    })
 }
 
 pub(crate) async fn send(

@@ -102,34 +102,37 @@ struct Measured {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let redis = redis_server_binary()?;
-    let runtimes = Runtimes::new()?;
-    let client = crate::http::client(args.connections);
-    let data = ToolData::new(args.data.as_deref(), "bench")?;
+    let bench = Bench {
+        runtimes: Runtimes::new()?,
+        client: crate::http::client(args.connections),
+        args,
+        data: ToolData::new(args.data.as_deref(), "bench")?,
+        redis,
+    };
     let mut measured: Vec<Measured> = Target::ALL.iter().map(|_| Measured::default()).collect();
     let bar = crate::progress::bar((args.runs * Target::ALL.len() * 3) as u64, "measurements");
     for run in 1..=args.runs {
         for (target, results) in Target::ALL.iter().zip(&mut measured) {
             let step = |what: &str| format!("run {run}/{}: {}, {what}", args.runs, target.name());
             bar.set_message(step("throughput"));
-            let (per_s, p99) = throughput(*target, &runtimes, &client, args, &data, &redis)?;
+            let (per_s, p99) = throughput(*target, &bench)?;
             results.purchases_per_s.push(per_s);
             results.p99_us.push(p99);
             bar.inc(1);
             bar.set_message(step("exactness"));
-            let sold = exactness(*target, &runtimes, &client, args, &data, &redis)?;
+            let sold = exactness(*target, &bench)?;
             results.sold.push(sold);
             results.oversold.push(sold as i64 - i64::from(args.units));
             bar.inc(1);
             bar.set_message(step("SIGKILL"));
-            let (acknowledged, lost) =
-                durability(*target, &runtimes, &client, args, &data, &redis)?;
+            let (acknowledged, lost) = durability(*target, &bench)?;
             results.acknowledged.push(acknowledged);
             results.lost.push(lost);
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-    report(args, &data, &measured);
+    report(args, &bench.data, &measured);
     Ok(())
 }
 
@@ -144,15 +147,24 @@ fn redis_server_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// What every measurement of a run shares.
+struct Bench<'a> {
+    runtimes: Runtimes,
+    client: HttpClient,
+    args: &'a BenchArgs,
+    data: ToolData,
+    redis: PathBuf,
+}
+
 /// Purchases per second and the p99 of purchase requests, `--seconds` at `--connections`.
-fn throughput(
-    target: Target,
-    runtimes: &Runtimes,
-    client: &HttpClient,
-    args: &BenchArgs,
-    data: &ToolData,
-    redis: &Path,
-) -> anyhow::Result<(f64, f64)> {
+fn throughput(target: Target, bench: &Bench) -> anyhow::Result<(f64, f64)> {
+    let Bench {
+        runtimes,
+        client,
+        args,
+        data,
+        redis,
+    } = bench;
     match target {
         Target::Holdfast => {
             let result = crate::bench::ledger_run(runtimes, client, args, data)?;
@@ -180,19 +192,19 @@ fn throughput(
 }
 
 /// Units sold (acknowledged) of `--units`, by a crowd still buying well past the sell-out.
-fn exactness(
-    target: Target,
-    runtimes: &Runtimes,
-    client: &HttpClient,
-    args: &BenchArgs,
-    data: &ToolData,
-    redis: &Path,
-) -> anyhow::Result<u64> {
+fn exactness(target: Target, bench: &Bench) -> anyhow::Result<u64> {
+    let Bench {
+        runtimes,
+        client,
+        args,
+        data,
+        redis,
+    } = bench;
     match target {
         Target::Holdfast => {
             let server = crate::http::InProcessServer::start(&runtimes.server, data, OPERATOR)?;
             let sold = runtimes.client.block_on(async {
-                let mut short = args.clone();
+                let mut short = BenchArgs::clone(args);
                 short.seconds = 1;
                 crate::sellout::sell_out(client, server.address, &short, true).await
             });
@@ -220,14 +232,14 @@ const SELLOUT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Acknowledged purchases before a SIGKILL of the process keeping the data, and how many of
 /// them are missing once it has started again on the same directory.
-fn durability(
-    target: Target,
-    runtimes: &Runtimes,
-    client: &HttpClient,
-    args: &BenchArgs,
-    data: &ToolData,
-    redis: &Path,
-) -> anyhow::Result<(usize, usize)> {
+fn durability(target: Target, bench: &Bench) -> anyhow::Result<(usize, usize)> {
+    let Bench {
+        runtimes,
+        client,
+        args,
+        data,
+        redis,
+    } = bench;
     let dir = data.next_server_dir()?;
     match target {
         Target::Holdfast => runtimes

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::bench::{
-    OPERATOR, Plan, Runtimes, Target, Workload, bench_tokens, create_bench_sale, drive_with, median,
-};
+use crate::bench::{OPERATOR, Plan, Runtimes, drive_with, ledger_workload, median};
 use crate::http::{InProcessServer, ToolData};
 
 pub struct SustainedArgs<'a> {
@@ -84,14 +82,7 @@ async fn buy_until(
     args: &SustainedArgs<'_>,
     label: &str,
 ) -> anyhow::Result<Run> {
-    create_bench_sale(client, address, "bench").await?;
-    let workload = Workload::Ledger {
-        tokens: bench_tokens(client, address, args.connections).await?,
-        targets: Arc::new(vec![Target {
-            address,
-            sale: "bench".into(),
-        }]),
-    };
+    let workload = ledger_workload(client, address, args.connections).await?;
     let wanted = Arc::new(AtomicI64::new(args.purchases as i64));
     // The first second (connections opening, caches filling) is not measured.
     let measure_from = Instant::now() + Duration::from_secs(1);
