@@ -326,9 +326,16 @@ impl Application {
             cluster: parts.cluster,
         }));
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
-        tokio::spawn(settlements.run(
+        tokio::spawn(settlements.clone().run(
             ledger,
             config.limits.settlement_retry_every,
+            workers_stop.clone(),
+        ));
+        tokio::spawn(crate::compaction::run(
+            state.ledger.streams().clone(),
+            settlements.clone(),
+            state.clock.clone(),
+            config.limits.compact_values_every,
             workers_stop.clone(),
         ));
         tokio::spawn(crate::feed::run(

@@ -53,6 +53,8 @@ pub struct Limits {
     pub customer_token_ttl_s_default: u64,
     /// How often the event feed samples what the operator watches.
     pub feed_every: Duration,
+    /// How often the log's keyed values are compacted (expired answers, settled payments).
+    pub compact_values_every: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +74,7 @@ impl Default for Limits {
             settlement_retry_every: Duration::from_secs(5),
             customer_token_ttl_s_default: 24 * 3600,
             feed_every: Duration::from_secs(1),
+            compact_values_every: Duration::from_secs(10),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use holdfast_core::Timestamp;
-use holdfast_store::Batch;
+use holdfast_store::{Batch, Fate};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +57,20 @@ impl Owner {
         let id = rest.get(..len.parse::<usize>().ok()?)?;
         Some(Owner::Customer(id.to_owned()))
     }
+}
+
+/// What becomes of a stored value when the log's values are compacted, if it is an answer:
+/// dropped once expired, and until then waited for (the answers stored after it expire later
+/// still). An answer that cannot be read is kept: start-up reports it rather than lose it.
+pub fn fate_of(key: &str, value: &[u8], now: Timestamp) -> Option<Fate> {
+    if !key.starts_with(KEY_PREFIX) {
+        return None;
+    }
+    Some(match StoredAnswer::decode(value) {
+        Some((_, answer)) if answer.expired(now) => Fate::Drop,
+        Some(_) => Fate::Wait,
+        None => Fate::Keep,
+    })
 }
 
 /// A digest of what a request asked for, so a key reused for a different request is caught.

@@ -10,6 +10,7 @@ mod app;
 mod auth;
 pub mod clock;
 mod cluster;
+mod compaction;
 mod config;
 mod error;
 mod feed;

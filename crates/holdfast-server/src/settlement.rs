@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_core::Order;
-use holdfast_store::Batch;
+use holdfast_store::{Batch, Fate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
@@ -105,6 +105,15 @@ pub struct Settlements {
 }
 
 impl State {
+    fn fate_of(&self, key: &str) -> Option<Fate> {
+        let id = key
+            .strip_prefix(PENDING_KEY)
+            .or_else(|| key.strip_prefix(DONE_KEY))?;
+        let unsettled =
+            self.pending.contains_key(id) || self.done_unwritten.iter().any(|(_, done)| done == id);
+        Some(if unsettled { Fate::Keep } else { Fate::Drop })
+    }
+
     /// Takes in settlement records found among keyed values.
     fn absorb(&mut self, values: &[(String, Vec<u8>)]) {
         let mut done = BTreeSet::new();
@@ -257,9 +266,19 @@ impl Settlements {
             values: vec![(format!("{PENDING_KEY}{}", pending.authorization), record)],
             ..Batch::default()
         };
-        self.streams.writer(&pending.stream)?.append(batch).await?;
+        let writer = self.streams.writer(&pending.stream)?;
+        // Kept in memory before it is in the log, so whatever the log holds that is not
+        // settled is here too (what `fate_of` relies on).
         self.enqueue(pending);
+        writer.append(batch).await?;
         Ok(())
+    }
+
+    /// What becomes of a settlement record when the log's values are compacted: a pending
+    /// settlement, and the marker that says it was done, are needed at start-up only while
+    /// the network has not taken it or that is not yet written down. `None` for other keys.
+    pub fn fate_of(&self, key: &str) -> Option<Fate> {
+        self.state.lock().expect("settlements").fate_of(key)
     }
 
     /// True once the card network has taken it (now or before).
@@ -504,5 +523,14 @@ mod tests {
         state.absorb(&values);
         assert_eq!(state.pending.keys().collect::<Vec<_>>(), ["a2"]);
         assert_eq!(state.watermarks["masks"].through, 41);
+
+        // Compaction: what is settled goes, with its marker; what is not stays.
+        let fates: Vec<_> = values.iter().map(|(key, _)| state.fate_of(key)).collect();
+        let (keep, drop) = (Some(Fate::Keep), Some(Fate::Drop));
+        assert_eq!(fates, [drop, keep, drop, None]);
+        // Settled but not yet written down: its record is still needed.
+        state.pending.remove("a2");
+        state.done_unwritten.push(("masks".into(), "a2".into()));
+        assert_eq!(state.fate_of("settle/a2"), keep);
     }
 }

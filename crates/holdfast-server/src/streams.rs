@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use holdfast_store::{Batch, Durable, Fence, LogHandle, StoreError};
+use holdfast_store::{Batch, Compacted, Durable, FateOf, Fence, LogHandle, StoreError};
 
 use crate::ledger_error::LedgerError;
 
@@ -97,6 +97,15 @@ impl Streams {
 
     pub fn is_shared(&self) -> bool {
         self.leases.is_some()
+    }
+
+    /// One step of compacting the log's keyed values (see `LogBackend::compact_values`).
+    pub async fn compact_values(
+        &self,
+        rows_max: usize,
+        fate: FateOf,
+    ) -> Result<Compacted, StoreError> {
+        self.log.compact_values(rows_max, fate).await
     }
 
     /// A writer for `stream`, if this node holds it.

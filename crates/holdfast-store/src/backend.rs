@@ -79,6 +79,31 @@ pub enum StoreError {
     Fenced { stream: String },
 }
 
+/// What becomes of one keyed value when the stored values are compacted; the server, which
+/// knows what each key means, decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Still read at start-up: carried forward.
+    Keep,
+    /// Read by nobody any more (an expired answer, a settled payment): dropped.
+    Drop,
+    /// Cannot be decided yet (an answer that expires later): the compaction stops before the
+    /// stored row holding it, and so before everything written after it.
+    Wait,
+}
+
+/// What one compaction step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Values looked at.
+    pub looked_at: usize,
+    /// Values dropped, superseded ones included.
+    pub dropped: usize,
+    /// Whether the step stopped at its bound with more to look at: the caller may step again
+    /// at once rather than wait for its next turn.
+    pub more: bool,
+}
+
 /// A durable, ordered log. `commit` returns only once every batch given is durable; a batch is
 /// never partly durable.
 pub trait LogBackend: Send + 'static {
@@ -92,12 +117,41 @@ pub trait LogBackend: Send + 'static {
     /// Reads back everything needed to rebuild state, verifying checksums.
     fn recover(&mut self) -> Result<Recovery, StoreError>;
 
+    /// Compacts the stored keyed values, oldest first, looking at no more than `rows_max` of the
+    /// backend's stored rows: `fate` is asked about every value in them. A key's last write
+    /// among them decides its fate, and its earlier writes go (start-up reads only the last),
+    /// so what start-up reads afterwards differs only by the keys `fate` dropped. Atomic and
+    /// durable, like a commit; it runs on the writer, between commits.
+    fn compact_values(
+        &mut self,
+        rows_max: usize,
+        fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
+    ) -> Result<Compacted, StoreError>;
+
     /// Whether every later write must be refused after a failed commit: true for a single file,
     /// whose state after a failed sync is unknown. A backend that confines the uncertainty to
     /// the failed batches' streams (by their fences) answers false and takes later commits.
     fn stops_after_failure(&self) -> bool {
         true
     }
+}
+
+/// Of values written in order with their fates: each key's last write, in order, where its
+/// fate is to be kept.
+pub(crate) fn last_writes_kept<'a>(
+    judged: &[(&'a (String, Vec<u8>), Fate)],
+) -> Vec<&'a (String, Vec<u8>)> {
+    let last: std::collections::HashMap<&str, usize> = judged
+        .iter()
+        .enumerate()
+        .map(|(n, (entry, _))| (entry.0.as_str(), n))
+        .collect();
+    judged
+        .iter()
+        .enumerate()
+        .filter(|(n, (entry, fate))| *fate == Fate::Keep && last[entry.0.as_str()] == *n)
+        .map(|(_, (entry, _))| *entry)
+        .collect()
 }
 
 /// The checksum stored beside every payload, covering its key as well so a payload cannot be

@@ -8,7 +8,11 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{Batch, LogBackend, StoreError};
+use crate::backend::{Batch, Compacted, Fate, LogBackend, StoreError};
+
+/// The server's judgement of each keyed value (key, value bytes) in a compaction step, made on
+/// the writer's thread.
+pub type FateOf = Box<dyn FnMut(&str, &[u8]) -> Fate + Send>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct GroupCommitConfig {
@@ -27,9 +31,20 @@ impl Default for GroupCommitConfig {
     }
 }
 
-struct Job {
+struct Append {
     batch: Batch,
     done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+struct Compact {
+    rows_max: usize,
+    fate: FateOf,
+    done: oneshot::Sender<Result<Compacted, StoreError>>,
+}
+
+enum Job {
+    Append(Append),
+    Compact(Compact),
 }
 
 /// A cloneable handle for appending to the log from async code.
@@ -56,10 +71,30 @@ impl LogHandle {
     pub async fn submit(&self, batch: Batch) -> Result<Durable, StoreError> {
         let (done, answer) = oneshot::channel();
         self.sender
-            .send(Job { batch, done })
+            .send(Job::Append(Append { batch, done }))
             .await
             .map_err(|_| StoreError::Stopped)?;
         Ok(Durable(answer))
+    }
+
+    /// One step of compacting the stored values (see `LogBackend::compact_values`), taken by
+    /// the writer between two commits; `fate` runs on the writer's thread.
+    pub async fn compact_values(
+        &self,
+        rows_max: usize,
+        fate: FateOf,
+    ) -> Result<Compacted, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let job = Job::Compact(Compact {
+            rows_max,
+            fate,
+            done,
+        });
+        self.sender
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.unwrap_or(Err(StoreError::Stopped))
     }
 }
 
@@ -101,42 +136,83 @@ fn write_loop<B: LogBackend>(mut backend: B, mut receiver: mpsc::Receiver<Job>, 
     // After a failed sync the state of the file is unknown: refuse everything after it
     // rather than acknowledge writes on top of a hole.
     let mut stopped = false;
-    while let Some(first) = receiver.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < max {
+    let mut next = None;
+    while let Some(first) = next.take().or_else(|| receiver.blocking_recv()) {
+        let mut appends = match first {
+            Job::Append(append) => vec![append],
+            Job::Compact(compact) => {
+                let result = match stopped {
+                    true => Err(StoreError::Stopped),
+                    false => compact_values(&mut backend, compact.rows_max, compact.fate),
+                };
+                // A compaction's write failing leaves the file as uncertain as a commit's.
+                if let Err(StoreError::Io(error)) = &result {
+                    stopped = backend.stops_after_failure();
+                    tracing::error!(%error, stopped, "log compaction failed");
+                }
+                let _ = compact.done.send(result);
+                continue;
+            }
+        };
+        while appends.len() < max {
             match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Job::Append(append)) => appends.push(append),
+                Ok(compact) => {
+                    next = Some(compact);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         if stopped {
-            for job in jobs {
-                let _ = job.done.send(Err(StoreError::Stopped));
+            for append in appends {
+                let _ = append.done.send(Err(StoreError::Stopped));
             }
             continue;
         }
-        let batches: Vec<Batch> = jobs
-            .iter_mut()
-            .map(|j| std::mem::take(&mut j.batch))
-            .collect();
-        let started = Instant::now();
-        let result = backend.commit(&batches);
-        metrics::histogram!("holdfast_log_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("holdfast_log_batches_per_commit").record(jobs.len() as f64);
-        match result {
-            Ok(ends) => {
-                assert_eq!(ends.len(), jobs.len(), "one end per batch");
-                for (job, end) in jobs.into_iter().zip(ends) {
-                    let _ = job.done.send(end);
-                }
+        stopped = commit(&mut backend, appends);
+    }
+}
+
+/// Commits one group of appends and answers each; true when the log must stop taking writes.
+fn commit<B: LogBackend>(backend: &mut B, mut appends: Vec<Append>) -> bool {
+    let batches: Vec<Batch> = appends
+        .iter_mut()
+        .map(|a| std::mem::take(&mut a.batch))
+        .collect();
+    let started = Instant::now();
+    let result = backend.commit(&batches);
+    metrics::histogram!("holdfast_log_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("holdfast_log_batches_per_commit").record(appends.len() as f64);
+    match result {
+        Ok(ends) => {
+            assert_eq!(ends.len(), appends.len(), "one end per batch");
+            for (append, end) in appends.into_iter().zip(ends) {
+                let _ = append.done.send(end);
             }
-            Err(error) => {
-                stopped = backend.stops_after_failure();
-                tracing::error!(%error, stopped, "log commit failed");
-                for job in jobs {
-                    let _ = job.done.send(Err(error.clone()));
-                }
+            false
+        }
+        Err(error) => {
+            let stopped = backend.stops_after_failure();
+            tracing::error!(%error, stopped, "log commit failed");
+            for append in appends {
+                let _ = append.done.send(Err(error.clone()));
             }
+            stopped
         }
     }
+}
+
+fn compact_values<B: LogBackend>(
+    backend: &mut B,
+    rows_max: usize,
+    mut fate: FateOf,
+) -> Result<Compacted, StoreError> {
+    let started = Instant::now();
+    let result = backend.compact_values(rows_max, &mut *fate);
+    metrics::histogram!("holdfast_log_compaction_seconds").record(started.elapsed().as_secs_f64());
+    if let Ok(compacted) = &result {
+        metrics::counter!("holdfast_log_values_dropped_total").increment(compacted.dropped as u64);
+    }
+    result
 }

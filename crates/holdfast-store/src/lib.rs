@@ -12,9 +12,9 @@ mod postgres;
 mod sqlite;
 
 pub use backend::{
-    Batch, Fence, LogBackend, Record, Recovery, Snapshot, StoreError, StoredRecord, StoredSnapshot,
-    checksum,
+    Batch, Compacted, Fate, Fence, LogBackend, Record, Recovery, Snapshot, StoreError,
+    StoredRecord, StoredSnapshot, checksum,
 };
-pub use group_commit::{Durable, GroupCommit, GroupCommitConfig, LogHandle};
+pub use group_commit::{Durable, FateOf, GroupCommit, GroupCommitConfig, LogHandle};
 pub use postgres::{Lease, PgLog, PgStore, SCHEMA_VERSION, StreamRecovery};
 pub use sqlite::{SqliteLog, SqliteReader, SqliteSnapshots};

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::backend::{
-    Batch, Fence, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
+    Batch, Compacted, Fate, Fence, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot,
+    checksum,
 };
 
 /// The schema this build knows. A database with a newer one is refused: an older node must not
@@ -87,6 +88,8 @@ pub struct PgLog {
     connection: Option<Connection>,
     node: String,
     uncertain: std::collections::HashSet<Fence>,
+    /// The (stream, key) the last compaction step stopped after.
+    compaction_cursor: (String, String),
 }
 
 /// The writer's connection and its statements, prepared once per connection: the database
@@ -185,6 +188,7 @@ impl PgLog {
             connection: Some(connection),
             node: node.to_owned(),
             uncertain: Default::default(),
+            compaction_cursor: Default::default(),
         })
     }
 
@@ -369,6 +373,52 @@ impl LogBackend for PgLog {
 
     fn stops_after_failure(&self) -> bool {
         false
+    }
+
+    /// Values here are one row per key (a write replaces the key's row), so there is nothing
+    /// superseded to drop and no order to keep: a step walks the next `rows_max` keys from
+    /// where the last stopped (starting over after the last), and deletes those `fate` drops,
+    /// unless another node has rewritten them since they were read. `Wait` keeps a value.
+    fn compact_values(
+        &mut self,
+        rows_max: usize,
+        fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
+    ) -> Result<Compacted, StoreError> {
+        let (stream_after, key_after) = self.compaction_cursor.clone();
+        let limit = i64::try_from(rows_max).unwrap_or(i64::MAX);
+        let Connection { client, .. } = self.connection()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        let rows = tx
+            .query(
+                "SELECT stream, key, value, crc FROM kv WHERE (stream, key) > ($1, $2)
+                 ORDER BY stream, key LIMIT $3",
+                &[&stream_after, &key_after, &limit],
+            )
+            .map_err(pg)?;
+        let mut compacted = Compacted {
+            looked_at: rows.len(),
+            more: rows.len() == rows_max,
+            ..Compacted::default()
+        };
+        for row in &rows {
+            let (stream, key, value): (String, String, Vec<u8>) =
+                (row.get(0), row.get(1), row.get(2));
+            verify("value", &key, &value, row.get(3))?;
+            if fate(&key, &value) == Fate::Drop {
+                compacted.dropped += tx
+                    .execute(
+                        "DELETE FROM kv WHERE stream = $1 AND key = $2 AND value = $3",
+                        &[&stream, &key, &value],
+                    )
+                    .map_err(pg)? as usize;
+            }
+        }
+        tx.commit().map_err(pg)?;
+        self.compaction_cursor = match rows.last() {
+            Some(last) if compacted.more => (last.get(0), last.get(1)),
+            _ => Default::default(),
+        };
+        Ok(compacted)
     }
 
     /// Nothing is read back at start-up on PostgreSQL: a node loads a stream when it takes the

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use crate::backend::{
-    Batch, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot, checksum,
+    Batch, Compacted, Fate, LogBackend, Recovery, StoreError, StoredRecord, StoredSnapshot,
+    checksum, last_writes_kept,
 };
 
 const SCHEMA: &str = "
@@ -80,6 +81,21 @@ impl SqliteLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The pages the log's database holds (in the file or still in its write-ahead log),
+    /// in bytes: what it would take on disk once checkpointed. Freed pages are counted, as
+    /// the file keeps them for reuse.
+    pub fn database_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self
+            .connection
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .map_err(io)?;
+        let page_size: i64 = self
+            .connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(io)?;
+        Ok((pages * page_size) as u64)
+    }
 }
 
 impl LogBackend for SqliteLog {
@@ -134,35 +150,61 @@ impl LogBackend for SqliteLog {
         Ok(ends)
     }
 
+    fn compact_values(
+        &mut self,
+        rows_max: usize,
+        fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
+    ) -> Result<Compacted, StoreError> {
+        let tx = self.connection.transaction().map_err(io)?;
+        let rows = value_rows(&tx, Some(rows_max))?;
+        let mut through = None;
+        let mut judged = Vec::new();
+        for (seq, entries) in &rows {
+            let fates: Vec<Fate> = entries.iter().map(|(k, v)| fate(k, v)).collect();
+            if fates.contains(&Fate::Wait) {
+                break;
+            }
+            through = Some(*seq);
+            judged.extend(entries.iter().zip(fates));
+        }
+        let Some(through) = through else {
+            return Ok(Compacted::default());
+        };
+        let rows_taken = rows.iter().take_while(|(seq, _)| *seq <= through).count();
+        let kept = last_writes_kept(&judged);
+        let compacted = Compacted {
+            looked_at: judged.len(),
+            dropped: judged.len() - kept.len(),
+            more: rows_taken == rows_max,
+        };
+        if rows_taken == 1 && compacted.dropped == 0 {
+            return Ok(compacted); // the step would rewrite the row as it is
+        }
+        // What is kept takes the place of the newest row it replaces, so every value written
+        // after it still comes later, and wins, as before.
+        tx.execute("DELETE FROM value_log WHERE seq <= ?1", [through])
+            .map_err(io)?;
+        if !kept.is_empty() {
+            let entries = pack_values(kept);
+            let crc = checksum("values", &entries);
+            tx.execute(
+                "INSERT INTO value_log (seq, entries, crc) VALUES (?1, ?2, ?3)",
+                params![through, entries, crc],
+            )
+            .map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        Ok(compacted)
+    }
+
     fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut recovery = Recovery::default();
         let dir = self.path.parent().expect("the log file is in a directory");
         // Made here if missing, so the reader below finds it.
         open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
         recovery.snapshots = SqliteReader::open(dir)?.snapshots()?;
-        let mut values = self
-            .connection
-            .prepare("SELECT seq, entries, crc FROM value_log ORDER BY seq")
-            .map_err(io)?;
-        let rows = values
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, u32>(2)?,
-                ))
-            })
-            .map_err(io)?;
-        for row in rows {
-            let (seq, entries, crc) = row.map_err(io)?;
-            let corrupt = || StoreError::Corrupt {
-                what: "values",
-                key: seq.to_string(),
-            };
-            if checksum("values", &entries) != crc {
-                return Err(corrupt());
-            }
-            unpack_values(&entries, &mut recovery.values).ok_or_else(corrupt)?;
+        for (_, entries) in value_rows(&self.connection, None)? {
+            recovery.values.extend(entries);
         }
         // Streams without a snapshot need the log from its start.
         let mut streams = self
@@ -372,6 +414,15 @@ impl SqliteReader {
         Ok(())
     }
 
+    /// The keyed values as stored, oldest first: a key written twice appears twice, and the
+    /// later write is the one start-up keeps.
+    pub fn values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(value_rows(&self.log, None)?
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .collect())
+    }
+
     /// The newest snapshot of each stream, from either file.
     pub fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
         let mut newest: HashMap<String, StoredSnapshot> = HashMap::new();
@@ -446,6 +497,41 @@ fn verify(what: &'static str, key: &str, payload: &[u8], crc: u32) -> Result<(),
             key: key.to_owned(),
         })
     }
+}
+
+/// One stored row of keyed values: its sequence number and its (key, value) pairs in order.
+type ValueRow = (i64, Vec<(String, Vec<u8>)>);
+
+/// The stored value rows, oldest first (at most `limit` of them), checksums verified.
+fn value_rows(connection: &Connection, limit: Option<usize>) -> Result<Vec<ValueRow>, StoreError> {
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let mut query = connection
+        .prepare_cached("SELECT seq, entries, crc FROM value_log ORDER BY seq LIMIT ?1")
+        .map_err(io)?;
+    let rows = query
+        .query_map([limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, u32>(2)?,
+            ))
+        })
+        .map_err(io)?;
+    let mut values = Vec::new();
+    for row in rows {
+        let (seq, packed, crc) = row.map_err(io)?;
+        let corrupt = || StoreError::Corrupt {
+            what: "values",
+            key: seq.to_string(),
+        };
+        if checksum("values", &packed) != crc {
+            return Err(corrupt());
+        }
+        let mut entries = Vec::new();
+        unpack_values(&packed, &mut entries).ok_or_else(corrupt)?;
+        values.push((seq, entries));
+    }
+    Ok(values)
 }
 
 /// `(u32 key length, key, u32 value length, value)*`, little-endian.

@@ -3,8 +3,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use holdfast_store::{
-    Batch, GroupCommit, GroupCommitConfig, LogBackend, Record, Recovery, Snapshot, SqliteLog,
-    SqliteSnapshots, StoreError, StoredSnapshot,
+    Batch, Compacted, Fate, GroupCommit, GroupCommitConfig, LogBackend, Record, Recovery, Snapshot,
+    SqliteLog, SqliteSnapshots, StoreError, StoredSnapshot,
 };
 use rand::{Rng, SeedableRng};
 
@@ -166,6 +166,13 @@ impl LogBackend for GatedBackend {
     }
     fn recover(&mut self) -> Result<Recovery, StoreError> {
         self.inner.recover()
+    }
+    fn compact_values(
+        &mut self,
+        rows_max: usize,
+        fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
+    ) -> Result<Compacted, StoreError> {
+        self.inner.compact_values(rows_max, fate)
     }
 }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use holdfast_store::{
-    Batch, Fence, LogBackend, PgLog, PgStore, Record, SCHEMA_VERSION, Snapshot, StoreError,
+    Batch, Compacted, Fate, Fence, LogBackend, PgLog, PgStore, Record, SCHEMA_VERSION, Snapshot,
+    StoreError,
 };
 use holdfast_testkit::TestPostgres;
 
@@ -311,4 +312,40 @@ async fn after_a_database_crash_the_writer_resumes_but_not_on_top_of_an_uncertai
     .unwrap();
     let loaded = store.load_stream("sale-1").await.unwrap();
     assert_eq!(payloads(&loaded), ["a1", "a4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_deletes_what_is_dropped_in_steps_and_starts_over() {
+    let (_cluster, url, store, a) = node_a_holds_a_sale("compaction").await;
+    let compacted = tokio::task::spawn_blocking(move || {
+        let mut log = PgLog::connect(&url, "node-a").unwrap();
+        let batches: Vec<Batch> = (0..5)
+            .map(|n| fenced("sale-1", a, &format!("a{n}")))
+            .collect();
+        log.commit(&batches).unwrap();
+        // Even-numbered answers have expired.
+        let mut fate = |key: &str, _: &[u8]| match key.ends_with(['0', '2', '4']) {
+            true => Fate::Drop,
+            false => Fate::Wait,
+        };
+        let steps: Vec<Compacted> = (0..3)
+            .map(|_| log.compact_values(2, &mut fate).unwrap())
+            .collect();
+        let again = log.compact_values(10, &mut fate).unwrap();
+        (steps, again)
+    })
+    .await
+    .unwrap();
+    let (steps, again) = compacted;
+    let looked_at: Vec<(usize, bool)> = steps.iter().map(|s| (s.looked_at, s.more)).collect();
+    assert_eq!(looked_at, [(2, true), (2, true), (1, false)]);
+    assert_eq!(steps.iter().map(|s| s.dropped).sum::<usize>(), 3);
+    assert_eq!(
+        (again.looked_at, again.dropped),
+        (2, 0),
+        "a new pass from the start"
+    );
+    let left = store.values_of("sale-1").await.unwrap();
+    let keys: Vec<&str> = left.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["idem/a1", "idem/a3"]);
 }

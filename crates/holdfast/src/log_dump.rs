@@ -1,4 +1,5 @@
-//! `holdfast log dump`: a data directory's log (or its snapshots) as JSON lines, whatever form
+//! `holdfast log dump`: a data directory's log (or its snapshots, or its keyed values) as JSON
+//! lines, whatever form
 //! the records were written in — the audit trail, readable and greppable without Holdfast's
 //! internals. It only reads, so it may look at the data of a running server.
 
@@ -27,23 +28,40 @@ enum LogCommand {
         /// Print the newest snapshot of each stream instead: {"stream", "through", "snapshot"}.
         #[arg(long)]
         snapshots: bool,
+        /// Print the keyed values instead (stored answers, registrations, settings), oldest
+        /// first: {"key", "value"}, the value as text when it is UTF-8 and {"hex"} when not.
+        #[arg(long, conflicts_with = "snapshots")]
+        values: bool,
     },
 }
 
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
-    let LogCommand::Dump { data, snapshots } = args.command;
+    let LogCommand::Dump {
+        data,
+        snapshots,
+        values,
+    } = args.command;
     let reader = SqliteReader::open(&data)
         .with_context(|| format!("{} is not a Holdfast data directory", data.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if snapshots {
-        for snapshot in reader.snapshots()? {
+    if values {
+        let values = reader.values()?;
+        until_the_reader_leaves(values.into_iter().try_for_each(|(key, value)| {
+            let value = match String::from_utf8(value) {
+                Ok(text) => json!(text),
+                Err(bytes) => json!({ "hex": hex::encode(bytes.into_bytes()) }),
+            };
+            writeln!(out, "{}", json!({ "key": key, "value": value }))
+        }))?;
+    } else if snapshots {
+        until_the_reader_leaves(reader.snapshots()?.into_iter().try_for_each(|snapshot| {
             let line = json!({
                 "stream": snapshot.stream,
                 "through": snapshot.through,
                 "snapshot": snapshot_as_json(&snapshot.stream, &snapshot.payload),
             });
-            writeln!(out, "{line}")?;
-        }
+            writeln!(out, "{line}")
+        }))?;
     } else {
         let mut failed = None;
         reader
@@ -66,7 +84,12 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 None => Err(error.into()),
             })?;
     }
-    match out.flush() {
+    until_the_reader_leaves(out.flush())
+}
+
+/// A reader that went away (`| head`) ends the dump quietly.
+fn until_the_reader_leaves(written: std::io::Result<()>) -> anyhow::Result<()> {
+    match written {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }

@@ -340,4 +340,23 @@ async fn acknowledged_orders_survive_sigkill() {
         orders.len(),
         "the dump shows every order once"
     );
+
+    // And the stored answers a retry gets back, readable too.
+    let values = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["log", "dump", "--values", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(values.status.success());
+    let answers = String::from_utf8(values.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line["key"].as_str().unwrap().starts_with("idem/"))
+        .count();
+    assert!(
+        answers >= acknowledged.len(),
+        "{answers} stored answers for {} acknowledged orders",
+        acknowledged.len()
+    );
 }

@@ -391,3 +391,64 @@ async fn a_capture_the_network_did_not_take_is_retried_until_it_does(backend: Ba
     }
     assert_eq!(app.acquirer.captured(), 3, "captured once each");
 }
+
+/// Stored answers under keys ending in `/{key}`, in whatever the backend keeps them in.
+async fn stored_answers(app: &TestApp, key: &str) -> i64 {
+    match &app.database {
+        None => {
+            let reader = holdfast_store::SqliteReader::open(app.dir.path()).unwrap();
+            let values = reader.values().unwrap();
+            let suffix = format!("/{key}");
+            values.iter().filter(|(k, _)| k.ends_with(&suffix)).count() as i64
+        }
+        Some(_) => {
+            app.count_rows(&format!(
+                "SELECT COUNT(*) FROM kv WHERE key LIKE 'idem/%/{key}'"
+            ))
+            .await
+        }
+    }
+}
+
+/// A day's answers do not stay in the log for ever: once expired, compaction drops them, and
+/// a restart reads what it read before, less them.
+#[apply(backends)]
+async fn expired_answers_leave_the_log_and_the_rest_survive_a_restart(backend: Backend) {
+    let limits = Limits {
+        compact_values_every: std::time::Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let app = spawn_app_with(backend, limits).await;
+    app.create_sale(sale_json("masks", 10, 3, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let yesterday = hold_with_key(&app, &alice, 1, "yesterday").await;
+    assert_eq!(stored_answers(&app, "yesterday").await, 1);
+    app.advance_s(24 * 3600);
+    let alice = app.token("alice", None, None).await;
+    let today = hold_with_key(&app, &alice, 1, "today").await;
+    assert_eq!(today.status, StatusCode::CREATED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stored_answers(&app, "yesterday").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired answer is still stored after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored_answers(&app, "today").await, 1, "today's is kept");
+    let app = app.restart().await;
+    assert_eq!(
+        hold_with_key(&app, &alice, 1, "today").await.body,
+        today.body,
+        "today's answer still replays after the restart"
+    );
+    let again = hold_with_key(&app, &alice, 1, "yesterday").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_ne!(again.body["hold_id"], yesterday.body["hold_id"]);
+    let (_, _, held, sold) = stock(&app.sale("masks").await);
+    assert_eq!(
+        (held, sold),
+        (2, 0),
+        "today's two holds; yesterday's expired"
+    );
+}
