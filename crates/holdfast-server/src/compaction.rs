@@ -16,10 +16,10 @@ use crate::streams::Streams;
 
 /// Stored rows one step looks at: a step holds up the log's commits for about as long as one
 /// commit of this many rows takes.
-const ROWS_PER_STEP: usize = 256;
+const ROWS_PER_STEP: usize = 64;
 
 /// Steps one turn may take, so catching up after a busy day is spread over several turns.
-const STEPS_PER_TURN_MAX: usize = 64;
+const STEPS_PER_TURN_MAX: usize = 256;
 
 /// Runs until `stop` turns true, a turn every `every`.
 pub async fn run(

@@ -156,21 +156,23 @@ impl LogBackend for SqliteLog {
         fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
     ) -> Result<Compacted, StoreError> {
         let tx = self.connection.transaction().map_err(io)?;
-        let rows = value_rows(&tx, Some(rows_max))?;
-        let mut through = None;
-        let mut judged = Vec::new();
-        for (seq, entries) in &rows {
-            let fates: Vec<Fate> = entries.iter().map(|(k, v)| fate(k, v)).collect();
-            if fates.contains(&Fate::Wait) {
-                break;
+        // Rows are read one at a time: a step that finds its first row not ready reads no more.
+        let (mut through, mut rows_taken, mut entries) = (None, 0, Vec::new());
+        let mut fates = Vec::new();
+        for_each_value_row(&tx, Some(rows_max), |seq, row| {
+            let row_fates: Vec<Fate> = row.iter().map(|(k, v)| fate(k, v)).collect();
+            if row_fates.contains(&Fate::Wait) {
+                return Ok(false);
             }
-            through = Some(*seq);
-            judged.extend(entries.iter().zip(fates));
-        }
+            (through, rows_taken) = (Some(seq), rows_taken + 1);
+            entries.extend(row);
+            fates.extend(row_fates);
+            Ok(true)
+        })?;
         let Some(through) = through else {
             return Ok(Compacted::default());
         };
-        let rows_taken = rows.iter().take_while(|(seq, _)| *seq <= through).count();
+        let judged: Vec<_> = entries.iter().zip(fates).collect();
         let kept = last_writes_kept(&judged);
         let compacted = Compacted {
             looked_at: judged.len(),
@@ -203,9 +205,7 @@ impl LogBackend for SqliteLog {
         // Made here if missing, so the reader below finds it.
         open_durable(&dir.join(SNAPSHOTS_FILE), SNAPSHOT_SCHEMA)?;
         recovery.snapshots = SqliteReader::open(dir)?.snapshots()?;
-        for (_, entries) in value_rows(&self.connection, None)? {
-            recovery.values.extend(entries);
-        }
+        recovery.values = value_rows(&self.connection)?;
         // Streams without a snapshot need the log from its start.
         let mut streams = self
             .connection
@@ -417,10 +417,7 @@ impl SqliteReader {
     /// The keyed values as stored, oldest first: a key written twice appears twice, and the
     /// later write is the one start-up keeps.
     pub fn values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(value_rows(&self.log, None)?
-            .into_iter()
-            .flat_map(|(_, entries)| entries)
-            .collect())
+        value_rows(&self.log)
     }
 
     /// The newest snapshot of each stream, from either file.
@@ -499,27 +496,34 @@ fn verify(what: &'static str, key: &str, payload: &[u8], crc: u32) -> Result<(),
     }
 }
 
-/// One stored row of keyed values: its sequence number and its (key, value) pairs in order.
-type ValueRow = (i64, Vec<(String, Vec<u8>)>);
+/// The stored value rows, oldest first, checksums verified.
+fn value_rows(connection: &Connection) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut values = Vec::new();
+    for_each_value_row(connection, None, |_, row| {
+        values.extend(row);
+        Ok(true)
+    })?;
+    Ok(values)
+}
 
-/// The stored value rows, oldest first (at most `limit` of them), checksums verified.
-fn value_rows(connection: &Connection, limit: Option<usize>) -> Result<Vec<ValueRow>, StoreError> {
+/// Calls `each` with the stored value rows' sequence numbers and entries, oldest first (at most
+/// `limit` rows), checksums verified, until it answers false.
+fn for_each_value_row(
+    connection: &Connection,
+    limit: Option<usize>,
+    mut each: impl FnMut(i64, Vec<(String, Vec<u8>)>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
     let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let mut query = connection
         .prepare_cached("SELECT seq, entries, crc FROM value_log ORDER BY seq LIMIT ?1")
         .map_err(io)?;
-    let rows = query
-        .query_map([limit], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, Vec<u8>>(1)?,
-                row.get::<_, u32>(2)?,
-            ))
-        })
-        .map_err(io)?;
-    let mut values = Vec::new();
-    for row in rows {
-        let (seq, packed, crc) = row.map_err(io)?;
+    let mut rows = query.query([limit]).map_err(io)?;
+    while let Some(row) = rows.next().map_err(io)? {
+        let (seq, packed, crc): (i64, Vec<u8>, u32) = (
+            row.get(0).map_err(io)?,
+            row.get(1).map_err(io)?,
+            row.get(2).map_err(io)?,
+        );
         let corrupt = || StoreError::Corrupt {
             what: "values",
             key: seq.to_string(),
@@ -529,9 +533,11 @@ fn value_rows(connection: &Connection, limit: Option<usize>) -> Result<Vec<Value
         }
         let mut entries = Vec::new();
         unpack_values(&packed, &mut entries).ok_or_else(corrupt)?;
-        values.push((seq, entries));
+        if !each(seq, entries)? {
+            break;
+        }
     }
-    Ok(values)
+    Ok(())
 }
 
 /// `(u32 key length, key, u32 value length, value)*`, little-endian.

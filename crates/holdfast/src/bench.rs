@@ -58,9 +58,13 @@ pub struct BenchArgs {
     /// Sellout and --peer: units in the sale (one per person).
     #[arg(long, default_value_t = 10_000)]
     pub units: u32,
-    /// Sustained: purchases (hold + confirm) each run makes before it stops.
+    /// Sustained: purchases (hold + confirm) each run makes before it stops; compaction:
+    /// purchases a simulated day.
     #[arg(long, default_value_t = 1_000_000)]
     purchases: u64,
+    /// Compaction: simulated days.
+    #[arg(long, default_value_t = 4)]
+    days: u32,
     #[arg(long, help = crate::http::DATA_HELP)]
     pub data: Option<PathBuf>,
     /// The postgres scenario: a PostgreSQL server where the bench may create (and afterwards
@@ -90,6 +94,9 @@ enum Scenario {
     /// One sale bought from without a pause until --purchases complete: p50, p99 and the worst
     /// second's p99, to show whether periodic work (snapshots) stalls callers.
     Sustained,
+    /// --days of stored answers (--purchases a day) in the embedded log, compacted as the
+    /// server does against not: the log's size each day and each compaction step's time.
+    Compaction,
 }
 
 pub(crate) const OPERATOR: &str = "bench-operator";
@@ -147,6 +154,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             purchases: args.purchases,
             connections: args.connections,
             runs: args.runs,
+            data: args.data.as_deref(),
+        });
+    }
+    if args.scenario == Scenario::Compaction {
+        return crate::compaction_bench::run(crate::compaction_bench::CompactionArgs {
+            purchases_per_day: args.purchases,
+            days: args.days,
             data: args.data.as_deref(),
         });
     }

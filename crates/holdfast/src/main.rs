@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster_bench;
+mod compaction_bench;
 mod http;
 mod load;
 mod log_dump;
