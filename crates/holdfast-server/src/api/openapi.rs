@@ -33,8 +33,8 @@ use crate::error::ErrorBody;
     paths(
         sales::create_sale, sales::get_sale, sales::restock, sales::close, sales::release_share,
         sales::list_orders, sales::issue_customer_token,
-        shopper::place_hold, shopper::confirm_hold, shopper::release_hold, shopper::get_hold,
-        shopper::get_order,
+        shopper::place_hold, shopper::confirm_hold, shopper::purchase, shopper::release_hold,
+        shopper::get_hold, shopper::get_order,
         queue::join, queue::poll, queue::published_draw,
         terminals::register, terminals::rotate_secret, terminals::allotments, terminals::sync,
         terminals::card_payment, terminals::set_store_limits, terminals::quarantine,
@@ -192,11 +192,13 @@ impl utoipa::Modify for Ranges {
             "quantity",
             &range(1, u64::from(STOCK_MAX)),
         );
-        set(
-            "HoldRequest",
-            "quantity",
-            &range(1, u64::from(PER_CUSTOMER_LIMIT_MAX)),
-        );
+        for request in ["HoldRequest", "PurchaseRequest"] {
+            set(
+                request,
+                "quantity",
+                &range(1, u64::from(PER_CUSTOMER_LIMIT_MAX)),
+            );
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::http::Method;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use holdfast_core::{Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Rejection, Reply, Shopper};
+use holdfast_core::{
+    Channel, Command, HoldEnd, HoldId, PER_CUSTOMER_LIMIT_MAX, Rejection, Reply, Shopper,
+};
 use holdfast_store::Batch;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,12 +19,13 @@ use super::overload::WriteSlot;
 use super::routes::Routes;
 use super::sales::{find_sale, locate_sale};
 use super::wire::{
-    ConfirmRequest, HoldBody, HoldRequest, OrderBody, format_day, format_time, in_range,
-    parse_channel, parse_hold_id, parse_order_id, render_confirm, render_hold,
+    ConfirmPayment, ConfirmRequest, HoldBody, HoldRequest, OrderBody, PurchaseRequest, format_day,
+    format_time, in_range, parse_channel, parse_hold_id, parse_order_id, render_confirm,
+    render_hold, render_purchase,
 };
 use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle, SaleView};
 use crate::error::{ApiError, ErrorBody};
-use crate::idempotency::{Begin, InFlightGuard, Owner, fingerprint, validate_key};
+use crate::idempotency::{Begin, InFlightGuard, Owner, StoredAnswer, fingerprint, validate_key};
 use crate::ledger_error::LedgerError;
 use crate::payments::{AuthorizeRequest, CURRENCY};
 use crate::state::AppState;
@@ -42,37 +45,45 @@ pub fn routes() -> Routes {
             &[Method::POST],
             post(confirm_hold),
         )
+        .add("/v1/sales/{id}/purchases", &[Method::POST], post(purchase))
         .add("/v1/orders/{order_id}", &[Method::GET], get(get_order))
 }
 
 /// Where an idempotent request starts: either the stored first answer, or a run (with the
 /// in-flight guard when the request carries a key).
 enum Start {
-    Replay(Response),
+    Replay(StoredAnswer),
     Run(Option<InFlightGuard>),
+}
+
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+        })
+        .and_then(validate_key)
+        .map(Some)
 }
 
 fn start(
     state: &AppState,
     shopper: &Shopper,
-    headers: &HeaderMap,
+    key: Option<&str>,
     fingerprint: &str,
 ) -> Result<Start, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let Some(key) = key else {
         return Ok(Start::Run(None));
     };
-    let key = raw
-        .to_str()
-        .map_err(|_| {
-            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
-        })
-        .and_then(validate_key)?;
     let owner = Owner::Customer(shopper.customer_id().to_owned());
     match state
         .idempotency
         .begin(owner, key, fingerprint, state.clock.now())?
     {
-        Begin::Replay(answer) => Ok(Start::Replay(answer.into_response())),
+        Begin::Replay(answer) => Ok(Start::Replay(answer)),
         Begin::Fresh(guard) => Ok(Start::Run(Some(guard))),
     }
 }
@@ -84,11 +95,11 @@ async fn execute(
     guard: Option<InFlightGuard>,
     fingerprint: String,
     render: Renderer,
-) -> Result<(Response, Outcome), ApiError> {
+) -> Result<(StoredAnswer, Outcome), ApiError> {
     let Some(guard) = guard else {
         let executed = sale.execute(command, None).await?;
         let answer = render(&sale.view().spec, &executed.outcome);
-        return Ok((answer.into_response(), executed.outcome));
+        return Ok((answer, executed.outcome));
     };
     let idempotent = Idempotent {
         key: guard.key().to_owned(),
@@ -100,7 +111,7 @@ async fn execute(
         .answer
         .expect("an idempotent command returns its stored answer");
     guard.finish(fingerprint, answer.clone());
-    Ok((answer.into_response(), executed.outcome))
+    Ok((answer, executed.outcome))
 }
 
 /// Holds units for the shopper until the hold expires.
@@ -117,35 +128,141 @@ pub(super) async fn place_hold(
     headers: HeaderMap,
     ApiJson(body): ApiJson<HoldRequest>,
 ) -> Result<Response, ApiError> {
-    let quantity = in_range(
-        "quantity",
-        body.quantity,
-        1,
-        i64::from(PER_CUSTOMER_LIMIT_MAX),
-    )? as u32;
-    let channel = parse_channel(body.channel.as_deref())?;
+    let wanted = Wanted::checked(body.quantity, body.channel.as_deref(), body.pass.as_deref())?;
     let sale = locate_sale(&state, &sale_id).await?;
     let fingerprint = fingerprint(&format!("hold {sale_id}"), &body);
-    let guard = match start(&state, &shopper, &headers, &fingerprint)? {
-        Start::Replay(response) => return Ok(response),
+    let guard = match start(&state, &shopper, idempotency_key(&headers)?, &fingerprint)? {
+        Start::Replay(answer) => return Ok(answer.into_response()),
         Start::Run(guard) => guard,
     };
+    let answer = hold(&state, &sale, shopper, wanted, guard, fingerprint).await?;
+    Ok(answer.into_response())
+}
+
+/// Holds and pays in one request. With an `Idempotency-Key`, the hold is kept under a key of
+/// its own made from it, so a retry after a failure between the two steps pays for the same
+/// hold rather than placing another (which a per-person limit would refuse); the order's answer
+/// is kept under the key itself. A declined card gives the hold back at once.
+#[utoipa::path(post, path = "/v1/sales/{id}/purchases", tag = "shopper", security(("customer" = [])),
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "the same key again replays the first answer")),
+    request_body = PurchaseRequest,
+    responses((status = 201, description = "bought: the order", body = OrderBody),
+        (status = "default", description = "refused", body = ErrorBody)))]
+pub(super) async fn purchase(
+    State(state): State<AppState>,
+    Customer(shopper): Customer,
+    _slot: WriteSlot,
+    ApiPath(sale_id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PurchaseRequest>,
+) -> Result<Response, ApiError> {
+    let wanted = Wanted::checked(body.quantity, body.channel.as_deref(), body.pass.as_deref())?;
+    let card = card_token(&body.payment)?;
+    let sale = locate_sale(&state, &sale_id).await?;
+    let key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(&format!("purchase {sale_id}"), &body);
+    let guard = match start(&state, &shopper, key, &fingerprint)? {
+        Start::Replay(answer) => return Ok(answer.into_response()),
+        Start::Run(guard) => guard,
+    };
+    // A client's key is visible ASCII, so one with a space in it is never a client's own.
+    let hold_key = key.map(|key| format!("{key} hold"));
+    let hold_fingerprint = fingerprint.clone();
+    let held = match start(&state, &shopper, hold_key.as_deref(), &hold_fingerprint)? {
+        Start::Replay(answer) => answer,
+        Start::Run(hold_guard) => {
+            let shopper = shopper.clone();
+            hold(&state, &sale, shopper, wanted, hold_guard, hold_fingerprint).await?
+        }
+    };
+    let Some(hold_id) = held_hold_id(&held) else {
+        return Ok(held.into_response()); // the refusal; a retry gets it again from the hold's key
+    };
+    let (_, hold) = parse_hold_id(&hold_id)?;
+    let payment = Payment {
+        raw_id: &hold_id,
+        customer_id: shopper.customer_id().to_owned(),
+        card,
+        fingerprint,
+    };
+    match pay(&state, &sale, hold, payment, guard, render_purchase).await {
+        // Declined for good: the units go back now rather than when the hold expires. (A
+        // network that did not answer keeps the hold, to be paid for on a retry.)
+        Err(declined) if declined.status == StatusCode::PAYMENT_REQUIRED => {
+            let command = Command::ReleaseHold {
+                hold,
+                customer_id: shopper.customer_id().to_owned(),
+            };
+            if let Err(error) = sale.execute(command, None).await {
+                tracing::warn!(%error, hold_id, "a declined purchase's hold was not released");
+            }
+            Err(declined)
+        }
+        Err(error) => Err(error),
+        Ok((answer, _)) => Ok(answer.into_response()),
+    }
+}
+
+/// The hold a hold's answer placed, if it placed one.
+fn held_hold_id(answer: &StoredAnswer) -> Option<String> {
+    if answer.status != 201 {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Held {
+        hold_id: String,
+    }
+    let held: Held = serde_json::from_slice(&answer.body).ok()?;
+    Some(held.hold_id)
+}
+
+/// What a hold asks for, checked.
+struct Wanted<'a> {
+    quantity: u32,
+    channel: Channel,
+    pass: Option<&'a str>,
+}
+
+impl<'a> Wanted<'a> {
+    fn checked(
+        quantity: i64,
+        channel: Option<&str>,
+        pass: Option<&'a str>,
+    ) -> Result<Wanted<'a>, ApiError> {
+        let limit = i64::from(PER_CUSTOMER_LIMIT_MAX);
+        Ok(Wanted {
+            quantity: in_range("quantity", quantity, 1, limit)? as u32,
+            channel: parse_channel(channel)?,
+            pass,
+        })
+    }
+}
+
+/// Places a hold (or answers the refusal the published view already makes certain).
+async fn hold(
+    state: &AppState,
+    sale: &SaleHandle,
+    shopper: Shopper,
+    wanted: Wanted<'_>,
+    guard: Option<InFlightGuard>,
+    fingerprint: String,
+) -> Result<StoredAnswer, ApiError> {
     let view = sale.view();
     if let Some(refusal) = view.counters().hold_refusal(state.clock.now()) {
-        return refuse_from_view(&state, &sale_id, &view, refusal, guard, fingerprint).await;
+        return refuse_from_view(state, &view, refusal, guard, fingerprint).await;
     }
-    let pass = match body.pass.as_deref() {
+    let pass = match wanted.pass {
         None => None,
-        Some(token) => Some(pass_position(&state, token, &sale_id, &shopper)?),
+        Some(token) => Some(pass_position(state, token, &view.spec.id, &shopper)?),
     };
     let command = Command::PlaceHold {
         shopper,
-        quantity,
-        channel,
+        quantity: wanted.quantity,
+        channel: wanted.channel,
         pass,
     };
-    let (response, _) = execute(&sale, command, guard, fingerprint, render_hold).await?;
-    Ok(response)
+    let (answer, _) = execute(sale, command, guard, fingerprint, render_hold).await?;
+    Ok(answer)
 }
 
 /// Answers a hold whose refusal the sale's published counters already make certain (closed,
@@ -155,16 +272,15 @@ pub(super) async fn place_hold(
 /// same answer.
 async fn refuse_from_view(
     state: &AppState,
-    sale_id: &str,
     view: &SaleView,
     refusal: Rejection,
     guard: Option<InFlightGuard>,
     fingerprint: String,
-) -> Result<Response, ApiError> {
+) -> Result<StoredAnswer, ApiError> {
     state.refused_from_view.count(&refusal);
     let mut answer = render_hold(&view.spec, &Err(refusal));
     let Some(guard) = guard else {
-        return Ok(answer.into_response());
+        return Ok(answer);
     };
     answer.stored_at = state.clock.now();
     let batch = Batch {
@@ -174,12 +290,12 @@ async fn refuse_from_view(
     state
         .ledger
         .streams()
-        .writer(sale_id)?
+        .writer(&view.spec.id)?
         .append(batch)
         .await
         .map_err(LedgerError::from)?;
     guard.finish(fingerprint, answer.clone());
-    Ok(answer.into_response())
+    Ok(answer)
 }
 
 /// The admitted position a pass stands for, if it is genuine, unexpired, for this sale and
@@ -211,17 +327,17 @@ fn hold_and_sale(state: &AppState, raw_id: &str) -> Result<(SaleHandle, HoldId),
     Ok((sale, hold))
 }
 
-fn card_token(body: &ConfirmRequest) -> Result<String, ApiError> {
-    if body.payment.method != "card" {
+fn card_token(payment: &ConfirmPayment) -> Result<String, ApiError> {
+    if payment.method != "card" {
         return Err(ApiError::bad_request(
             "unsupported_payment_method",
             format!(
                 "payment method '{}' is not accepted here; use \"card\"",
-                body.payment.method
+                payment.method
             ),
         ));
     }
-    match body.payment.token.as_deref() {
+    match payment.token.as_deref() {
         Some(token) if !token.is_empty() && token.len() <= CARD_TOKEN_LEN_MAX => {
             Ok(token.to_owned())
         }
@@ -247,14 +363,43 @@ pub(super) async fn confirm_hold(
     ApiJson(body): ApiJson<ConfirmRequest>,
 ) -> Result<Response, ApiError> {
     let (sale, hold) = hold_and_sale(&state, &raw_id)?;
-    let card = card_token(&body)?;
+    let card = card_token(&body.payment)?;
     let fingerprint = fingerprint(&format!("confirm {raw_id}"), &body);
-    let guard = match start(&state, &shopper, &headers, &fingerprint)? {
-        Start::Replay(response) => return Ok(response),
+    let guard = match start(&state, &shopper, idempotency_key(&headers)?, &fingerprint)? {
+        Start::Replay(answer) => return Ok(answer.into_response()),
         Start::Run(guard) => guard,
     };
-    let customer_id = shopper.customer_id().to_owned();
-    let owner = customer_id.clone();
+    let payment = Payment {
+        raw_id: &raw_id,
+        customer_id: shopper.customer_id().to_owned(),
+        card,
+        fingerprint,
+    };
+    let (answer, _) = pay(&state, &sale, hold, payment, guard, render_confirm).await?;
+    Ok(answer.into_response())
+}
+
+/// Who pays for which hold, with what.
+struct Payment<'a> {
+    raw_id: &'a str,
+    customer_id: String,
+    card: String,
+    /// The paying request's fingerprint (it covers the card token).
+    fingerprint: String,
+}
+
+/// Authorises the card for an active hold, confirms the hold, and settles the authorisation:
+/// captured for the order, voided if the ledger did not confirm. Returns the answer and the
+/// sale's outcome.
+async fn pay(
+    state: &AppState,
+    sale: &SaleHandle,
+    hold: HoldId,
+    payment: Payment<'_>,
+    guard: Option<InFlightGuard>,
+    render: Renderer,
+) -> Result<(StoredAnswer, Outcome), ApiError> {
+    let owner = payment.customer_id.clone();
     // The ledger re-checks the hold when confirming; this early look only decides whether to
     // ask the card network for money, and how much.
     let active_quantity = sale
@@ -270,12 +415,12 @@ pub(super) async fn confirm_hold(
     let authorization = match active_quantity {
         Some(quantity) if !spec.rehearsal => {
             let request = AuthorizeRequest {
-                card_token: card,
+                card_token: payment.card,
                 amount: spec.price * u64::from(quantity),
                 currency: CURRENCY,
                 // A retry with the same card must not authorise twice; another card is another
                 // attempt. The request fingerprint covers the card token.
-                idempotency_key: format!("authorize {raw_id} {fingerprint}"),
+                idempotency_key: format!("authorize {} {}", payment.raw_id, payment.fingerprint),
             };
             Some(state.payments.authorize(request).await?)
         }
@@ -288,16 +433,16 @@ pub(super) async fn confirm_hold(
     };
     let command = Command::ConfirmHold {
         hold,
-        customer_id,
+        customer_id: payment.customer_id,
         payment_ref,
     };
-    let result = execute(&sale, command, guard, fingerprint, render_confirm).await;
+    let result = execute(sale, command, guard, payment.fingerprint, render).await;
     if let Some(auth) = authorization {
         let outcome = result.as_ref().ok().map(|(_, o)| o.clone());
-        let sale_id = sale.view().spec.id.clone();
-        settle(&state, auth.id, sale_id, raw_id, outcome).await;
+        let sale_id = spec.id.clone();
+        settle(state, auth.id, sale_id, payment.raw_id.to_owned(), outcome).await;
     }
-    Ok(result?.0)
+    result
 }
 
 /// Captures the authorisation if it paid for the confirmed order, voids it otherwise (the hold

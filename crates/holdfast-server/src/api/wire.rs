@@ -452,6 +452,15 @@ pub fn render_hold(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     StoredAnswer::json(201, &body)
 }
 
+/// A purchase's answer: the order, created (or the refusal).
+pub fn render_purchase(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
+    let mut answer = render_confirm(spec, outcome);
+    if answer.status == 200 {
+        answer.status = 201;
+    }
+    answer
+}
+
 pub fn render_confirm(spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
     if let Some(answer) = rejected(outcome) {
         return answer;
@@ -467,6 +476,16 @@ pub struct HoldRequest {
     pub quantity: i64,
     pub channel: Option<String>,
     pub pass: Option<String>,
+}
+
+/// A hold and its payment in one request: what a storefront without a separate checkout step
+/// sends.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurchaseRequest {
+    pub quantity: i64,
+    pub channel: Option<String>,
+    pub pass: Option<String>,
+    pub payment: ConfirmPayment,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -97,33 +97,57 @@ pub async fn spawn_app_gated(backend: Backend, limits: Limits) -> (TestApp, Gate
     (app, Gate { entered, release })
 }
 
-/// An app whose card network takes no captures while `captures_down` is set.
-pub async fn spawn_app_with_captures_down(
+/// Which calls a card network that is down refuses.
+#[derive(Clone, Copy)]
+pub enum Down {
+    Captures,
+    Authorizations,
+}
+
+/// An app whose card network refuses `which` calls (`Unavailable`) while the flag is set.
+pub async fn spawn_app_with_network_down(
     backend: Backend,
     limits: Limits,
+    which: Down,
 ) -> (TestApp, Arc<AtomicBool>) {
     let acquirer = Arc::new(SimulatedAcquirer::default());
     let down = Arc::new(AtomicBool::new(true));
-    let flaky = Arc::new(CapturesDown {
+    let flaky = Arc::new(NetworkDown {
         inner: acquirer.clone(),
         down: down.clone(),
+        which,
     });
     let app = Setup::new(backend, flaky, acquirer, limits).start().await;
     (app, down)
 }
 
-struct CapturesDown {
+struct NetworkDown {
     inner: Arc<SimulatedAcquirer>,
     down: Arc<AtomicBool>,
+    which: Down,
 }
 
-impl PaymentProvider for CapturesDown {
+impl NetworkDown {
+    fn refuses(&self, call: Down) -> bool {
+        self.down.load(Ordering::SeqCst)
+            && std::mem::discriminant(&call) == std::mem::discriminant(&self.which)
+    }
+}
+
+fn unavailable<T: Send + 'static>() -> PaymentFuture<'static, T> {
+    Box::pin(async { Err(PaymentError::Unavailable) })
+}
+
+impl PaymentProvider for NetworkDown {
     fn authorize(&self, request: AuthorizeRequest) -> PaymentFuture<'_, Authorization> {
+        if self.refuses(Down::Authorizations) {
+            return unavailable();
+        }
         self.inner.authorize(request)
     }
     fn capture(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(PaymentError::Unavailable) });
+        if self.refuses(Down::Captures) {
+            return unavailable();
         }
         self.inner.capture(id, key)
     }
@@ -442,6 +466,15 @@ impl TestApp {
 
     pub async fn confirm(&self, hold_id: &str, token: &str) -> Answer {
         self.confirm_with_card(hold_id, token, "tok_visa").await
+    }
+
+    /// Holds and pays in one request, with `key` as its `Idempotency-Key`.
+    pub async fn purchase(&self, sale: &str, token: &str, card: &str, key: &str) -> Answer {
+        let body =
+            json!({"quantity": 1, "channel": "web", "payment": {"method": "card", "token": card}});
+        let path = format!("/v1/sales/{sale}/purchases");
+        self.call_with(Method::POST, &path, Some(token), Some(body), Some(key))
+            .await
     }
 
     pub async fn confirm_with_card(&self, hold_id: &str, token: &str, card: &str) -> Answer {

@@ -363,7 +363,7 @@ async fn a_capture_the_network_did_not_take_is_retried_until_it_does(backend: Ba
         settlement_retry_every: std::time::Duration::from_millis(20),
         ..Limits::default()
     };
-    let (app, captures_down) = spawn_app_with_captures_down(backend, limits).await;
+    let (app, captures_down) = spawn_app_with_network_down(backend, limits, Down::Captures).await;
     app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
     let mut holds = Vec::new();
     for n in 0..3 {
@@ -451,4 +451,63 @@ async fn expired_answers_leave_the_log_and_the_rest_survive_a_restart(backend: B
         (2, 0),
         "today's two holds; yesterday's expired"
     );
+}
+
+/// One request holds and pays. A retry after the card network failed between the two pays for
+/// the same hold (a limit of one would refuse a second); a declined card gives the unit back at
+/// once; the sold-out answer replays like any other.
+#[apply(backends)]
+async fn a_purchase_holds_and_pays_in_one_request(backend: Backend) {
+    let limits = Limits::default();
+    let (app, network_down) =
+        spawn_app_with_network_down(backend, limits, Down::Authorizations).await;
+    app.create_sale(sale_json("masks", 2, 1, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let failed = app.purchase("masks", &alice, "tok_visa", "a-1").await;
+    assert_eq!(
+        (failed.status, failed.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "payment_unavailable")
+    );
+    assert_eq!(
+        stock(&app.sale("masks").await),
+        (2, 1, 1, 0),
+        "the hold is kept"
+    );
+    network_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let bought = app.purchase("masks", &alice, "tok_visa", "a-1").await;
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.body);
+    assert_eq!(bought.body["status"], "confirmed");
+    assert_eq!(
+        stock(&app.sale("masks").await),
+        (2, 1, 0, 1),
+        "the same hold, paid"
+    );
+    assert_eq!(app.acquirer.captured(), 1);
+    let again = app.purchase("masks", &alice, "tok_visa", "a-1").await;
+    assert_eq!((again.status, &again.body), (bought.status, &bought.body));
+
+    let bob = app.token("bob", None, None).await;
+    let declined = app.purchase("masks", &bob, "tok_declined", "b-1").await;
+    assert_eq!(declined.code(), "payment_declined");
+    assert_eq!(
+        stock(&app.sale("masks").await),
+        (2, 1, 0, 1),
+        "the unit is back"
+    );
+    let paid = app.purchase("masks", &bob, "tok_visa", "b-2").await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.body);
+
+    let carol = app.token("carol", None, None).await;
+    let refused = app.purchase("masks", &carol, "tok_visa", "c-1").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::CONFLICT, "sold_out")
+    );
+    let app = app.restart().await;
+    let replayed = app.purchase("masks", &carol, "tok_visa", "c-1").await;
+    assert_eq!(
+        (replayed.status, &replayed.body),
+        (refused.status, &refused.body)
+    );
+    assert_eq!(app.acquirer.captured(), 2, "two purchases, two captures");
 }
