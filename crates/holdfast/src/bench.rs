@@ -121,7 +121,17 @@ pub(crate) enum Workload {
     Ledger {
         tokens: Arc<Vec<String>>,
         targets: Arc<Vec<Target>>,
+        checkout: Checkout,
     },
+}
+
+/// How a shopper buys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Checkout {
+    /// `POST /v1/sales/{id}/holds`, then `POST /v1/holds/{id}/confirm`.
+    HoldThenConfirm,
+    /// `POST /v1/sales/{id}/purchases`: both in one request.
+    OneRequest,
 }
 
 /// Where a connection buys: a server, and a sale on it.
@@ -274,10 +284,20 @@ pub(crate) fn ledger_run(
     args: &BenchArgs,
     data: &ToolData,
 ) -> anyhow::Result<RunResult> {
+    ledger_run_with(runtimes, client, args, data, Checkout::HoldThenConfirm)
+}
+
+pub(crate) fn ledger_run_with(
+    runtimes: &Runtimes,
+    client: &HttpClient,
+    args: &BenchArgs,
+    data: &ToolData,
+    checkout: Checkout,
+) -> anyhow::Result<RunResult> {
     let server = InProcessServer::start(&runtimes.server, data, OPERATOR)?;
     let result = runtimes
         .client
-        .block_on(ledger_load(client, server.address, args));
+        .block_on(ledger_load(client, server.address, args, checkout));
     server.stop(&runtimes.server);
     result
 }
@@ -320,8 +340,9 @@ pub(crate) async fn ledger_load(
     client: &HttpClient,
     address: SocketAddr,
     args: &BenchArgs,
+    checkout: Checkout,
 ) -> anyhow::Result<RunResult> {
-    let workload = ledger_workload(client, address, args.connections).await?;
+    let workload = ledger_workload(client, address, args.connections, checkout).await?;
     drive(client, address, workload, args).await
 }
 
@@ -330,6 +351,7 @@ pub(crate) async fn ledger_workload(
     client: &HttpClient,
     address: SocketAddr,
     connections: usize,
+    checkout: Checkout,
 ) -> anyhow::Result<Workload> {
     create_bench_sale(client, address, "bench").await?;
     Ok(Workload::Ledger {
@@ -338,6 +360,7 @@ pub(crate) async fn ledger_workload(
             address,
             sale: "bench".into(),
         }]),
+        checkout,
     })
 }
 
@@ -447,6 +470,14 @@ async fn connection_loop(
             }
         }
     };
+    let mut bought = |started: Instant| {
+        if started >= measure_from {
+            purchases += 1;
+            if let Some(wanted) = &plan.purchases_wanted {
+                wanted.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    };
     let wanted_more = || {
         plan.purchases_wanted
             .as_ref()
@@ -459,6 +490,10 @@ async fn connection_loop(
     };
     let (buy_at, sale) = target.map_or((address, String::new()), |t| (t.address, t.sale));
     let hold_url = format!("http://{buy_at}/v1/sales/{sale}/holds");
+    let purchase_url = format!("http://{buy_at}/v1/sales/{sale}/purchases");
+    let purchase = Bytes::from_static(
+        br#"{"quantity":1,"channel":"web","payment":{"method":"card","token":"tok_visa"}}"#,
+    );
     let empty = Bytes::from_static(b"{}");
     let hold = Bytes::from_static(br#"{"quantity":1,"channel":"web"}"#);
     let confirm = Bytes::from_static(br#"{"payment":{"method":"card","token":"tok_visa"}}"#);
@@ -483,6 +518,29 @@ async fn connection_loop(
                 )
                 .await?;
                 record(started, status == 200);
+            }
+            Workload::Ledger {
+                checkout: Checkout::OneRequest,
+                ..
+            } => {
+                let key = format!("p-{connection}-{n}");
+                let sent = until_answered(
+                    &client,
+                    &purchase_url,
+                    &authorization,
+                    &key,
+                    purchase.clone(),
+                    until,
+                    &mut shed,
+                )
+                .await?;
+                let Some((status, _, started)) = sent else {
+                    break;
+                };
+                record(started, status == 201);
+                if status == 201 {
+                    bought(started);
+                }
             }
             Workload::Ledger { .. } => {
                 let key = format!("h-{connection}-{n}");
@@ -519,11 +577,8 @@ async fn connection_loop(
                     break;
                 };
                 record(started, status == 200);
-                if status == 200 && started >= measure_from {
-                    purchases += 1;
-                    if let Some(wanted) = &plan.purchases_wanted {
-                        wanted.fetch_sub(1, Ordering::Relaxed);
-                    }
+                if status == 200 {
+                    bought(started);
                 }
             }
         }

@@ -228,9 +228,12 @@ fn postgres_run(
     let server = InProcessServer::start_with(&runtimes.server, config)?;
     let address = server.address;
     let log_before = runtimes.client.block_on(log_counters(client, address))?;
-    let result = runtimes
-        .client
-        .block_on(ledger_load(client, address, args))?;
+    let result = runtimes.client.block_on(ledger_load(
+        client,
+        address,
+        args,
+        crate::bench::Checkout::HoldThenConfirm,
+    ))?;
     let log_after = runtimes.client.block_on(log_counters(client, address))?;
     let purchases = runtimes.client.block_on(orders(client, address, "bench"))?;
     server.stop(&runtimes.server);
@@ -342,6 +345,7 @@ fn nodes_run(
         let workload = Workload::Ledger {
             tokens: bench_tokens(client, started[0].address, args.connections).await?,
             targets: Arc::new(targets),
+            checkout: crate::bench::Checkout::HoldThenConfirm,
         };
         let before = cpu_seconds(&pids)?;
         let result = drive(client, started[0].address, workload, args).await?;

@@ -15,7 +15,7 @@ use hyper::Method;
 use hyper::body::Bytes;
 use serde_json::json;
 
-use crate::bench::{BenchArgs, OPERATOR, Runtimes, bare_run, bench_tokens, median, send};
+use crate::bench::{BenchArgs, Checkout, OPERATOR, Runtimes, bare_run, bench_tokens, median, send};
 use crate::http::{HttpClient, InProcessServer, ToolData, send_raw};
 
 /// Selling takes at most this long before a run gives up.
@@ -47,6 +47,7 @@ struct Crowd {
     tokens: Arc<Vec<String>>,
     next_shopper: AtomicUsize,
     keyed: bool,
+    checkout: Checkout,
     sold_out_at: OnceLock<Instant>,
     measure: Duration,
     started: Instant,
@@ -80,10 +81,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 if with_keys { "keyed" } else { "no keys" }
             ));
             let server = InProcessServer::start(&runtimes.server, &data, OPERATOR)?;
-            let measured =
-                runtimes
-                    .client
-                    .block_on(sell_out(&client, server.address, args, with_keys));
+            let measured = runtimes.client.block_on(sell_out(
+                &client,
+                server.address,
+                args,
+                with_keys,
+                Checkout::HoldThenConfirm,
+            ));
             server.stop(&runtimes.server);
             results.push(measured?);
             bar.inc(1);
@@ -99,6 +103,7 @@ pub(crate) async fn sell_out(
     address: SocketAddr,
     args: &BenchArgs,
     keyed: bool,
+    checkout: Checkout,
 ) -> anyhow::Result<Sellout> {
     let sale = json!({
         "id": SALE, "sku": "DROP-1", "name": "Scarce stock", "price": 1000,
@@ -116,6 +121,7 @@ pub(crate) async fn sell_out(
         tokens: bench_tokens(client, address, shoppers).await?,
         next_shopper: AtomicUsize::new(args.connections),
         keyed,
+        checkout,
         sold_out_at: OnceLock::new(),
         measure: Duration::from_secs(args.seconds),
         started: Instant::now(),
@@ -159,8 +165,18 @@ async fn shopper_loop(
         after: Some(Histogram::new(3)?),
         ..Counts::default()
     };
-    let hold_url = format!("http://{}/v1/sales/{SALE}/holds", crowd.address);
-    let hold = Bytes::from_static(br#"{"quantity":1,"channel":"web"}"#);
+    let (hold_url, hold) = match crowd.checkout {
+        Checkout::HoldThenConfirm => (
+            format!("http://{}/v1/sales/{SALE}/holds", crowd.address),
+            Bytes::from_static(br#"{"quantity":1,"channel":"web"}"#),
+        ),
+        Checkout::OneRequest => (
+            format!("http://{}/v1/sales/{SALE}/purchases", crowd.address),
+            Bytes::from_static(
+                br#"{"quantity":1,"channel":"web","payment":{"method":"card","token":"tok_visa"}}"#,
+            ),
+        ),
+    };
     let confirm = Bytes::from_static(br#"{"payment":{"method":"card","token":"tok_visa"}}"#);
     let mut shopper = connection;
     let mut authorization = format!("Bearer {}", crowd.tokens[shopper]);
@@ -194,22 +210,13 @@ async fn shopper_loop(
         if status != 201 {
             continue;
         }
-        let held: serde_json::Value = serde_json::from_slice(&body)?;
-        let hold_id = held["hold_id"].as_str().unwrap_or_default();
-        let url = format!("http://{}/v1/holds/{hold_id}/confirm", crowd.address);
-        let key = format!("c{shopper}");
-        let (status, _) = send_raw(
-            &client,
-            Method::POST,
-            &url,
-            Some(&authorization),
-            Some(&key),
-            confirm.clone(),
-        )
-        .await?;
-        if status == 200 {
-            counts.purchases += 1;
-        }
+        let bought = match crowd.checkout {
+            Checkout::OneRequest => true,
+            Checkout::HoldThenConfirm => {
+                confirm_hold(&client, &crowd, &authorization, shopper, &body, &confirm).await?
+            }
+        };
+        counts.purchases += u64::from(bought);
         shopper = crowd.next_shopper.fetch_add(1, Ordering::Relaxed);
         let Some(token) = crowd.tokens.get(shopper) else {
             break;
@@ -217,6 +224,32 @@ async fn shopper_loop(
         authorization = format!("Bearer {token}");
     }
     Ok(counts)
+}
+
+/// Pays for the hold `held` answered; true once it is an order. The shopper moves on either
+/// way (with a limit of one, another hold would be refused).
+async fn confirm_hold(
+    client: &HttpClient,
+    crowd: &Crowd,
+    authorization: &str,
+    shopper: usize,
+    held: &[u8],
+    confirm: &Bytes,
+) -> anyhow::Result<bool> {
+    let held: serde_json::Value = serde_json::from_slice(held)?;
+    let hold_id = held["hold_id"].as_str().unwrap_or_default();
+    let url = format!("http://{}/v1/holds/{hold_id}/confirm", crowd.address);
+    let key = format!("c{shopper}");
+    let (status, _) = send_raw(
+        client,
+        Method::POST,
+        &url,
+        Some(authorization),
+        Some(&key),
+        confirm.clone(),
+    )
+    .await?;
+    Ok(status == 200)
 }
 
 fn report(args: &BenchArgs, data: &ToolData, bare: &[f64], keyed: &[Sellout], unkeyed: &[Sellout]) {

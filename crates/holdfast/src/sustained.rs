@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::bench::{OPERATOR, Plan, Runtimes, drive_with, ledger_workload, median};
+use crate::bench::{Checkout, OPERATOR, Plan, Runtimes, drive_with, ledger_workload, median};
 use crate::http::{InProcessServer, ToolData};
 
 pub struct SustainedArgs<'a> {
@@ -82,7 +82,8 @@ async fn buy_until(
     args: &SustainedArgs<'_>,
     label: &str,
 ) -> anyhow::Result<Run> {
-    let workload = ledger_workload(client, address, args.connections).await?;
+    let workload =
+        ledger_workload(client, address, args.connections, Checkout::HoldThenConfirm).await?;
     let wanted = Arc::new(AtomicI64::new(args.purchases as i64));
     // The first second (connections opening, caches filling) is not measured.
     let measure_from = Instant::now() + Duration::from_secs(1);
