@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Compaction: simulated days.
     #[arg(long, default_value_t = 4)]
     days: u32,
+    /// Ledger: write requests the server serves at once before it sheds more with 429 (the
+    /// server's own default when not given).
+    #[arg(long)]
+    writes_in_flight_max: Option<usize>,
     #[arg(long, help = crate::http::DATA_HELP)]
     pub data: Option<PathBuf>,
     /// The postgres scenario: a PostgreSQL server where the bench may create (and afterwards
@@ -294,7 +298,15 @@ pub(crate) fn ledger_run_with(
     data: &ToolData,
     checkout: Checkout,
 ) -> anyhow::Result<RunResult> {
-    let server = InProcessServer::start(&runtimes.server, data, OPERATOR)?;
+    let mut config = holdfast_server::Config::new(
+        "127.0.0.1:0".parse()?,
+        data.next_server_dir()?,
+        Some(OPERATOR.into()),
+    );
+    if let Some(max) = args.writes_in_flight_max {
+        config.limits.writes_in_flight_max = max;
+    }
+    let server = InProcessServer::start_with(&runtimes.server, config)?;
     let result = runtimes
         .client
         .block_on(ledger_load(client, server.address, args, checkout));
