@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Compaction: simulated days.
     #[arg(long, default_value_t = 4)]
     days: u32,
+    /// Sustained: events between a sale's snapshots (the server's own default when not given).
+    #[arg(long)]
+    snapshot_every_events: Option<u64>,
     /// Ledger: write requests the server serves at once before it sheds more with 429 (the
     /// server's own default when not given).
     #[arg(long)]
@@ -169,6 +172,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             connections: args.connections,
             runs: args.runs,
             data: args.data.as_deref(),
+            snapshot_every_events: args.snapshot_every_events,
         });
     }
     if args.scenario == Scenario::Compaction {

@@ -19,6 +19,8 @@ pub struct SustainedArgs<'a> {
     pub connections: usize,
     pub runs: usize,
     pub data: Option<&'a Path>,
+    /// The server's snapshot interval, when not its default.
+    pub snapshot_every_events: Option<u64>,
 }
 
 /// A run stops by itself after this long even if the purchases were not all made.
@@ -52,11 +54,14 @@ pub fn run(args: SustainedArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         let dir = data.next_server_dir()?;
-        let config = holdfast_server::Config::new(
+        let mut config = holdfast_server::Config::new(
             "127.0.0.1:0".parse()?,
             dir.clone(),
             Some(OPERATOR.into()),
         );
+        if let Some(every) = args.snapshot_every_events {
+            config.limits.snapshot_every_events = every;
+        }
         let server = InProcessServer::start_with(&runtimes.server, config.clone())?;
         let label = format!("run {run}/{}: purchases", args.runs);
         let measured = runtimes
