@@ -32,12 +32,29 @@ pub type Outcome = Result<Reply, Rejection>;
 /// plain function so the stored answer is the same one the caller would have rendered.
 pub type Renderer = fn(&SaleSpec, &Outcome) -> StoredAnswer;
 
+/// The answer to store for an idempotent request.
+pub enum Render {
+    /// Rendered from the command's outcome.
+    Outcome(Renderer),
+    /// Decided before the command ran (a declined card, whose hold the command gives back).
+    Given(Box<StoredAnswer>),
+}
+
+impl Render {
+    pub fn answer(self, spec: &SaleSpec, outcome: &Outcome) -> StoredAnswer {
+        match self {
+            Render::Outcome(render) => render(spec, outcome),
+            Render::Given(answer) => *answer,
+        }
+    }
+}
+
 /// Asks the actor to store the rendered answer under `key` in the same durable write as the
 /// command's events.
 pub struct Idempotent {
     pub key: String,
     pub fingerprint: String,
-    pub render: Renderer,
+    pub render: Render,
 }
 
 pub struct Executed {
@@ -395,7 +412,7 @@ impl SaleActor {
                     counts.add(&command, &handled.outcome);
                     events.extend(handled.events);
                     let answer = idempotent.map(|request| {
-                        let mut answer = (request.render)(&self.spec, &handled.outcome);
+                        let mut answer = request.render.answer(&self.spec, &handled.outcome);
                         answer.stored_at = now;
                         values.push((request.key, answer.encode(&request.fingerprint)));
                         answer

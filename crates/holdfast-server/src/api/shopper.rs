@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::Method;
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use holdfast_core::{
@@ -23,11 +23,11 @@ use super::wire::{
     format_time, in_range, parse_channel, parse_hold_id, parse_order_id, render_confirm,
     render_hold, render_purchase,
 };
-use crate::actor::{Idempotent, Outcome, Renderer, SaleHandle, SaleView};
+use crate::actor::{Idempotent, Outcome, Render, Renderer, SaleHandle, SaleView};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, InFlightGuard, Owner, StoredAnswer, fingerprint, validate_key};
 use crate::ledger_error::LedgerError;
-use crate::payments::{AuthorizeRequest, CURRENCY};
+use crate::payments::{AuthorizeRequest, CURRENCY, PaymentError};
 use crate::state::AppState;
 
 const CARD_TOKEN_LEN_MAX: usize = 256;
@@ -94,11 +94,11 @@ async fn execute(
     command: Command,
     guard: Option<InFlightGuard>,
     fingerprint: String,
-    render: Renderer,
+    render: Render,
 ) -> Result<(StoredAnswer, Outcome), ApiError> {
     let Some(guard) = guard else {
         let executed = sale.execute(command, None).await?;
-        let answer = render(&sale.view().spec, &executed.outcome);
+        let answer = render.answer(&sale.view().spec, &executed.outcome);
         return Ok((answer, executed.outcome));
     };
     let idempotent = Idempotent {
@@ -142,7 +142,8 @@ pub(super) async fn place_hold(
 /// Holds and pays in one request. With an `Idempotency-Key`, the hold is kept under a key of
 /// its own made from it, so a retry after a failure between the two steps pays for the same
 /// hold rather than placing another (which a per-person limit would refuse); the order's answer
-/// is kept under the key itself. A declined card gives the hold back at once.
+/// is kept under the key itself. A declined card gives the hold back at once, and the decline
+/// is the answer a retry under the same key gets.
 #[utoipa::path(post, path = "/v1/sales/{id}/purchases", tag = "shopper", security(("customer" = [])),
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "the same key again replays the first answer")),
     request_body = PurchaseRequest,
@@ -184,23 +185,10 @@ pub(super) async fn purchase(
         customer_id: shopper.customer_id().to_owned(),
         card,
         fingerprint,
+        declined_releases_hold: true,
     };
-    match pay(&state, &sale, hold, payment, guard, render_purchase).await {
-        // Declined for good: the units go back now rather than when the hold expires. (A
-        // network that did not answer keeps the hold, to be paid for on a retry.)
-        Err(declined) if declined.status == StatusCode::PAYMENT_REQUIRED => {
-            let command = Command::ReleaseHold {
-                hold,
-                customer_id: shopper.customer_id().to_owned(),
-            };
-            if let Err(error) = sale.execute(command, None).await {
-                tracing::warn!(%error, hold_id, "a declined purchase's hold was not released");
-            }
-            Err(declined)
-        }
-        Err(error) => Err(error),
-        Ok((answer, _)) => Ok(answer.into_response()),
-    }
+    let (answer, _) = pay(&state, &sale, hold, payment, guard, render_purchase).await?;
+    Ok(answer.into_response())
 }
 
 /// The hold a hold's answer placed, if it placed one.
@@ -261,7 +249,8 @@ async fn hold(
         channel: wanted.channel,
         pass,
     };
-    let (answer, _) = execute(sale, command, guard, fingerprint, render_hold).await?;
+    let render = Render::Outcome(render_hold);
+    let (answer, _) = execute(sale, command, guard, fingerprint, render).await?;
     Ok(answer)
 }
 
@@ -374,6 +363,7 @@ pub(super) async fn confirm_hold(
         customer_id: shopper.customer_id().to_owned(),
         card,
         fingerprint,
+        declined_releases_hold: false,
     };
     let (answer, _) = pay(&state, &sale, hold, payment, guard, render_confirm).await?;
     Ok(answer.into_response())
@@ -386,6 +376,9 @@ struct Payment<'a> {
     card: String,
     /// The paying request's fingerprint (it covers the card token).
     fingerprint: String,
+    /// Whether a declined card gives the hold back (a purchase) or leaves it for another card
+    /// (a confirm).
+    declined_releases_hold: bool,
 }
 
 /// Authorises the card for an active hold, confirms the hold, and settles the authorisation:
@@ -395,7 +388,7 @@ async fn pay(
     state: &AppState,
     sale: &SaleHandle,
     hold: HoldId,
-    payment: Payment<'_>,
+    mut payment: Payment<'_>,
     guard: Option<InFlightGuard>,
     render: Renderer,
 ) -> Result<(StoredAnswer, Outcome), ApiError> {
@@ -415,14 +408,20 @@ async fn pay(
     let authorization = match active_quantity {
         Some(quantity) if !spec.rehearsal => {
             let request = AuthorizeRequest {
-                card_token: payment.card,
+                card_token: std::mem::take(&mut payment.card),
                 amount: spec.price * u64::from(quantity),
                 currency: CURRENCY,
                 // A retry with the same card must not authorise twice; another card is another
                 // attempt. The request fingerprint covers the card token.
                 idempotency_key: format!("authorize {} {}", payment.raw_id, payment.fingerprint),
             };
-            Some(state.payments.authorize(request).await?)
+            match state.payments.authorize(request).await {
+                Ok(authorization) => Some(authorization),
+                Err(declined @ PaymentError::Declined { .. }) if payment.declined_releases_hold => {
+                    return release_declined(sale, hold, payment, guard, declined.into()).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         _ => None,
     };
@@ -436,6 +435,7 @@ async fn pay(
         customer_id: payment.customer_id,
         payment_ref,
     };
+    let render = Render::Outcome(render);
     let result = execute(sale, command, guard, payment.fingerprint, render).await;
     if let Some(auth) = authorization {
         let outcome = result.as_ref().ok().map(|(_, o)| o.clone());
@@ -443,6 +443,24 @@ async fn pay(
         settle(state, auth.id, sale_id, payment.raw_id.to_owned(), outcome).await;
     }
     result
+}
+
+/// Gives back the hold a declined card was to pay for, and keeps the decline as the request's
+/// answer in the same durable write: a retry under the same key is declined again, and the
+/// units are for sale again at once.
+async fn release_declined(
+    sale: &SaleHandle,
+    hold: HoldId,
+    payment: Payment<'_>,
+    guard: Option<InFlightGuard>,
+    declined: ApiError,
+) -> Result<(StoredAnswer, Outcome), ApiError> {
+    let command = Command::ReleaseHold {
+        hold,
+        customer_id: payment.customer_id,
+    };
+    let render = Render::Given(Box::new(declined.stored()));
+    execute(sale, command, guard, payment.fingerprint, render).await
 }
 
 /// Captures the authorisation if it paid for the confirmed order, voids it otherwise (the hold

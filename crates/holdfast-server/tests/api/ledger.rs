@@ -455,7 +455,7 @@ async fn expired_answers_leave_the_log_and_the_rest_survive_a_restart(backend: B
 
 /// One request holds and pays. A retry after the card network failed between the two pays for
 /// the same hold (a limit of one would refuse a second); a declined card gives the unit back at
-/// once; the sold-out answer replays like any other.
+/// once, and its retry is declined again; the sold-out answer replays like any other.
 #[apply(backends)]
 async fn a_purchase_holds_and_pays_in_one_request(backend: Backend) {
     let limits = Limits::default();
@@ -493,6 +493,12 @@ async fn a_purchase_holds_and_pays_in_one_request(backend: Backend) {
         stock(&app.sale("masks").await),
         (2, 1, 0, 1),
         "the unit is back"
+    );
+    let declined_again = app.purchase("masks", &bob, "tok_declined", "b-1").await;
+    assert_eq!(
+        (declined_again.status, &declined_again.body),
+        (declined.status, &declined.body),
+        "a retry under the same key gets the first answer"
     );
     let paid = app.purchase("masks", &bob, "tok_visa", "b-2").await;
     assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.body);
