@@ -315,6 +315,7 @@ impl Application {
             refused_from_view: Default::default(),
             bodies_in_progress: Default::default(),
             requests_shed: Default::default(),
+            pressure: Default::default(),
             feed: Default::default(),
             data_dir: parts.data_lock.is_some().then(|| config.data_dir.clone()),
             write_permits: Arc::new(tokio::sync::Semaphore::new(

@@ -43,6 +43,8 @@ pub struct AppInner {
     pub bodies_in_progress: std::sync::atomic::AtomicU64,
     /// Requests refused for load (`429`) since start.
     pub requests_shed: std::sync::atomic::AtomicU64,
+    /// Writes admitted and shed per second: how long a shed caller is asked to wait.
+    pub pressure: crate::api::overload::Pressure,
     /// What the operator watches, sampled once a second (`GET /v1/events`).
     pub feed: crate::feed::Feed,
     /// The embedded log's directory (alone; on several nodes there is none).

@@ -22,7 +22,9 @@ use holdfast_core::{
 use hyper::Method;
 use hyper::body::Bytes;
 
-use crate::http::{HttpClient, InProcessServer, ToolData, send_json, send_raw};
+use crate::http::{
+    HttpClient, InProcessServer, ToolData, send_json, send_raw, send_raw_retry_after,
+};
 use serde_json::{Value, json};
 
 #[derive(Args, Clone)]
@@ -416,7 +418,7 @@ pub(crate) async fn until_answered(
 ) -> anyhow::Result<Option<(u16, Bytes, Instant)>> {
     loop {
         let started = Instant::now();
-        let (status, answer) = send_raw(
+        let (status, retry_after, answer) = send_raw_retry_after(
             client,
             Method::POST,
             url,
@@ -429,8 +431,7 @@ pub(crate) async fn until_answered(
             return Ok(Some((status, answer, started)));
         }
         *shed += 1;
-        // The server answers `Retry-After: 1` when it sheds.
-        let pause = Duration::from_secs(1);
+        let pause = Duration::from_secs(retry_after.unwrap_or(1));
         if Instant::now() + pause >= until {
             return Ok(None);
         }
