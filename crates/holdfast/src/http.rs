@@ -80,19 +80,31 @@ pub async fn send_json(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
+    let (status, _, value) = send_json_retry_after(client, method, url, token, body).await?;
+    Ok((status, value))
+}
+
+/// Like `send_json`, also returning the `Retry-After` seconds the server asked for, if any.
+pub async fn send_json_retry_after(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Option<u64>, Value)> {
     let authorization = token.map(|t| format!("Bearer {t}"));
     let body = match body {
         Some(value) => Bytes::from(serde_json::to_vec(value)?),
         None => Bytes::new(),
     };
-    let (status, bytes) =
-        send_raw(client, method, url, authorization.as_deref(), None, body).await?;
+    let (status, retry_after, bytes) =
+        send_raw_retry_after(client, method, url, authorization.as_deref(), None, body).await?;
     let value = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes)?
     };
-    Ok((status, value))
+    Ok((status, retry_after, value))
 }
 
 /// A server's address as a person types it, checked so a slip is named plainly: it must be

@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::http::{HttpClient, InProcessServer, ToolData, send_json};
+use crate::http::{HttpClient, InProcessServer, ToolData, send_json, send_json_retry_after};
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -82,6 +82,7 @@ impl QueueArg {
 }
 
 const OPERATOR_IN_PROCESS: &str = "load-operator";
+/// The pause after an overload or a failed connection when the server names none.
 const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 
 /// Everything measured, shared by all shoppers.
@@ -130,7 +131,7 @@ impl Shop {
             .expect("semaphore stays open");
         let started = Instant::now();
         let url = format!("{}{path}", self.base);
-        let result = send_json(&self.client, method, &url, Some(token), body).await;
+        let result = send_json_retry_after(&self.client, method, &url, Some(token), body).await;
         let elapsed = started.elapsed().as_micros() as u64;
         let mut stats = self.stats.lock().expect("stats");
         let histogram = if poll {
@@ -142,10 +143,11 @@ impl Shop {
             .get_or_insert_with(|| Histogram::new(3).expect("histogram"))
             .record(elapsed);
         match result {
-            Ok((status, value)) => {
+            Ok((status, retry_after, value)) => {
                 *stats.statuses.entry(status).or_default() += 1;
                 if status == 429 || status == 503 {
-                    Answer::Retry(RETRY_AFTER_DEFAULT)
+                    // Wait as long as the server asks: it asks for longer when many are waiting.
+                    Answer::Retry(retry_after.map_or(RETRY_AFTER_DEFAULT, Duration::from_secs))
                 } else {
                     Answer::Status(status, value)
                 }
