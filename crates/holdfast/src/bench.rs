@@ -117,6 +117,8 @@ pub(crate) struct RunResult {
     pub purchases_per_s: f64,
     /// Requests answered 429 overloaded (and retried after the pause the server asked for).
     pub shed: u64,
+    /// The pauses the server asked of them (`Retry-After`, seconds).
+    pub waits_asked_s: Vec<u64>,
     pub p50_us: u64,
     pub p99_us: u64,
     pub errors: u64,
@@ -414,7 +416,7 @@ pub(crate) async fn until_answered(
     key: &str,
     body: Bytes,
     until: Instant,
-    shed: &mut u64,
+    waits_asked_s: &mut Vec<u64>,
 ) -> anyhow::Result<Option<(u16, Bytes, Instant)>> {
     loop {
         let started = Instant::now();
@@ -430,8 +432,9 @@ pub(crate) async fn until_answered(
         if status != 429 {
             return Ok(Some((status, answer, started)));
         }
-        *shed += 1;
-        let pause = Duration::from_secs(retry_after.unwrap_or(1));
+        let asked = retry_after.unwrap_or(1);
+        waits_asked_s.push(asked);
+        let pause = Duration::from_secs(asked);
         if Instant::now() + pause >= until {
             return Ok(None);
         }
@@ -455,7 +458,8 @@ pub(crate) struct ConnectionOutcome {
     pub latencies: Option<Histogram<u64>>,
     pub errors: u64,
     pub purchases: u64,
-    pub shed: u64,
+    /// The pause asked of each request shed (`Retry-After`, seconds).
+    pub waits_asked_s: Vec<u64>,
     /// (second since measuring began, latency µs) per request, when the plan asks for it.
     pub timeline: Vec<(u32, u32)>,
 }
@@ -473,7 +477,7 @@ async fn connection_loop(
     let mut timeline = Vec::new();
     let mut errors = 0;
     let mut purchases = 0u64;
-    let mut shed = 0u64;
+    let mut waits_asked_s = Vec::new();
     let mut record = |started: Instant, ok: bool| {
         if started >= measure_from {
             let micros = started.elapsed().as_micros() as u64;
@@ -548,7 +552,7 @@ async fn connection_loop(
                     &key,
                     purchase.clone(),
                     until,
-                    &mut shed,
+                    &mut waits_asked_s,
                 )
                 .await?;
                 let Some((status, _, started)) = sent else {
@@ -568,7 +572,7 @@ async fn connection_loop(
                     &key,
                     hold.clone(),
                     until,
-                    &mut shed,
+                    &mut waits_asked_s,
                 )
                 .await?;
                 let Some((status, body, started)) = sent else {
@@ -587,7 +591,7 @@ async fn connection_loop(
                     &key,
                     confirm.clone(),
                     until,
-                    &mut shed,
+                    &mut waits_asked_s,
                 )
                 .await?;
                 let Some((status, _, started)) = sent else {
@@ -604,7 +608,7 @@ async fn connection_loop(
         latencies: Some(latencies),
         errors,
         purchases,
-        shed,
+        waits_asked_s,
         timeline,
     })
 }
@@ -627,7 +631,8 @@ pub(crate) async fn drive(
     Ok(RunResult {
         requests_per_s: latencies.len() as f64 / args.seconds as f64,
         purchases_per_s: outcome.purchases as f64 / args.seconds as f64,
-        shed: outcome.shed,
+        shed: outcome.waits_asked_s.len() as u64,
+        waits_asked_s: outcome.waits_asked_s,
         p50_us: latencies.value_at_quantile(0.50),
         p99_us: latencies.value_at_quantile(0.99),
         errors: outcome.errors,
@@ -662,7 +667,7 @@ pub(crate) async fn drive_with(
         if let (Some(all), Some(one)) = (&mut merged.latencies, &outcome.latencies) {
             all.add(one)?;
         }
-        merged.shed += outcome.shed;
+        merged.waits_asked_s.extend(outcome.waits_asked_s);
         merged.errors += outcome.errors;
         merged.purchases += outcome.purchases;
         merged.timeline.extend(outcome.timeline);
@@ -774,7 +779,18 @@ fn report(
         .join(", ");
     println!("ledger completed purchases/s: median {purchases:.0} (runs: {purchase_runs})");
     let shed: u64 = ledger.iter().map(|x| x.shed).sum();
-    println!("ledger requests shed with 429 and retried: {shed}");
+    let mut waits: Vec<u64> = ledger
+        .iter()
+        .flat_map(|x| x.waits_asked_s.clone())
+        .collect();
+    waits.sort_unstable();
+    match (waits.get(waits.len() / 2), waits.last()) {
+        (Some(median), Some(max)) => println!(
+            "ledger requests shed with 429 and retried: {shed} (Retry-After asked: median \
+             {median} s, max {max} s)"
+        ),
+        _ => println!("ledger requests shed with 429 and retried: {shed}"),
+    }
     println!(
         "core alone: median {:.0} commands/s (runs: {core_runs})",
         median(core.to_vec())
