@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use holdfast_store::{Compacted, Fate, FateOf, StoreError};
+use holdfast_store::{Fate, FateOf, StoreError};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -40,25 +40,21 @@ pub async fn run(
     }
 }
 
-/// Steps until nothing more is ready to go, or the turn's bound. Returns what it did.
-pub async fn turn(
+/// Steps until nothing more is ready to go, or the turn's bound.
+async fn turn(
     streams: &Streams,
     settlements: &Arc<Settlements>,
     clock: &dyn Clock,
-) -> Result<Compacted, StoreError> {
-    let mut total = Compacted::default();
+) -> Result<(), StoreError> {
     for _ in 0..STEPS_PER_TURN_MAX {
         let step = streams
             .compact_values(ROWS_PER_STEP, fates(streams, settlements, clock))
             .await?;
-        total.looked_at += step.looked_at;
-        total.dropped += step.dropped;
-        total.more = step.more;
         if !step.more {
             break;
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 /// What becomes of each value, as of now. On several nodes a settlement's record is kept: the
