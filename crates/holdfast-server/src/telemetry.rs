@@ -7,6 +7,7 @@
 //! buckets, a till's last contact) are read fresh from that state at each scrape, so the hot
 //! path pays nothing for them.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -48,15 +49,78 @@ fn process_collector() -> &'static metrics_process::Collector {
 /// Records one answered request: by route template (never the raw path, whose ids are
 /// unbounded), method and status.
 pub fn record_request(route: &str, method: &Method, status: u16, elapsed: Duration) {
-    // `/v1/sales/{id}/holds` is written `/v1/sales/:id/holds`: braces inside a label value are
-    // legal, but simple parsers of the exposition stop at the first `}`.
-    let route = route.replace('{', ":").replace('}', "");
-    let method = method.to_string();
-    let status = status.to_string();
-    metrics::counter!("holdfast_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("holdfast_http_request_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    let method = method_label(method);
+    ROUTES.with_borrow_mut(|routes| {
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), RouteMetrics::new(route));
+        }
+        let metrics = routes.get_mut(route).expect("inserted above");
+        metrics.requests(method, status).increment(1);
+        metrics.seconds.record(elapsed.as_secs_f64());
+    });
+}
+
+/// The method as a label value: a standard method by name, any other a client made up as
+/// `other` — each label value is a series kept for the life of the process, so a stranger
+/// inventing a method per request must not invent a series per request.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+thread_local! {
+    /// Each thread's handles to the request metrics, by route template: building a metric's
+    /// key and looking it up in the registry cost more than the request's own rules did. Routes,
+    /// method labels and statuses are few, so this stays small.
+    static ROUTES: std::cell::RefCell<HashMap<String, RouteMetrics>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+struct RouteMetrics {
+    /// The route as a label value.
+    label: String,
+    seconds: metrics::Histogram,
+    requests: Vec<((&'static str, u16), metrics::Counter)>,
+}
+
+impl RouteMetrics {
+    fn new(route: &str) -> RouteMetrics {
+        // `/v1/sales/{id}/holds` is written `/v1/sales/:id/holds`: braces inside a label value
+        // are legal, but simple parsers of the exposition stop at the first `}`.
+        let label = route.replace('{', ":").replace('}', "");
+        let seconds =
+            metrics::histogram!("holdfast_http_request_seconds", "route" => label.clone());
+        RouteMetrics {
+            label,
+            seconds,
+            requests: Vec::new(),
+        }
+    }
+
+    fn requests(&mut self, method: &'static str, status: u16) -> &metrics::Counter {
+        let index = match self
+            .requests
+            .iter()
+            .position(|(key, _)| *key == (method, status))
+        {
+            Some(index) => index,
+            None => {
+                let counter = metrics::counter!("holdfast_http_requests_total",
+                    "route" => self.label.clone(), "method" => method, "status" => status.to_string());
+                self.requests.push(((method, status), counter));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[index].1
+    }
 }
 
 /// Request latencies since the last look, for the event feed's p50 and p99.

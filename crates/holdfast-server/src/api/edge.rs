@@ -61,18 +61,15 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     let started = Instant::now();
     let method = request.method().clone();
     // The route's template, never the path itself: ids are unbounded, label values must not be.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
     let mut response = match read_whole_body(&state, request).await {
         Ok(request) => next.run(request).await,
         Err(refused) => refused,
     };
     let elapsed = started.elapsed();
-    crate::telemetry::record_request(&route, &method, response.status().as_u16(), elapsed);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::telemetry::record_request(route, &method, response.status().as_u16(), elapsed);
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
         state.requests_shed.fetch_add(1, Ordering::Relaxed);
     }

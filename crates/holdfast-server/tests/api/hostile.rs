@@ -458,3 +458,34 @@ async fn no_token_stands_in_for_another_kind_or_another_sale(backend: Backend) {
         held.body
     );
 }
+
+/// A stranger who makes up an HTTP method per request must not make up a metric series per
+/// request too: every series is kept for the life of the process, so unbounded label values
+/// are unbounded memory (and a scrape that grows without end).
+#[apply(backends)]
+async fn made_up_methods_do_not_grow_the_metrics(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let made_up = |n: usize| format!("MADEUP{n}");
+    for n in 0..20 {
+        let method = Method::from_bytes(made_up(n).as_bytes()).unwrap();
+        let answer = app
+            .raw(method, "/v1/health", None, "text/plain", Vec::new())
+            .await;
+        assert!(answer.status.is_client_error(), "{}", answer.status);
+    }
+    let page = metrics_page(&app, &app.base).await;
+    assert!(
+        !page.contains(&made_up(0)),
+        "a made-up method became a label value"
+    );
+    let other = page
+        .lines()
+        .filter(|line| {
+            line.starts_with("holdfast_http_requests_total{") && line.contains("method=\"other\"")
+        })
+        .count();
+    assert!(
+        other > 0,
+        "methods outside the standard ones are counted as `other`"
+    );
+}
