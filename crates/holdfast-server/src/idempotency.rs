@@ -116,8 +116,17 @@ const FULL_OWNER_SWEEP_EVERY_MILLIS: u64 = 60_000;
 impl Slots {
     fn insert(&mut self, key: String, owner: &Owner, slot: Slot) {
         if self.by_key.insert(key, slot).is_none() {
-            *self.per_owner.entry(owner.clone()).or_default() += 1;
+            match self.per_owner.get_mut(owner) {
+                Some(count) => *count += 1,
+                None => {
+                    self.per_owner.insert(owner.clone(), 1);
+                }
+            }
         }
+    }
+
+    fn is_full(&self, owner: &Owner) -> bool {
+        self.per_owner.get(owner).copied().unwrap_or(0) >= KEYS_PER_OWNER_MAX
     }
 
     fn remove(&mut self, key: &str, owner: &Owner) {
@@ -207,7 +216,11 @@ impl InFlightGuard {
             fingerprint,
             answer,
         };
-        slots.insert(self.key.clone(), &self.owner, done);
+        // The marker put in by `begin` is still there (a sweep takes only expired answers).
+        match slots.by_key.get_mut(&self.key) {
+            Some(slot) => *slot = done,
+            None => slots.insert(self.key.clone(), &self.owner, done),
+        }
         self.finished = true;
     }
 
@@ -300,32 +313,35 @@ impl Idempotency {
         let mut slots = self.shards[shard_of(&owner)]
             .lock()
             .expect("idempotency map");
-        if matches!(slots.by_key.get(&key), Some(Slot::Done { answer, .. }) if answer.expired(now))
-        {
-            slots.remove(&key, &owner);
+        match slots.by_key.get(&key) {
+            Some(Slot::Done { answer, .. }) if answer.expired(now) => slots.remove(&key, &owner),
+            Some(slot) if !same(slot, fingerprint) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was already used for a different request",
+                ));
+            }
+            Some(Slot::Done { answer, .. }) => return Ok(Begin::Replay(answer.clone())),
+            Some(Slot::InFlight { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_in_progress",
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                ));
+            }
+            None => {}
         }
-        let full =
-            |slots: &Slots| slots.per_owner.get(&owner).copied().unwrap_or(0) >= KEYS_PER_OWNER_MAX;
+        // A key not seen before (or whose answer has expired).
         let sweep_due = slots
             .swept_for_full_owner_at
             .is_none_or(|at| at.plus_millis(FULL_OWNER_SWEEP_EVERY_MILLIS) <= now);
-        if !slots.by_key.contains_key(&key) && full(&slots) && sweep_due {
+        if slots.is_full(&owner) && sweep_due {
             slots.sweep(now);
             slots.swept_for_full_owner_at = Some(now);
         }
-        match slots.by_key.get(&key) {
-            Some(slot) if !same(slot, fingerprint) => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used for a different request",
-            )),
-            Some(Slot::Done { answer, .. }) => Ok(Begin::Replay(answer.clone())),
-            Some(Slot::InFlight { .. }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            )),
-            None if full(&slots) => Err(ApiError {
+        if slots.is_full(&owner) {
+            return Err(ApiError {
                 retry_after_s: Some(3600),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -335,20 +351,18 @@ impl Idempotency {
                              for a day; reuse a key only to retry the same request"
                     ),
                 )
-            }),
-            None => {
-                let in_flight = Slot::InFlight {
-                    fingerprint: fingerprint.to_owned(),
-                };
-                slots.insert(key.clone(), &owner, in_flight);
-                Ok(Begin::Fresh(InFlightGuard {
-                    shards: self.shards.clone(),
-                    owner,
-                    key,
-                    finished: false,
-                }))
-            }
+            });
         }
+        let in_flight = Slot::InFlight {
+            fingerprint: fingerprint.to_owned(),
+        };
+        slots.insert(key.clone(), &owner, in_flight);
+        Ok(Begin::Fresh(InFlightGuard {
+            shards: self.shards.clone(),
+            owner,
+            key,
+            finished: false,
+        }))
     }
 }
 
