@@ -67,11 +67,24 @@ type ReadFn = Box<dyn FnOnce(&Sale) -> DeferredReply + Send>;
 type DeferredReply = Box<dyn FnOnce() + Send>;
 type PendingReply = oneshot::Sender<Result<Executed, LedgerError>>;
 
+/// When a command's caller is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerWhen {
+    /// Once its batch is durable: what every answer to a client waits for.
+    Durable,
+    /// An accepted command as soon as it is decided, its batch already on its way to the log (a
+    /// refusal still once durable). Only for a caller whose own answer waits for a later write
+    /// of the same sale's — durable after this one, since batches become durable in order — or
+    /// for [`SaleHandle::durable`].
+    Decided,
+}
+
 enum Request {
     Execute {
         command: Command,
         idempotent: Option<Idempotent>,
         reply: Option<PendingReply>,
+        answer_when: AnswerWhen,
     },
     Read {
         read: ReadFn,
@@ -175,11 +188,22 @@ impl SaleHandle {
         command: Command,
         idempotent: Option<Idempotent>,
     ) -> Result<Executed, LedgerError> {
+        self.execute_answered(command, idempotent, AnswerWhen::Durable)
+            .await
+    }
+
+    pub async fn execute_answered(
+        &self,
+        command: Command,
+        idempotent: Option<Idempotent>,
+        answer_when: AnswerWhen,
+    ) -> Result<Executed, LedgerError> {
         let (reply, answer) = oneshot::channel();
         let request = Request::Execute {
             command,
             idempotent,
             reply: Some(reply),
+            answer_when,
         };
         self.sender.try_send(request).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
@@ -205,6 +229,7 @@ impl SaleHandle {
                 command,
                 idempotent: None,
                 reply: Some(reply),
+                answer_when: AnswerWhen::Durable,
             };
             match self.sender.try_send(request) {
                 Ok(()) => answers.push(Ok(answer)),
@@ -240,6 +265,26 @@ impl SaleHandle {
     /// Reads the latest decided state without waiting for it to be durable. Only for checks
     /// whose answer is confirmed by a later command anyway (such as whether to ask the card
     /// network for money before confirming a hold).
+    /// Waits until everything this sale decided before now is durable (waiting for room in the
+    /// sale's queue rather than refusing: the caller has something decided to make good on).
+    pub async fn durable(&self) -> Result<(), LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let read: ReadFn = Box::new(move |_| {
+            Box::new(move || {
+                let _ = reply.send(());
+            })
+        });
+        let request = Request::Read {
+            read,
+            durable_only: true,
+        };
+        self.sender
+            .send(request)
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        answer.await.map_err(|_| LedgerError::Stopped)
+    }
+
     pub async fn read_latest<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Sale) -> T + Send + 'static,
@@ -347,7 +392,7 @@ impl SaleActor {
                     None if self.in_flight.is_empty() => return,
                     None => continue,
                 },
-                _ = tick.tick(), if room => Request::Execute { command: Command::Tick, idempotent: None, reply: None },
+                _ = tick.tick(), if room => Request::Execute { command: Command::Tick, idempotent: None, reply: None, answer_when: AnswerWhen::Durable },
             };
             let mut requests = vec![first];
             while requests.len() < self.limits.sale_batch_commands_max {
@@ -399,6 +444,7 @@ impl SaleActor {
         let mut events: Vec<Event> = Vec::new();
         let mut values = Vec::new();
         let mut replies = Vec::new();
+        let mut answered_when_submitted = Vec::new();
         let mut reads = Vec::new();
         let mut counts = CommandCounts::default();
         for request in requests {
@@ -407,6 +453,7 @@ impl SaleActor {
                     command,
                     idempotent,
                     reply,
+                    answer_when,
                 } => {
                     let handled = self.sale.handle(&command, now);
                     counts.add(&command, &handled.outcome);
@@ -418,13 +465,15 @@ impl SaleActor {
                         answer
                     });
                     if let Some(reply) = reply {
-                        replies.push((
-                            reply,
-                            Executed {
-                                outcome: handled.outcome,
-                                answer,
-                            },
-                        ));
+                        let executed = Executed {
+                            outcome: handled.outcome,
+                            answer,
+                        };
+                        if answer_when == AnswerWhen::Decided && executed.outcome.is_ok() {
+                            answered_when_submitted.push((reply, executed));
+                        } else {
+                            replies.push((reply, executed));
+                        }
                     }
                 }
                 Request::Read {
@@ -444,7 +493,9 @@ impl SaleActor {
             match self.log.submit(batch).await {
                 Ok(durable) => Some(durable),
                 Err(error) => {
-                    // Let the failure flow through the same path as a failed sync.
+                    // Let the failure flow through the same path as a failed sync, and tell
+                    // those who were to hear early along with the rest.
+                    replies.append(&mut answered_when_submitted);
                     let (failed, answer) = oneshot::channel();
                     let _ = failed.send(Err(error));
                     Some(Durable::from(answer))
@@ -453,6 +504,9 @@ impl SaleActor {
         } else {
             None
         };
+        for (reply, executed) in answered_when_submitted {
+            let _ = reply.send(Ok(executed));
+        }
         let view = changed.then(|| Arc::new(SaleView::of(&self.sale, &self.spec, self.last_now)));
         self.in_flight.push_back(InFlight {
             durable,
@@ -554,5 +608,96 @@ fn error_like(error: &LedgerError) -> LedgerError {
     match error {
         LedgerError::Busy => LedgerError::Busy,
         _ => LedgerError::Stopped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use holdfast_core::{Channel, Shopper};
+    use holdfast_store::{GroupCommit, GroupCommitConfig, SqliteLog};
+    use holdfast_testkit::GatedLog;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::snapshots::SnapshotStore;
+    use crate::streams::Streams;
+
+    fn hold_for(customer: &str) -> Command {
+        Command::PlaceHold {
+            shopper: Shopper::new(customer, None, None).unwrap(),
+            quantity: 1,
+            channel: Channel::Web,
+            pass: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_command_asked_to_be_answered_when_decided_is_answered_before_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, gate) = GatedLog::new(SqliteLog::open(dir.path()).unwrap());
+        let log = GroupCommit::spawn(log, GroupCommitConfig::default());
+        let streams = Streams::alone(log);
+        let snapshotter = Snapshotter::spawn(SnapshotStore::embedded(dir.path()).unwrap());
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000)));
+        let sale = Sale::new(SaleSpec::plain("masks", 1000, 1, 1, Timestamp(0)));
+        let writer = streams.writer("masks").unwrap();
+        let handle = SaleActor::spawn(sale, 0, writer, snapshotter, clock, Limits::default());
+
+        // Answered while its write waits at the gate.
+        let held = handle
+            .execute_answered(hold_for("alice"), None, AnswerWhen::Decided)
+            .await
+            .unwrap();
+        let Ok(Reply::Held(hold)) = held.outcome else {
+            panic!("{:?}", held.outcome)
+        };
+        assert_eq!(
+            handle.view().held,
+            0,
+            "nothing is published before it is durable"
+        );
+
+        // A refusal asked to be answered when decided is still answered only once durable, and so
+        // is a command asked the usual way.
+        let refused = handle.execute_answered(hold_for("bob"), None, AnswerWhen::Decided);
+        let confirm = Command::ConfirmHold {
+            hold: hold.id,
+            customer_id: "alice".into(),
+            payment_ref: "auth-1".into(),
+        };
+        let confirmed = handle.execute(confirm, None);
+        let (mut refused, mut confirmed) = (Box::pin(refused), Box::pin(confirmed));
+        assert!((&mut refused).now_or_never().is_none());
+        assert!((&mut confirmed).now_or_never().is_none());
+        // Both are decided once a later read is answered (the actor takes requests in order).
+        handle.read_latest(|_| ()).await.unwrap();
+        assert!(
+            (&mut refused).now_or_never().is_none(),
+            "a refusal before its write"
+        );
+        assert!(
+            (&mut confirmed).now_or_never().is_none(),
+            "an order before its write"
+        );
+
+        let durable = handle.durable();
+        let mut durable = Box::pin(durable);
+        assert!((&mut durable).now_or_never().is_none());
+        drop(gate); // every commit goes through from now on
+        let refused = refused.await.unwrap();
+        assert!(
+            matches!(refused.outcome, Err(Rejection::SoldOut { .. })),
+            "{:?}",
+            refused.outcome
+        );
+        let confirmed = confirmed.await.unwrap();
+        assert!(
+            matches!(confirmed.outcome, Ok(Reply::Confirmed(_))),
+            "{:?}",
+            confirmed.outcome
+        );
+        durable.await.unwrap();
+        assert_eq!(handle.view().sold, 1);
     }
 }

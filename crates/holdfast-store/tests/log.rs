@@ -1,11 +1,10 @@
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 use holdfast_store::{
-    Batch, Compacted, Fate, GroupCommit, GroupCommitConfig, LogBackend, Record, Recovery, Snapshot,
-    SqliteLog, SqliteSnapshots, StoreError, StoredSnapshot,
+    Batch, GroupCommit, GroupCommitConfig, LogBackend, Record, Recovery, Snapshot, SqliteLog,
+    SqliteSnapshots, StoreError, StoredSnapshot,
 };
+use holdfast_testkit::{Gate, GatedLog};
 use rand::{Rng, SeedableRng};
 
 fn record(stream: &str, payload: &str) -> Record {
@@ -146,48 +145,15 @@ fn a_snapshot_saved_apart_covers_what_it_was_built_from_and_an_older_one_never_r
     assert_eq!(recovery.records.len(), 12);
 }
 
-/// A backend that parks its first commit until the test lets it go, so the test can queue
-/// work behind it without any timing assumption.
-struct GatedBackend {
-    inner: SqliteLog,
-    commits: Arc<Mutex<Vec<usize>>>,
-    entered: mpsc::Sender<()>,
-    gate: Option<mpsc::Receiver<()>>,
-}
-
-impl LogBackend for GatedBackend {
-    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-        if let Some(gate) = self.gate.take() {
-            self.entered.send(()).unwrap();
-            gate.recv().unwrap();
-        }
-        self.commits.lock().unwrap().push(batches.len());
-        self.inner.commit(batches)
-    }
-    fn recover(&mut self) -> Result<Recovery, StoreError> {
-        self.inner.recover()
-    }
-    fn compact_values(
-        &mut self,
-        rows_max: usize,
-        fate: &mut dyn FnMut(&str, &[u8]) -> Fate,
-    ) -> Result<Compacted, StoreError> {
-        self.inner.compact_values(rows_max, fate)
-    }
-}
-
 #[tokio::test]
 async fn batches_that_arrive_during_a_sync_share_the_next_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, gate) = mpsc::channel();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let backend = GatedBackend {
-        inner: SqliteLog::open(dir.path()).unwrap(),
-        commits: commits.clone(),
-        entered: entered_tx,
-        gate: Some(gate),
-    };
+    let (backend, gate) = GatedLog::new(SqliteLog::open(dir.path()).unwrap());
+    let Gate {
+        open,
+        waiting: entered,
+        commits,
+    } = gate;
     let log = GroupCommit::spawn(backend, GroupCommitConfig::default());
     let first = tokio::spawn({
         let log = log.clone();
@@ -217,7 +183,8 @@ async fn batches_that_arrive_during_a_sync_share_the_next_sync() {
     while log.queued() < 100 {
         tokio::task::yield_now().await;
     }
-    release.send(()).unwrap();
+    open.send(()).unwrap();
+    drop(open); // only the first commit waits
     assert_eq!(first.await.unwrap().unwrap(), 1);
     let mut seqs = Vec::new();
     for task in waiting {

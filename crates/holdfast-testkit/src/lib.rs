@@ -1,7 +1,12 @@
 //! What Holdfast's tests share: a throwaway PostgreSQL cluster made from the installed
 //! binaries (Debian's `postgresql` package, which `scripts/test` installs when missing), in a
 //! temporary directory on a free port, stopped and removed when dropped — or, for the one a
-//! whole test binary shares, when that process ends.
+//! whole test binary shares, when that process ends. And [`GatedLog`], a log whose commits
+//! wait for the test.
+
+mod gated;
+
+pub use gated::{Gate, GatedLog};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! Crash test with real processes: start `holdfast serve`, drive concurrent holds and
-//! confirms, SIGKILL it at random moments, restart it on the same data, and at the end prove
-//! that every acknowledged order is there, no unit was sold twice, limits held and the stock
-//! balances.
+//! confirms, and one-request purchases, SIGKILL it at random moments, restart it on the same
+//! data, retry every request cut off with its own key, and at the end prove that the orders on
+//! the server are exactly the acknowledged ones, no unit was sold twice, limits held and the
+//! stock balances.
 
 use std::collections::{HashMap, HashSet};
 mod common;
@@ -44,10 +45,16 @@ struct Acknowledged {
     quantity: u64,
 }
 
+/// A request cut off by a kill, to be sent again with the same key.
 struct Pending {
-    hold_id: String,
-    key: String,
     customer: usize,
+    key: String,
+    what: Cut,
+}
+
+enum Cut {
+    Confirm { hold_id: String },
+    Purchase { quantity: u64 },
 }
 
 struct Shared {
@@ -77,30 +84,53 @@ async fn post(
     Ok((status, body))
 }
 
-async fn confirm(shared: &Shared, client: &reqwest::Client, pending: Pending) {
-    let url = format!("{}/v1/holds/{}/confirm", shared.base, pending.hold_id);
-    let body = json!({"payment": {"method": "card", "token": "tok_visa"}});
-    match post(
-        client,
-        &url,
-        &shared.tokens[pending.customer],
-        &pending.key,
-        body,
-    )
-    .await
-    {
-        Ok((200, order)) => shared.acknowledged.lock().unwrap().push(Acknowledged {
-            order_id: order["order_id"].as_str().unwrap().to_owned(),
-            customer: pending.customer,
-            quantity: order["quantity"].as_u64().unwrap(),
-        }),
-        Ok((status, body)) => assert!(
-            [410, 404].contains(&status) || body["error"]["code"] == "hold_expired",
-            "confirm answered {status} {body}"
+/// What became of a confirm or a purchase.
+enum Paid {
+    Acknowledged,
+    Refused(String),
+    CutOff,
+}
+
+/// Sends a confirm or a purchase and records what it answered; one cut off is kept for a retry.
+async fn pay(shared: &Shared, client: &reqwest::Client, pending: Pending) -> Paid {
+    let payment = json!({"method": "card", "token": "tok_visa"});
+    let (url, body, paid) = match &pending.what {
+        Cut::Confirm { hold_id } => (
+            format!("{}/v1/holds/{hold_id}/confirm", shared.base),
+            json!({"payment": payment}),
+            200,
         ),
+        Cut::Purchase { quantity } => (
+            format!("{}/v1/sales/crash/purchases", shared.base),
+            json!({"quantity": quantity, "channel": "web", "payment": payment}),
+            201,
+        ),
+    };
+    let token = &shared.tokens[pending.customer];
+    match post(client, &url, token, &pending.key, body).await {
+        Ok((status, order)) if status == paid => {
+            shared.acknowledged.lock().unwrap().push(Acknowledged {
+                order_id: order["order_id"].as_str().unwrap().to_owned(),
+                customer: pending.customer,
+                quantity: order["quantity"].as_u64().unwrap(),
+            });
+            Paid::Acknowledged
+        }
+        Ok((status, body)) => {
+            let code = body["error"]["code"].as_str().unwrap_or_default();
+            let refusals = [
+                "hold_expired",
+                "sold_out",
+                "limit_exceeded",
+                "hold_not_found",
+            ];
+            assert!(refusals.contains(&code), "{url} answered {status} {body}");
+            Paid::Refused(code.to_owned())
+        }
         Err(_) => {
             *shared.cut_off.lock().unwrap() += 1;
             shared.pending.lock().unwrap().push(pending);
+            Paid::CutOff
         }
     }
 }
@@ -119,22 +149,42 @@ async fn shopper(shared: Arc<Shared>, round: usize, worker: usize, seed: u64) {
         pending.drain(..take).collect()
     };
     for retry in retries {
-        confirm(&shared, &client, retry).await;
+        pay(&shared, &client, retry).await;
     }
     for n in 0.. {
         let customer = rng.random_range(0..CUSTOMERS);
         let key = format!("hold-{round}-{worker}-{n}");
         let quantity = rng.random_range(1..=LIMIT);
+        if rng.random_bool(0.5) {
+            let what = Cut::Purchase { quantity };
+            let key = format!("purchase-{round}-{worker}-{n}");
+            match pay(
+                &shared,
+                &client,
+                Pending {
+                    customer,
+                    key,
+                    what,
+                },
+            )
+            .await
+            {
+                Paid::CutOff => return,
+                Paid::Refused(code) if code == "sold_out" => return,
+                Paid::Acknowledged | Paid::Refused(_) => continue,
+            }
+        }
         let url = format!("{}/v1/sales/crash/holds", shared.base);
         let body = json!({"quantity": quantity, "channel": "web"});
         match post(&client, &url, &shared.tokens[customer], &key, body).await {
             Ok((201, hold)) => {
+                let hold_id = hold["hold_id"].as_str().unwrap().to_owned();
                 let pending = Pending {
-                    hold_id: hold["hold_id"].as_str().unwrap().to_owned(),
-                    key: format!("confirm-{round}-{worker}-{n}"),
                     customer,
+                    key: format!("confirm-{round}-{worker}-{n}"),
+                    what: Cut::Confirm { hold_id },
                 };
-                confirm(&shared, &client, pending).await;
+                pay(&shared, &client, pending).await;
             }
             Ok((409, _)) => return, // sold out
             Ok((403, body)) => assert_eq!(body["error"]["code"], "limit_exceeded"),
@@ -231,8 +281,12 @@ async fn acknowledged_orders_survive_sigkill() {
     };
     let leftovers: Vec<Pending> = pending.lock().unwrap().drain(..).collect();
     for retry in leftovers {
-        confirm(&shared, &client, retry).await;
+        pay(&shared, &client, retry).await;
     }
+    assert!(
+        shared.pending.lock().unwrap().is_empty(),
+        "every retry was answered"
+    );
     let sale: Value = client
         .get(format!("{}/v1/sales/crash", server.base))
         .bearer_auth(OPERATOR)
@@ -282,6 +336,19 @@ async fn acknowledged_orders_survive_sigkill() {
         assert_eq!(order["customer_id"], format!("c{}", ack.customer));
         assert_eq!(order["quantity"], ack.quantity);
     }
+    // Every request cut off was sent again with its key until it was answered, so an order
+    // nobody was told of is one made twice (or from a hold its buyer never saw).
+    let acknowledged_ids: HashSet<&str> =
+        acknowledged.iter().map(|a| a.order_id.as_str()).collect();
+    assert_eq!(
+        acknowledged_ids.len(),
+        acknowledged.len(),
+        "an order acknowledged twice"
+    );
+    assert_eq!(
+        order_ids, acknowledged_ids,
+        "orders on the server that nobody was told of"
+    );
     let mut per_phone: HashMap<String, u64> = HashMap::new();
     for order in &orders {
         let customer: usize = order["customer_id"].as_str().unwrap()[1..].parse().unwrap();

@@ -23,7 +23,7 @@ use super::wire::{
     format_time, in_range, parse_channel, parse_hold_id, parse_order_id, render_confirm,
     render_hold, render_purchase,
 };
-use crate::actor::{Idempotent, Outcome, Render, Renderer, SaleHandle, SaleView};
+use crate::actor::{AnswerWhen, Idempotent, Outcome, Render, Renderer, SaleHandle, SaleView};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, InFlightGuard, Owner, StoredAnswer, fingerprint, validate_key};
 use crate::ledger_error::LedgerError;
@@ -96,8 +96,37 @@ async fn execute(
     fingerprint: String,
     render: Render,
 ) -> Result<(StoredAnswer, Outcome), ApiError> {
+    let request = Executing {
+        guard,
+        fingerprint,
+        render,
+        answer_when: AnswerWhen::Durable,
+    };
+    execute_answered(sale, command, request).await
+}
+
+/// How a command is run for a request: under its idempotency key (if it has one), with the
+/// answer it gets, answered when.
+struct Executing {
+    guard: Option<InFlightGuard>,
+    fingerprint: String,
+    render: Render,
+    answer_when: AnswerWhen,
+}
+
+async fn execute_answered(
+    sale: &SaleHandle,
+    command: Command,
+    request: Executing,
+) -> Result<(StoredAnswer, Outcome), ApiError> {
+    let Executing {
+        guard,
+        fingerprint,
+        render,
+        answer_when,
+    } = request;
     let Some(guard) = guard else {
-        let executed = sale.execute(command, None).await?;
+        let executed = sale.execute_answered(command, None, answer_when).await?;
         let answer = render.answer(&sale.view().spec, &executed.outcome);
         return Ok((answer, executed.outcome));
     };
@@ -106,7 +135,9 @@ async fn execute(
         fingerprint: fingerprint.clone(),
         render,
     };
-    let executed = sale.execute(command, Some(idempotent)).await?;
+    let executed = sale
+        .execute_answered(command, Some(idempotent), answer_when)
+        .await?;
     let answer = executed
         .answer
         .expect("an idempotent command returns its stored answer");
@@ -135,7 +166,8 @@ pub(super) async fn place_hold(
         Start::Replay(answer) => return Ok(answer.into_response()),
         Start::Run(guard) => guard,
     };
-    let answer = hold(&state, &sale, shopper, wanted, guard, fingerprint).await?;
+    let durable = AnswerWhen::Durable;
+    let answer = hold(&state, &sale, shopper, wanted, guard, fingerprint, durable).await?;
     Ok(answer.into_response())
 }
 
@@ -169,11 +201,26 @@ pub(super) async fn purchase(
     // A client's key is visible ASCII, so one with a space in it is never a client's own.
     let hold_key = key.map(|key| format!("{key} hold"));
     let hold_fingerprint = fingerprint.clone();
-    let held = match start(&state, &shopper, hold_key.as_deref(), &hold_fingerprint)? {
-        Start::Replay(answer) => answer,
+    let quantity = wanted.quantity;
+    let (held, placed_here) = match start(&state, &shopper, hold_key.as_deref(), &hold_fingerprint)?
+    {
+        Start::Replay(answer) => (answer, false),
         Start::Run(hold_guard) => {
+            // Answered as soon as it is decided (a refusal once durable): the card is authorised
+            // while the hold is being written, and whatever this request answers next waits for a
+            // later write of the sale's, durable after the hold's.
             let shopper = shopper.clone();
-            hold(&state, &sale, shopper, wanted, hold_guard, hold_fingerprint).await?
+            let decided = AnswerWhen::Decided;
+            let held = hold(
+                &state,
+                &sale,
+                shopper,
+                wanted,
+                hold_guard,
+                hold_fingerprint,
+                decided,
+            );
+            (held.await?, true)
         }
     };
     let Some(hold_id) = held_hold_id(&held) else {
@@ -186,9 +233,15 @@ pub(super) async fn purchase(
         card,
         fingerprint,
         declined_releases_hold: true,
+        active_quantity: placed_here.then_some(quantity),
     };
-    let (answer, _) = pay(&state, &sale, hold, payment, guard, render_purchase).await?;
-    Ok(answer.into_response())
+    let paid = pay(&state, &sale, hold, payment, guard, render_purchase).await;
+    if paid.is_err() && placed_here {
+        // No write of this request's came after the hold's: make sure the hold is durable before
+        // answering, so the retry the error asks for finds it.
+        let _ = sale.durable().await;
+    }
+    Ok(paid?.0.into_response())
 }
 
 /// The hold a hold's answer placed, if it placed one.
@@ -234,6 +287,7 @@ async fn hold(
     wanted: Wanted<'_>,
     guard: Option<InFlightGuard>,
     fingerprint: String,
+    answer_when: AnswerWhen,
 ) -> Result<StoredAnswer, ApiError> {
     let view = sale.view();
     if let Some(refusal) = view.counters().hold_refusal(state.clock.now()) {
@@ -249,8 +303,13 @@ async fn hold(
         channel: wanted.channel,
         pass,
     };
-    let render = Render::Outcome(render_hold);
-    let (answer, _) = execute(sale, command, guard, fingerprint, render).await?;
+    let request = Executing {
+        guard,
+        fingerprint,
+        render: Render::Outcome(render_hold),
+        answer_when,
+    };
+    let (answer, _) = execute_answered(sale, command, request).await?;
     Ok(answer)
 }
 
@@ -364,6 +423,7 @@ pub(super) async fn confirm_hold(
         card,
         fingerprint,
         declined_releases_hold: false,
+        active_quantity: None,
     };
     let (answer, _) = pay(&state, &sale, hold, payment, guard, render_confirm).await?;
     Ok(answer.into_response())
@@ -379,6 +439,9 @@ struct Payment<'a> {
     /// Whether a declined card gives the hold back (a purchase) or leaves it for another card
     /// (a confirm).
     declined_releases_hold: bool,
+    /// The hold's quantity, when this request placed it itself (so it is active and the sale
+    /// need not be asked).
+    active_quantity: Option<u32>,
 }
 
 /// Authorises the card for an active hold, confirms the hold, and settles the authorisation:
@@ -395,13 +458,17 @@ async fn pay(
     let owner = payment.customer_id.clone();
     // The ledger re-checks the hold when confirming; this early look only decides whether to
     // ask the card network for money, and how much.
-    let active_quantity = sale
-        .read_latest(move |s| {
-            s.active_hold(hold)
-                .filter(|h| h.shopper.customer_id() == owner)
-                .map(|h| h.quantity)
-        })
-        .await?;
+    let active_quantity = match payment.active_quantity {
+        Some(quantity) => Some(quantity),
+        None => {
+            sale.read_latest(move |s| {
+                s.active_hold(hold)
+                    .filter(|h| h.shopper.customer_id() == owner)
+                    .map(|h| h.quantity)
+            })
+            .await?
+        }
+    };
     let spec = sale.view().spec.clone();
     // Only an active hold is paid for; otherwise the ledger answers (expired, already
     // confirmed, not found) without any money moving.
@@ -413,7 +480,12 @@ async fn pay(
                 currency: CURRENCY,
                 // A retry with the same card must not authorise twice; another card is another
                 // attempt. The request fingerprint covers the card token.
-                idempotency_key: format!("authorize {} {}", payment.raw_id, payment.fingerprint),
+                // The buyer is named too: a hold placed but never made durable (the server
+                // died first) leaves its id to be placed again, perhaps for someone else.
+                idempotency_key: format!(
+                    "authorize {} {} {}",
+                    payment.raw_id, payment.customer_id, payment.fingerprint
+                ),
             };
             match state.payments.authorize(request).await {
                 Ok(authorization) => Some(authorization),
