@@ -536,9 +536,12 @@ async fn release_declined(
 }
 
 /// Captures the authorisation if it paid for the confirmed order, voids it otherwise (the hold
-/// expired during payment, or the ledger could not write). Runs in a task of its own, so a
+/// expired during payment, or the ledger could not write). Each runs in a task of its own, so a
 /// caller who hangs up cannot stop a payment half-settled; what the card network does not take
-/// now is retried by `Settlements`.
+/// now is retried by `Settlements`. The buyer does not wait for a capture: the order is durable,
+/// and its `payment_ref` is itself the intent to capture, which the settlement worker carries
+/// out if this task does not finish. A void is waited for: until it is written down or done,
+/// nothing else remembers it.
 async fn settle(
     state: &AppState,
     authorization: String,
@@ -547,20 +550,20 @@ async fn settle(
     outcome: Option<Outcome>,
 ) {
     let settlements = state.settlements.clone();
-    let settling = tokio::spawn(async move {
-        match outcome {
-            Some(Ok(Reply::Confirmed(order))) if order.payment_ref == authorization => {
-                settlements.capture_order(&sale_id, &order).await;
-            }
-            _ => {
+    match outcome {
+        Some(Ok(Reply::Confirmed(order))) if order.payment_ref == authorization => {
+            tokio::spawn(async move { settlements.capture_order(&sale_id, &order).await });
+        }
+        _ => {
+            let voiding = tokio::spawn(async move {
                 let key = format!("settle {hold_id}");
                 if let Err(error) = settlements.void(&sale_id, &authorization, &key).await {
                     tracing::error!(%error, %authorization, "a void to retry could not be written down");
                 }
-            }
+            });
+            let _ = voiding.await;
         }
-    });
-    let _ = settling.await;
+    }
 }
 
 /// A hold as its shopper sees it.

@@ -85,6 +85,11 @@ pub async fn spawn_app_with(backend: Backend, limits: Limits) -> TestApp {
 
 /// An app whose card network stops inside `authorize` until the test opens the gate.
 pub async fn spawn_app_gated(backend: Backend, limits: Limits) -> (TestApp, Gate) {
+    spawn_app_gated_at(backend, limits, Down::Authorizations).await
+}
+
+/// An app whose card network stops inside `which` calls until the test opens the gate.
+pub async fn spawn_app_gated_at(backend: Backend, limits: Limits, which: Down) -> (TestApp, Gate) {
     let acquirer = Arc::new(SimulatedAcquirer::default());
     let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
     let (release, gate) = tokio::sync::watch::channel(false);
@@ -92,13 +97,14 @@ pub async fn spawn_app_gated(backend: Backend, limits: Limits) -> (TestApp, Gate
         inner: acquirer.clone(),
         entered: entered_tx,
         gate,
+        which,
     });
     let app = Setup::new(backend, gated, acquirer, limits).start().await;
     (app, Gate { entered, release })
 }
 
-/// Which calls a card network that is down refuses.
-#[derive(Clone, Copy)]
+/// Which calls a card network that is down refuses (or a gated one holds up).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Down {
     Captures,
     Authorizations,
@@ -168,19 +174,34 @@ struct GatedAcquirer {
     inner: Arc<SimulatedAcquirer>,
     entered: tokio::sync::mpsc::UnboundedSender<()>,
     gate: tokio::sync::watch::Receiver<bool>,
+    which: Down,
+}
+
+impl GatedAcquirer {
+    /// Waits at the gate if `call` is the gated kind.
+    async fn pass(&self, call: Down) {
+        if call != self.which {
+            return;
+        }
+        let _ = self.entered.send(());
+        let mut gate = self.gate.clone();
+        gate.wait_for(|open| *open).await.unwrap();
+    }
 }
 
 impl PaymentProvider for GatedAcquirer {
     fn authorize(&self, request: AuthorizeRequest) -> PaymentFuture<'_, Authorization> {
-        let _ = self.entered.send(());
-        let mut gate = self.gate.clone();
         Box::pin(async move {
-            gate.wait_for(|open| *open).await.unwrap();
+            self.pass(Down::Authorizations).await;
             self.inner.authorize(request).await
         })
     }
     fn capture(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
-        self.inner.capture(id, key)
+        let (id, key) = (id.to_owned(), key.to_owned());
+        Box::pin(async move {
+            self.pass(Down::Captures).await;
+            self.inner.capture(&id, &key).await
+        })
     }
     fn void(&self, id: &str, key: &str) -> PaymentFuture<'_, ()> {
         self.inner.void(id, key)
@@ -573,4 +594,14 @@ pub async fn metric(app: &TestApp, name: &str) -> f64 {
         .filter_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .next()
         .unwrap_or(0.0)
+}
+
+/// Checks the acquirer captured `n` payments, polling up to a deadline: a buyer is answered
+/// once the order is durable, and the capture runs on after the answer.
+pub async fn assert_captured(app: &TestApp, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.acquirer.captured() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(app.acquirer.captured(), n, "{what}");
 }

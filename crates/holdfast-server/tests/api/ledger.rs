@@ -75,7 +75,7 @@ async fn a_repeated_idempotency_key_returns_the_first_answer_even_after_a_restar
         .await;
     assert_eq!(paid_again.body, paid.body);
     assert_eq!(stock(&app.sale("masks").await), (10, 8, 1, 1));
-    assert_eq!(app.acquirer.captured(), 1, "charged once");
+    assert_captured(&app, 1, "charged once").await;
 }
 
 #[apply(backends)]
@@ -355,6 +355,37 @@ async fn an_idempotency_key_replays_for_a_day_then_is_fresh_again(backend: Backe
     );
 }
 
+/// The buyer is answered once the order is durable, not once the card network has taken the
+/// capture (a real network can take its time): the capture runs on and is done once.
+#[apply(backends)]
+async fn a_buyer_does_not_wait_for_the_capture(backend: Backend) {
+    let (app, mut gate) = spawn_app_gated_at(backend, Limits::default(), Down::Captures).await;
+    app.create_sale(sale_json("masks", 10, 2, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let held = app.hold("masks", &alice, 1).await;
+    let hold_id = held.body["hold_id"].as_str().unwrap().to_owned();
+    let in_time = std::time::Duration::from_secs(30);
+    let confirmed = tokio::time::timeout(in_time, app.confirm(&hold_id, &alice))
+        .await
+        .expect("the buyer waited for the card network's capture");
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    let body = json!({"quantity": 1, "payment": {"method": "card", "token": "tok_visa"}});
+    let purchase = app.call(
+        Method::POST,
+        "/v1/sales/masks/purchases",
+        Some(&alice),
+        Some(body),
+    );
+    let bought = tokio::time::timeout(in_time, purchase)
+        .await
+        .expect("the buyer waited for the card network's capture");
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.body);
+    gate.entered.recv().await.expect("a capture was asked for");
+    assert_eq!(app.acquirer.captured(), 0, "both captures wait at the gate");
+    gate.release.send(true).unwrap();
+    assert_captured(&app, 2, "captured once each, after the answers").await;
+}
+
 /// A capture the card network did not take is kept and retried until it does; after a restart
 /// too. Nothing authorised for an order is left uncaptured, nothing is captured twice.
 #[apply(backends)]
@@ -374,11 +405,14 @@ async fn a_capture_the_network_did_not_take_is_retried_until_it_does(backend: Ba
         assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
         holds.push(hold_id);
     }
+    // Each capture is tried once right after its answer, refused, and kept for a retry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pending = || metric(&app, "holdfast_payment_settlements_pending");
+    while pending().await < 3.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(pending().await, 3.0);
     assert_eq!(app.acquirer.captured(), 0);
-    assert_eq!(
-        metric(&app, "holdfast_payment_settlements_pending").await,
-        3.0
-    );
     // The server restarts while the network still refuses: nothing is forgotten.
     let app = app.restart().await;
     app.advance_s(60);
@@ -482,7 +516,7 @@ async fn a_purchase_holds_and_pays_in_one_request(backend: Backend) {
         (2, 1, 0, 1),
         "the same hold, paid"
     );
-    assert_eq!(app.acquirer.captured(), 1);
+    assert_captured(&app, 1, "the same hold, paid once").await;
     let again = app.purchase("masks", &alice, "tok_visa", "a-1").await;
     assert_eq!((again.status, &again.body), (bought.status, &bought.body));
 
@@ -515,5 +549,5 @@ async fn a_purchase_holds_and_pays_in_one_request(backend: Backend) {
         (replayed.status, &replayed.body),
         (refused.status, &refused.body)
     );
-    assert_eq!(app.acquirer.captured(), 2, "two purchases, two captures");
+    assert_captured(&app, 2, "two purchases, two captures").await;
 }

@@ -28,7 +28,7 @@ async fn hold_confirm_and_read_back(backend: Backend) {
     let confirmed = app.confirm(hold_id, &alice).await;
     assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
     assert_eq!(confirmed.body["status"], "confirmed");
-    assert_eq!(app.acquirer.captured(), 1);
+    assert_captured(&app, 1, "the order's payment captured").await;
     assert_eq!(stock(&app.sale("masks").await), (3, 2, 0, 1));
 
     let order_id = confirmed.body["order_id"].as_str().unwrap();
