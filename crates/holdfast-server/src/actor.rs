@@ -205,10 +205,7 @@ impl SaleHandle {
             reply: Some(reply),
             answer_when,
         };
-        self.sender.try_send(request).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
-            mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
-        })?;
+        self.sender.try_send(request).map_err(queue_refused)?;
         answer.await.map_err(|_| LedgerError::Stopped)?
     }
 
@@ -234,10 +231,7 @@ impl SaleHandle {
             match self.sender.try_send(request) {
                 Ok(()) => answers.push(Ok(answer)),
                 Err(error) => {
-                    let error = match error {
-                        mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
-                        mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
-                    };
+                    let error = queue_refused(error);
                     answers.push(Err(error_like(&error)));
                     refused = Some(error);
                 }
@@ -262,22 +256,10 @@ impl SaleHandle {
         self.read_with(read, true).await
     }
 
-    /// Reads the latest decided state without waiting for it to be durable. Only for checks
-    /// whose answer is confirmed by a later command anyway (such as whether to ask the card
-    /// network for money before confirming a hold).
     /// Waits until everything this sale decided before now is durable (waiting for room in the
     /// sale's queue rather than refusing: the caller has something decided to make good on).
     pub async fn durable(&self) -> Result<(), LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        let read: ReadFn = Box::new(move |_| {
-            Box::new(move || {
-                let _ = reply.send(());
-            })
-        });
-        let request = Request::Read {
-            read,
-            durable_only: true,
-        };
+        let (request, answer) = read_request(|_| (), true);
         self.sender
             .send(request)
             .await
@@ -285,6 +267,9 @@ impl SaleHandle {
         answer.await.map_err(|_| LedgerError::Stopped)
     }
 
+    /// Reads the latest decided state without waiting for it to be durable. Only for checks
+    /// whose answer is confirmed by a later command anyway (such as whether to ask the card
+    /// network for money before confirming a hold).
     pub async fn read_latest<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Sale) -> T + Send + 'static,
@@ -297,19 +282,32 @@ impl SaleHandle {
         read: impl FnOnce(&Sale) -> T + Send + 'static,
         durable_only: bool,
     ) -> Result<T, LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        let read: ReadFn = Box::new(move |sale| {
-            let value = read(sale);
-            Box::new(move || {
-                let _ = reply.send(value);
-            })
-        });
-        let request = Request::Read { read, durable_only };
-        self.sender.try_send(request).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
-            mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
-        })?;
+        let (request, answer) = read_request(read, durable_only);
+        self.sender.try_send(request).map_err(queue_refused)?;
         answer.await.map_err(|_| LedgerError::Stopped)
+    }
+}
+
+/// A read for the actor to run, and where its value will arrive.
+fn read_request<T: Send + 'static>(
+    read: impl FnOnce(&Sale) -> T + Send + 'static,
+    durable_only: bool,
+) -> (Request, oneshot::Receiver<T>) {
+    let (reply, answer) = oneshot::channel();
+    let read: ReadFn = Box::new(move |sale| {
+        let value = read(sale);
+        Box::new(move || {
+            let _ = reply.send(value);
+        })
+    });
+    (Request::Read { read, durable_only }, answer)
+}
+
+/// Why a sale's queue did not take a request.
+fn queue_refused<T>(error: mpsc::error::TrySendError<T>) -> LedgerError {
+    match error {
+        mpsc::error::TrySendError::Full(_) => LedgerError::Busy,
+        mpsc::error::TrySendError::Closed(_) => LedgerError::Stopped,
     }
 }
 
