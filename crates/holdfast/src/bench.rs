@@ -86,6 +86,9 @@ pub struct BenchArgs {
 enum Scenario {
     All,
     Bare,
+    /// The bare endpoint plus one small record appended to the embedded log and synced before
+    /// the answer: the least any durable request costs on this machine.
+    Floor,
     Ledger,
     Core,
     /// Terminals reconnecting at once with journals of offline sales, under live traffic.
@@ -111,6 +114,7 @@ enum Scenario {
 pub(crate) const OPERATOR: &str = "bench-operator";
 const WARM_UP: Duration = Duration::from_secs(1);
 
+#[derive(Clone)]
 pub(crate) struct RunResult {
     pub requests_per_s: f64,
     /// Confirms answered 200 per second (ledger only).
@@ -211,17 +215,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runtimes = Runtimes::new()?;
     let client = crate::http::client(args.connections);
     let data = ToolData::new(args.data.as_deref(), "bench")?;
-    let (mut bare, mut ledger, mut core) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut floors, mut ledger, mut core) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let wanted = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
-    let steps = [Scenario::Bare, Scenario::Ledger, Scenario::Core]
-        .into_iter()
-        .filter(|s| wanted(*s))
-        .count();
+    let steps = [
+        Scenario::Bare,
+        Scenario::Floor,
+        Scenario::Ledger,
+        Scenario::Core,
+    ]
+    .into_iter()
+    .filter(|s| wanted(*s))
+    .count();
     let bar = crate::progress::bar((args.runs * steps) as u64, "measurements");
     for run in 1..=args.runs {
         if wanted(Scenario::Bare) {
             bar.set_message(format!("run {run}/{}: bare endpoint", args.runs));
             bare.push(bare_run(&runtimes, &client, &args)?);
+            bar.inc(1);
+        }
+        if wanted(Scenario::Floor) {
+            bar.set_message(format!("run {run}/{}: durable floor", args.runs));
+            let embedded = floor_run(&runtimes, &client, &args, FloorLog::embedded(&data)?)?;
+            let file = floor_run(&runtimes, &client, &args, FloorLog::append_file(&data)?)?;
+            floors.push((embedded, file));
             bar.inc(1);
         }
         if wanted(Scenario::Ledger) {
@@ -236,7 +253,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    report(&args, &data, &bare, &ledger, &core);
+    report(&args, &data, &bare, &floors, &ledger, &core);
     Ok(())
 }
 
@@ -270,6 +287,112 @@ pub(crate) fn bare_run(
     args: &BenchArgs,
 ) -> anyhow::Result<RunResult> {
     let router = Router::new().route("/bare", post(|| async { axum::Json(json!({})) }));
+    serve_and_drive(runtimes, client, args, router)
+}
+
+/// The bare endpoint, answering only once a small record of its own is durable: what is left of
+/// the ceiling when every answer waits for a sync, before any of the ledger's own work.
+fn floor_run(
+    runtimes: &Runtimes,
+    client: &HttpClient,
+    args: &BenchArgs,
+    log: FloorLog,
+) -> anyhow::Result<RunResult> {
+    let router = Router::new().route(
+        "/bare",
+        post(move || {
+            let log = log.clone();
+            async move {
+                let status = match log.append(vec![0x5a; FLOOR_RECORD_BYTES]).await {
+                    true => hyper::StatusCode::OK,
+                    false => hyper::StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, axum::Json(json!({})))
+            }
+        }),
+    );
+    serve_and_drive(runtimes, client, args, router)
+}
+
+/// About the size of one hold's record in the ledger's log.
+const FLOOR_RECORD_BYTES: usize = 64;
+
+/// Where the durable floor's endpoint writes.
+#[derive(Clone)]
+enum FloorLog {
+    /// The embedded log exactly as the server runs it: SQLite in WAL mode, every commit synced,
+    /// behind the same group commit.
+    Embedded(holdfast_store::LogHandle),
+    /// A plain file, appended to and synced (`fdatasync`) once for every group of records that
+    /// queued up while the previous sync ran: no database at all, the least any durable write
+    /// can cost on this machine.
+    AppendFile(std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>),
+}
+
+impl FloorLog {
+    fn embedded(data: &ToolData) -> anyhow::Result<FloorLog> {
+        let backend = holdfast_store::SqliteLog::open(&data.next_server_dir()?)?;
+        let log = holdfast_store::GroupCommit::spawn(backend, Default::default());
+        Ok(FloorLog::Embedded(log))
+    }
+
+    fn append_file(data: &ToolData) -> anyhow::Result<FloorLog> {
+        let mut file = std::fs::File::create(data.next_server_dir()?.join("floor.log"))?;
+        let (sender, receiver) =
+            std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>();
+        std::thread::Builder::new()
+            .name("floor-log".into())
+            .spawn(move || {
+                use std::io::Write;
+                while let Ok(first) = receiver.recv() {
+                    let group: Vec<_> = std::iter::once(first).chain(receiver.try_iter()).collect();
+                    let bytes: Vec<u8> =
+                        group.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+                    // A failed write or sync answers nobody: their senders drop, and they fail.
+                    if file
+                        .write_all(&bytes)
+                        .and_then(|()| file.sync_data())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    for (_, done) in group {
+                        let _ = done.send(());
+                    }
+                }
+            })?;
+        Ok(FloorLog::AppendFile(sender))
+    }
+
+    /// Whether `record` became durable.
+    async fn append(&self, record: Vec<u8>) -> bool {
+        match self {
+            FloorLog::Embedded(log) => {
+                let record = holdfast_store::Record {
+                    stream: "floor".to_owned(),
+                    payload: record,
+                };
+                let batch = holdfast_store::Batch {
+                    records: vec![record],
+                    ..Default::default()
+                };
+                log.append(batch).await.is_ok()
+            }
+            FloorLog::AppendFile(writer) => {
+                let (done, synced) = tokio::sync::oneshot::channel();
+                writer.send((record, done)).is_ok() && synced.await.is_ok()
+            }
+        }
+    }
+}
+
+/// Serves `router` on loopback and drives its `/bare` route with the bare workload.
+fn serve_and_drive(
+    runtimes: &Runtimes,
+    client: &HttpClient,
+    args: &BenchArgs,
+    router: Router,
+) -> anyhow::Result<RunResult> {
     let listener = runtimes
         .server
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -742,10 +865,12 @@ fn report(
     args: &BenchArgs,
     data: &ToolData,
     bare: &[RunResult],
+    floors: &[(RunResult, RunResult)],
     ledger: &[RunResult],
     core: &[f64],
 ) {
     let rate = |r: &[RunResult]| median(r.iter().map(|x| x.requests_per_s).collect());
+    let (embedded, file): (Vec<RunResult>, Vec<RunResult>) = floors.iter().cloned().unzip();
     println!(
         "holdfast bench: {} runs x {} s, {} connections, loopback, fsync on (data in {})\n",
         args.runs,
@@ -757,6 +882,11 @@ fn report(
     println!("|---|---:|---:|---:|---:|---|");
     for (name, results) in [
         ("bare axum endpoint (ceiling)", bare),
+        (
+            "bare + a record synced in the embedded log (floor)",
+            &embedded,
+        ),
+        ("bare + a record synced in a plain file (floor)", &file),
         ("ledger hold+confirm", ledger),
     ] {
         let results: Vec<&RunResult> = results.iter().collect();
@@ -771,6 +901,14 @@ fn report(
         "\nledger / bare (ratio of medians): {:.3}",
         rate(ledger) / rate(bare)
     );
+    if !floors.is_empty() {
+        println!(
+            "floor / bare: {:.3} (embedded log), {:.3} (plain file); ledger / embedded floor: {:.3}",
+            rate(&embedded) / rate(bare),
+            rate(&file) / rate(bare),
+            rate(ledger) / rate(&embedded)
+        );
+    }
     let purchases = median(ledger.iter().map(|x| x.purchases_per_s).collect());
     let purchase_runs = ledger
         .iter()
@@ -795,4 +933,41 @@ fn report(
         "core alone: median {:.0} commands/s (runs: {core_runs})",
         median(core.to_vec())
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_floor_answers_only_once_its_record_is_written() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = ToolData::new(Some(&scratch.path().join("data")), "bench").unwrap();
+        for log in [
+            FloorLog::embedded(&data).unwrap(),
+            FloorLog::append_file(&data).unwrap(),
+        ] {
+            let record = |n: u8| log.append(vec![n; FLOOR_RECORD_BYTES]);
+            let answers = tokio::join!(record(1), record(2), record(3));
+            assert_eq!(answers, (true, true, true));
+        }
+        let embedded = holdfast_store::SqliteReader::open(&data.root().join("server-1")).unwrap();
+        let mut records = Vec::new();
+        embedded
+            .records(|record| {
+                records.push(record.payload);
+                Ok(())
+            })
+            .unwrap();
+        records.sort();
+        let expected: Vec<Vec<u8>> = (1..=3).map(|n| vec![n; FLOOR_RECORD_BYTES]).collect();
+        assert_eq!(records, expected);
+        let file = std::fs::read(data.root().join("server-2").join("floor.log")).unwrap();
+        let mut file_records: Vec<Vec<u8>> = file
+            .chunks(FLOOR_RECORD_BYTES)
+            .map(<[u8]>::to_vec)
+            .collect();
+        file_records.sort();
+        assert_eq!(file_records, expected);
+    }
 }
