@@ -28,6 +28,7 @@ pub use sale::{
 pub use spec::{
     ADMISSION_PER_S_DEFAULT, ADMISSION_PER_S_MAX, Channel, DeliveryPlan, HOLD_TTL_MILLIS_DEFAULT,
     HOLD_TTL_MILLIS_MAX, PASS_TTL_MILLIS_DEFAULT, PASS_TTL_MILLIS_RANGE, PER_CUSTOMER_LIMIT_MAX,
-    QueueMode, STOCK_MAX, SaleSpec, SpecError, is_valid_sale_id,
+    QueueMode, SALE_TEXT_CHARS_MAX, STOCK_MAX, SaleSpec, SpecError, is_display_text,
+    is_valid_sale_id,
 };
 pub use time::{DAY_MAX, DAY_MIN, Day, Timestamp};

@@ -96,6 +96,10 @@ pub enum SpecError {
     InvalidId,
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error(
+        "{0} must be 1-{SALE_TEXT_CHARS_MAX} characters, not blank, without control characters"
+    )]
+    Text(&'static str),
     #[error("price {price} exceeds the price ceiling {ceiling}")]
     PriceAboveCeiling { price: u64, ceiling: u64 },
     #[error(
@@ -134,7 +138,7 @@ impl SpecError {
     pub fn code(&self) -> &'static str {
         match self {
             SpecError::InvalidId => "invalid_sale_id",
-            SpecError::Empty(_) => "invalid_sale",
+            SpecError::Empty(_) | SpecError::Text(_) => "invalid_sale",
             SpecError::PriceAboveCeiling { .. } => "price_above_ceiling",
             SpecError::PriceOutOfRange => "invalid_price",
             SpecError::PriceCeilingOutOfRange => "invalid_price_ceiling",
@@ -154,6 +158,18 @@ impl SpecError {
             SpecError::LotterySeed => "invalid_lottery",
         }
     }
+}
+
+/// Characters at most in a new sale's `sku` or `name`.
+pub const SALE_TEXT_CHARS_MAX: usize = 200;
+
+/// Whether `text` can stand as a name people read (a sku, a product's or a store's name): not
+/// blank, at most `chars_max` characters, and no control characters, which would corrupt the
+/// receipts, logs, exports and screens it is printed on.
+pub fn is_display_text(text: &str, chars_max: usize) -> bool {
+    !text.trim().is_empty()
+        && text.chars().count() <= chars_max
+        && !text.chars().any(char::is_control)
 }
 
 pub fn is_valid_sale_id(id: &str) -> bool {
@@ -192,6 +208,18 @@ impl SaleSpec {
             pass_ttl_millis: PASS_TTL_MILLIS_DEFAULT,
             lottery_seed: None,
         }
+    }
+
+    /// Checks a sale about to be created: every rule of [`SaleSpec::validate`], and names
+    /// people can read. (Sales already in a log are read back with `validate` alone, so one
+    /// created before a naming rule tightened still opens.)
+    pub fn validate_new(&self) -> Result<(), SpecError> {
+        for (field, text) in [("sku", &self.sku), ("name", &self.name)] {
+            if !is_display_text(text, SALE_TEXT_CHARS_MAX) {
+                return Err(SpecError::Text(field));
+            }
+        }
+        self.validate()
     }
 
     /// Checks every rule a sale must satisfy before it may exist.
@@ -266,5 +294,20 @@ impl SaleSpec {
             return Err(SpecError::LotterySeed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_no_one_can_read_is_refused_for_a_new_sale_but_an_old_one_still_opens() {
+        let mut spec = SaleSpec::plain("masks", 39_900, 10, 1, Timestamp(0));
+        spec.name = "masks\u{1b}[2J".to_owned();
+        assert_eq!(spec.validate_new(), Err(SpecError::Text("name")));
+        assert_eq!(spec.validate(), Ok(()), "a sale already in a log opens");
+        spec.name = "마".repeat(SALE_TEXT_CHARS_MAX);
+        assert_eq!(spec.validate_new(), Ok(()));
     }
 }

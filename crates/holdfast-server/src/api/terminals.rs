@@ -547,11 +547,7 @@ pub(super) async fn set_catalogue(
     if body.items.len() > CATALOGUE_ITEMS_MAX {
         return Err(invalid(format!("at most {CATALOGUE_ITEMS_MAX} items")));
     }
-    let text_ok = |t: &str| {
-        !t.trim().is_empty()
-            && t.chars().count() <= CATALOGUE_TEXT_CHARS_MAX
-            && !t.chars().any(char::is_control)
-    };
+    let text_ok = |t: &str| holdfast_core::is_display_text(t, CATALOGUE_TEXT_CHARS_MAX);
     let mut items = Vec::with_capacity(body.items.len());
     for mut item in body.items {
         if !text_ok(&item.sku) || !text_ok(&item.name) {

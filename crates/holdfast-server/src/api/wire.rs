@@ -209,7 +209,7 @@ impl CreateSale {
             },
             lottery_seed: (queue == QueueMode::Lottery).then_some(lottery_seed),
         };
-        spec.validate()?;
+        spec.validate_new()?;
         Ok(spec)
     }
 }

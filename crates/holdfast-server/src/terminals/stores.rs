@@ -14,9 +14,12 @@ use crate::streams::{Streams, store_stream};
 const LIMITS_KEY: &str = "store-limits/";
 const CATALOGUE_KEY: &str = "store-catalogue/";
 
-/// Whether `name` can name a store: 1-128 characters, none of them control characters.
+/// Characters at most in a store's name.
+pub const STORE_NAME_CHARS_MAX: usize = 128;
+
+/// Whether `name` can name a store: 1-128 characters, not blank, none of them control characters.
 pub fn is_valid_store_name(name: &str) -> bool {
-    !name.trim().is_empty() && name.chars().count() <= 128 && !name.chars().any(char::is_control)
+    holdfast_core::is_display_text(name, STORE_NAME_CHARS_MAX)
 }
 
 #[derive(Clone, Debug, Default)]

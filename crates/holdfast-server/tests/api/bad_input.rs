@@ -427,6 +427,12 @@ async fn bad_input_gets_a_4xx_and_changes_nothing(backend: Backend) {
             json!({"delivery": {"capacity_per_day": 0, "first_day": "2026-01-02"}}),
             "invalid_delivery",
         ),
+        // Names end up on receipts, exports, logs and the dashboard.
+        (json!({"sku": "KF94\u{0000}"}), "invalid_sale"),
+        (json!({"sku": "KF94\n100"}), "invalid_sale"),
+        (json!({"name": "masks\u{001b}[2J"}), "invalid_sale"),
+        (json!({"name": "\u{00a0}\t"}), "invalid_sale"),
+        (json!({"name": "m".repeat(201)}), "invalid_sale"),
     ];
     for (patch, code) in bad_sales {
         let refused = app
@@ -446,6 +452,9 @@ async fn bad_input_gets_a_4xx_and_changes_nothing(backend: Backend) {
         before,
         "bad input changed the ledger"
     );
+    let long_name = json!({"sku": "KF94-100", "name": "마스크".repeat(66) + "만"});
+    let created = app.create_sale(sale_json("named", 10, 1, long_name)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
 }
 
 /// A delivery calendar full to its last day refuses the next hold and keeps serving the sale;
