@@ -113,9 +113,12 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// Keeps the digits and writes an international prefix for Korea (+82 / 0082) as the domestic
-/// trunk prefix 0, so "+82 10-1234-5678", "010 1234 5678" and "０１０-１２３４-５６７８" are one
-/// phone. Letters, digits of other scripts and other symbols are refused, not skipped.
+/// Keeps the digits and writes Korea's country code as the domestic trunk prefix 0, so
+/// "+82 10-1234-5678", "010 1234 5678" and "０１０-１２３４-５６７８" are one phone. The country
+/// code counts however it is written — "+82", "0082", "(+82)", or "82" with the + left off — as
+/// no number dialled within Korea starts with 82 (national numbers start with the trunk prefix
+/// 0, service numbers with 1). Letters, digits of other scripts and other symbols are refused,
+/// not skipped.
 pub fn normalise_phone(raw: &str) -> Result<String, IdentityError> {
     let text = visible(raw);
     let allowed = |c: char| {
@@ -129,13 +132,10 @@ pub fn normalise_phone(raw: &str) -> Result<String, IdentityError> {
     if !text.chars().all(allowed) {
         return Err(IdentityError::InvalidPhone);
     }
-    let international = text.trim_start().starts_with('+');
     let digits: String = text.chars().filter(char::is_ascii_digit).collect();
-    let national = if international {
-        digits.strip_prefix("82")
-    } else {
-        digits.strip_prefix("0082")
-    };
+    let national = digits
+        .strip_prefix("0082")
+        .or_else(|| digits.strip_prefix("82"));
     let phone = match national {
         Some(rest) if !rest.is_empty() => format!("0{}", rest.trim_start_matches('0')),
         _ => digits,
@@ -174,6 +174,10 @@ mod tests {
             "010\u{200B}-1234-5678",
             "010\u{2011}1234\u{2013}5678",
             "\u{FEFF}010 1234\u{00AD} 5678",
+            "82-10-1234-5678",
+            "82 010 1234 5678",
+            "(+82) 10-1234-5678",
+            "+82 (0)10 1234 5678",
         ] {
             assert_eq!(normalise_phone(raw), Ok("01012345678".into()), "{raw:?}");
         }
@@ -230,5 +234,16 @@ mod tests {
     fn blank_phone_and_address_are_absent() {
         let shopper = Shopper::new("c1", Some(" \u{200B} "), Some(" , ")).unwrap();
         assert_eq!(shopper.keys(), &[IdentityKey::Account("c1".into())]);
+    }
+
+    proptest::proptest! {
+        /// A stored key folds to itself, so one written as a key and one typed by a person
+        /// meet (and the country code is never stripped twice).
+        #[test]
+        fn a_normalised_phone_is_its_own_normal_form(raw in "[+(]{0,2}[0-9 ()+.-]{0,24}") {
+            if let Ok(phone) = normalise_phone(&raw) {
+                proptest::prop_assert_eq!(normalise_phone(&phone), Ok(phone.clone()));
+            }
+        }
     }
 }

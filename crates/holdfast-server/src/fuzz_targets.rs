@@ -77,6 +77,8 @@ pub fn identity(data: &[u8]) {
     };
     if let Ok(phone) = holdfast_core::normalise_phone(text) {
         assert!(phone.bytes().all(|b| b.is_ascii_digit()), "{phone:?}");
+        // A key is its own normal form: a phone stored as a key folds to the same key again.
+        assert_eq!(holdfast_core::normalise_phone(&phone), Ok(phone.clone()));
     }
     let address = holdfast_core::normalise_address(text);
     assert_eq!(address.trim(), address);

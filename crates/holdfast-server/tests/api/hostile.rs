@@ -28,6 +28,8 @@ async fn look_alike_phones_and_addresses_are_one_person(backend: Backend) {
         (Some("０１０-８０００-０００４"), None),
         (Some("010\u{200B}8000\u{200B}0004"), None),
         (Some("+82 10 8000 0004"), None),
+        (Some("82-10-8000-0004"), None),
+        (Some("(+82) 10 8000 0004"), None),
         (None, Some("１２ Ｍａｉｎ Ｓｔ， Ａｐｔ ３")),
         (None, Some("12 Ma\u{200B}in St, Apt 3")),
         (None, Some("12 M\u{0430}in St, Apt 3")),
