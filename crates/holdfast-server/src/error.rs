@@ -34,7 +34,14 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// For a 401: the `WWW-Authenticate` challenge naming the scheme the call needs.
+    pub challenge: Option<&'static str>,
 }
+
+/// The auth scheme a 401 names in its `WWW-Authenticate` challenge (RFC 9110 §11.6.1: every
+/// 401 carries one, so a client knows what to send).
+const CHALLENGE_BEARER: &str = "Bearer realm=\"holdfast\"";
+const CHALLENGE_TERMINAL: &str = "Terminal realm=\"holdfast\"";
 
 /// A message is for a person, and some quote what the caller sent (a parser's complaint, an
 /// unknown name): cut there, so an answer never echoes a large input back.
@@ -55,6 +62,7 @@ impl ApiError {
             code,
             message: bounded(message.into()),
             retry_after_s: None,
+            challenge: None,
         }
     }
 
@@ -66,8 +74,20 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// A missing or refused operator or customer token.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError {
+            challenge: Some(CHALLENGE_BEARER),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        }
+    }
+
+    /// A missing or refused terminal signature.
+    pub fn unauthorized_terminal(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            challenge: Some(CHALLENGE_TERMINAL),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        }
     }
 
     pub fn overloaded(retry_after_s: u64) -> ApiError {
@@ -103,6 +123,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

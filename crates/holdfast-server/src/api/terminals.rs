@@ -158,10 +158,13 @@ pub(super) struct Signed {
 }
 
 fn refuse(why: impl std::fmt::Display) -> ApiError {
-    ApiError::unauthorized(format!(
-        "this call needs 'Authorization: Terminal <id>:<signed at>:<nonce>:<signature>' \
+    ApiError::unauthorized_terminal(
+        "unauthorized",
+        format!(
+            "this call needs 'Authorization: Terminal <id>:<signed at>:<nonce>:<signature>' \
          from that terminal: {why}"
-    ))
+        ),
+    )
 }
 
 impl FromRequest<AppState> for Signed {
@@ -205,16 +208,12 @@ impl FromRequest<AppState> for Signed {
 fn auth_refusal(refusal: AuthRefusal) -> ApiError {
     match refusal {
         AuthRefusal::Refused(auth::Refused::TooMany) => ApiError::overloaded(5),
-        AuthRefusal::Refused(refused @ auth::Refused::Replayed) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "request_replayed",
-            refused.to_string(),
-        ),
-        AuthRefusal::Refused(refused) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "signature_expired",
-            refused.to_string(),
-        ),
+        AuthRefusal::Refused(refused @ auth::Refused::Replayed) => {
+            ApiError::unauthorized_terminal("request_replayed", refused.to_string())
+        }
+        AuthRefusal::Refused(refused) => {
+            ApiError::unauthorized_terminal("signature_expired", refused.to_string())
+        }
         AuthRefusal::BadSignature => refuse(refusal),
     }
 }

@@ -329,12 +329,19 @@ async fn every_route_survives_garbage_and_the_ledger_is_unchanged(backend: Backe
                 }
                 let response = request.send().await.unwrap();
                 let status = response.status();
+                let challenge = response.headers().get("www-authenticate").cloned();
                 let text = response.text().await.unwrap();
                 let what = format!(
                     "{method} {} as {credential:?} with body {n}",
                     &path[..path.len().min(60)]
                 );
                 assert!(!status.is_server_error(), "{what}: {status} {text}");
+                // RFC 9110 §15.5.2: a 401 names the scheme to authenticate with.
+                if status == StatusCode::UNAUTHORIZED {
+                    let challenge = challenge.unwrap_or_else(|| panic!("{what}: no challenge"));
+                    let scheme = challenge.to_str().unwrap().split(' ').next().unwrap();
+                    assert!(["Bearer", "Terminal"].contains(&scheme), "{what}: {scheme}");
+                }
                 if status.is_client_error() {
                     let error: serde_json::Value = serde_json::from_str(&text)
                         .unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
@@ -361,6 +368,59 @@ async fn orders(app: &TestApp) -> serde_json::Value {
 
 /// Tickets, passes and customer tokens are all signed by the server, but each carries its kind
 /// and its sale: none stands in for another, none works on another sale.
+/// An auth scheme's name is case-insensitive (RFC 9110 §11.1): a client that writes `bearer`
+/// or `BEARER` is not a stranger. The token itself is still compared exactly.
+#[apply(backends)]
+async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_sale(sale_json("masks", 10, 1, json!({}))).await;
+    let alice = app.token("alice", None, None).await;
+    let hold = json!({"quantity": 1, "channel": "web"});
+    for (n, scheme) in ["bearer", "BEARER", "bEaReR"].into_iter().enumerate() {
+        let base = app.next_base();
+        let read = app
+            .client
+            .get(format!("{base}/v1/sales/masks"))
+            .header("Authorization", format!("{scheme} {OPERATOR}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::OK, "{scheme}, operator");
+        let held = app
+            .client
+            .post(format!("{base}/v1/sales/masks/holds"))
+            .header("Authorization", format!("{scheme} {alice}"))
+            .header("Idempotency-Key", format!("scheme-{n}"))
+            .json(&hold)
+            .send()
+            .await
+            .unwrap();
+        let status = held.status();
+        let expected = [
+            StatusCode::CREATED,
+            StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
+        ][n];
+        assert_eq!(
+            status,
+            expected,
+            "{scheme}, customer: {}",
+            held.text().await.unwrap()
+        );
+    }
+    let wrong_case_token = app
+        .client
+        .get(format!("{}/v1/sales/masks", app.next_base()))
+        .header(
+            "Authorization",
+            format!("bearer {}", OPERATOR.to_uppercase()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_case_token.status(), StatusCode::UNAUTHORIZED);
+}
+
 #[apply(backends)]
 async fn no_token_stands_in_for_another_kind_or_another_sale(backend: Backend) {
     let app = spawn_app(backend).await;
