@@ -6,7 +6,9 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use holdfast_testkit::KilledOnDrop;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,14 +34,16 @@ fn agent(data: &Path, args: &[&str]) {
 }
 
 /// Starts `holdfast-pos web` and answers the address it printed.
-fn counter_page(data: &Path) -> (Child, String) {
-    let mut child = Command::new(AGENT)
-        .arg("--data")
-        .arg(data)
-        .args(["web", "--listen", "127.0.0.1:0", "--every-s", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn counter_page(data: &Path) -> (KilledOnDrop, String) {
+    let mut child = KilledOnDrop(
+        Command::new(AGENT)
+            .arg("--data")
+            .arg(data)
+            .args(["web", "--listen", "127.0.0.1:0", "--every-s", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{OPERATOR, Server, Till, client, masks_till};
 use holdfast_pos::counter::{self, Tender};
 use holdfast_pos::journal::{Item, Journal};
+use holdfast_testkit::KilledOnDrop;
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -94,12 +95,14 @@ async fn an_upload_killed_mid_way_resumes_without_losing_or_doubling() {
         // lands mid-upload: acknowledged work behind it, unacknowledged work ahead.
         let threshold =
             (acked(till_dir.path()) + rng.random_range(1..=2u64) * 500).min(SALES - 500);
-        let mut child = Command::new(AGENT)
-            .arg("--data")
-            .arg(till_dir.path())
-            .arg("sync")
-            .spawn()
-            .unwrap();
+        let mut child = KilledOnDrop(
+            Command::new(AGENT)
+                .arg("--data")
+                .arg(till_dir.path())
+                .arg("sync")
+                .spawn()
+                .unwrap(),
+        );
         wait_for_ack(till_dir.path(), threshold, &mut child).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -141,12 +144,14 @@ async fn a_server_restart_during_an_upload_loses_and_doubles_nothing() {
     sell_many(&mut till, 1000, 1);
     drop(till);
 
-    let mut child = Command::new(AGENT)
-        .arg("--data")
-        .arg(till_dir.path())
-        .arg("sync")
-        .spawn()
-        .unwrap();
+    let mut child = KilledOnDrop(
+        Command::new(AGENT)
+            .arg("--data")
+            .arg(till_dir.path())
+            .arg("sync")
+            .spawn()
+            .unwrap(),
+    );
     wait_for_ack(till_dir.path(), 500, &mut child).await;
     // The server goes away mid-upload (the agent sees its connection fail) ...
     let address = server.address;

@@ -28,14 +28,16 @@ use crate::terminals::Terminals;
 use holdfast_store::{GroupCommit, GroupCommitConfig};
 
 /// Why the server does not start. Each names what to fix: the path or the address, and why.
+/// A message leaves its cause out: the cause is the error's `source`, and whoever prints the
+/// chain prints it once.
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("cannot listen on {address}: {source}{}", listen_hint(.source))]
+    #[error("cannot listen on {address}{}", listen_hint(.source))]
     Listen {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot use the data directory {}: {source}", path.display())]
+    #[error("cannot use the data directory {}{}", path.display(), data_dir_hint(.source))]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -46,12 +48,12 @@ pub enum StartError {
         .0.display()
     )]
     DataDirInUse(PathBuf),
-    #[error("cannot open the log in {}: {source}", path.display())]
+    #[error("cannot open the log in {}", path.display())]
     Store {
         path: PathBuf,
         source: holdfast_store::StoreError,
     },
-    #[error("cannot recover the ledger: {0}")]
+    #[error("cannot recover the ledger")]
     Recovery(#[from] RecoveryError),
     #[error("cannot use the database: {0}")]
     Database(holdfast_store::StoreError),
@@ -64,6 +66,18 @@ pub enum StartError {
     Idempotency(#[from] crate::idempotency::UnreadableAnswer),
     #[error(transparent)]
     Terminals(#[from] crate::terminals::TerminalsUnreadable),
+}
+
+fn data_dir_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+            " (it is not a directory: give --data a directory, or a path that does not exist yet)"
+        }
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (this user cannot write there: give --data a directory it can write)"
+        }
+        _ => "",
+    }
 }
 
 fn listen_hint(error: &std::io::Error) -> &'static str {

@@ -1,12 +1,38 @@
 //! What Holdfast's tests share: a throwaway PostgreSQL cluster made from the installed
 //! binaries (Debian's `postgresql` package, which `scripts/test` installs when missing), in a
 //! temporary directory on a free port, stopped and removed when dropped — or, for the one a
-//! whole test binary shares, when that process ends. And [`GatedLog`], a log whose commits
-//! wait for the test.
+//! whole test binary shares, when that process ends. [`GatedLog`], a log whose commits wait
+//! for the test. And [`KilledOnDrop`], a child process that does not outlive its test.
 
 mod gated;
 
 pub use gated::{Gate, GatedLog};
+
+/// A child process (a server, a till agent) that is killed and reaped when dropped, however
+/// the test ends. A child left running after a failed assertion keeps the test's output pipes
+/// open, and `cargo test` would wait on it instead of reporting the failure.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use holdfast_testkit::KilledOnDrop;
 
 const HOLDFAST: &str = env!("CARGO_BIN_EXE_holdfast");
 
@@ -33,19 +35,25 @@ fn assert_plain_error(output: &Output, expected: &[&str]) {
         !text.contains("stack backtrace") && !text.contains("panicked"),
         "{text}"
     );
+    assert!(
+        text.matches("(os error").count() <= 1,
+        "a cause told twice: {text}"
+    );
 }
 
 /// `holdfast serve` on a free port, with the lines it printed on start.
-fn serve(data: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
-    let mut child = Command::new(HOLDFAST)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(extra)
-        .env_remove("HOLDFAST_OPERATOR_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn serve(data: &Path, extra: &[&str]) -> (KilledOnDrop, String, Vec<String>) {
+    let mut child = KilledOnDrop(
+        Command::new(HOLDFAST)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env_remove("HOLDFAST_OPERATOR_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut lines = Vec::new();
     for _ in 0..2 {
@@ -154,6 +162,17 @@ fn errors_name_the_real_cause_and_what_to_change() {
         dir.path(),
     );
     assert_plain_error(&unwritable, &["/proc/holdfast"]);
+
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let a_file = holdfast(
+        &["serve", "--listen", "127.0.0.1:0", "--data", "notes.txt"],
+        dir.path(),
+    );
+    assert_plain_error(&a_file, &["notes.txt", "not a directory", "--data"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
 
     let no_scheme = holdfast(&["load", "--url", "localhost:8080"], dir.path());
     assert_plain_error(&no_scheme, &["localhost:8080", "http://"]);

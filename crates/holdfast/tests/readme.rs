@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use holdfast_testkit::KilledOnDrop;
+
 const HOLDFAST: &str = env!("CARGO_BIN_EXE_holdfast");
 
 /// The ```sh blocks of the README, in order (```console blocks are not steps).
@@ -70,14 +72,16 @@ fn the_readme_walk_throughs_work_as_written() {
     );
     let dir = tempfile::tempdir().unwrap();
     // Started as the README starts it: the token from the environment.
-    let mut server = Command::new(HOLDFAST)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("holdfast-data"))
-        .env("HOLDFAST_OPERATOR_TOKEN", "op-secret")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = KilledOnDrop(
+        Command::new(HOLDFAST)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("holdfast-data"))
+            .env("HOLDFAST_OPERATOR_TOKEN", "op-secret")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(server.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
