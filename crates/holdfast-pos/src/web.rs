@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path as UrlPath, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -80,7 +81,50 @@ pub fn router(counter: Arc<Counter>) -> Router {
         .route("/receipts/{seq}", get(reprint))
         .route("/receivables/{id}/paid", post(receivable_paid))
         .route("/transfers/{seq}/confirm", post(transfer_confirmed))
+        .layer(axum::middleware::from_fn(from_the_page_itself))
         .with_state(counter)
+}
+
+/// The page acts on the till's journal, so it answers only the page itself. Its `Host` must
+/// name this machine by address or as `localhost`: a web site whose name is made to resolve here
+/// (DNS rebinding) cannot read receipts and phone numbers. And a change made from a browser
+/// must come from the page's own origin: a form on another web site the cashier has open cannot
+/// sell, mark a debt paid or confirm a transfer (cross-site request forgery). Browsers tell
+/// where a request comes from (`Sec-Fetch-Site`, `Origin`); a client that is not a browser, such
+/// as curl, sends neither and is let through.
+async fn from_the_page_itself(request: axum::extract::Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let host = text("host");
+    if host.is_some_and(|host| !names_this_machine(host)) {
+        return refused("This page answers only to this machine's address or localhost.");
+    }
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let from_elsewhere = text("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none")
+        || text("origin")
+            .is_some_and(|origin| Some(origin) != host.map(|h| format!("http://{h}")).as_deref());
+    if changes && from_elsewhere {
+        return refused("This page takes changes only from itself, not from another web site.");
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names this machine: an IP address (with or without a port), or
+/// `localhost` — never a domain name, which anyone can point here.
+fn names_this_machine(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
+fn refused(why: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Html(format!("<p id=\"refused\">{}</p>", escape(why))),
+    )
+        .into_response()
 }
 
 fn escape(text: &str) -> String {

@@ -104,3 +104,53 @@ async fn the_counter_page_sells_and_prints_a_receipt_offline() {
         (Some(1), Some(6000))
     );
 }
+
+/// Another web site open in the cashier's browser can neither act through the page (a form
+/// posting to it) nor read it under a name of its own that resolves to the till.
+#[tokio::test]
+async fn only_the_page_itself_can_act_through_it() {
+    let (base, _dir) = counter_page().await;
+    let client = reqwest::Client::new();
+    let sale = "sku=TEA&quantity=1&tender=cash";
+    let forged = [
+        ("origin", "http://shop-offers.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ];
+    for (header, value) in forged {
+        let refused = form(&client, &base, sale)
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{header}: {value}");
+    }
+    let rebound = client
+        .get(format!("{base}/status"))
+        .header("host", "till.attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+
+    let entries = |client: reqwest::Client| {
+        let url = format!("{base}/status");
+        async move {
+            let status: serde_json::Value =
+                client.get(url).send().await.unwrap().json().await.unwrap();
+            status["entries"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(entries(client.clone()).await, 0, "nothing forged was sold");
+    let own = form(&client, &base, sale)
+        .header("origin", base.as_str())
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "the page's own form sells");
+    let by_hand = form(&client, &base, sale).send().await.unwrap();
+    assert_eq!(by_hand.status(), 200, "so does curl, which is no browser");
+    assert_eq!(entries(client).await, 2);
+}
