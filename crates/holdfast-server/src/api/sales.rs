@@ -217,7 +217,13 @@ pub(super) async fn restock(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RestockRequest>,
 ) -> Result<Json<SaleBody>, ApiError> {
-    let quantity = in_range("quantity", body.quantity, 1, i64::from(STOCK_MAX))? as u32;
+    let quantity = in_range(
+        "invalid_quantity",
+        "quantity",
+        body.quantity,
+        1,
+        i64::from(STOCK_MAX),
+    )? as u32;
     let (sale, _) = run(&state, &id, Command::Restock { quantity }).await?;
     Ok(sale_json(&state, &sale))
 }
@@ -323,7 +329,7 @@ pub(super) async fn list_orders(
             let parsed = raw.parse::<i64>().map_err(|_| {
                 ApiError::bad_request("invalid_limit", "limit must be a whole number")
             })?;
-            in_range("limit", parsed, 1, ORDERS_PAGE_MAX as i64)? as usize
+            in_range("invalid_limit", "limit", parsed, 1, ORDERS_PAGE_MAX as i64)? as usize
         }
     };
     let sale_id = id.clone();
@@ -401,6 +407,7 @@ pub(super) async fn issue_customer_token(
         identity.address.as_deref(),
     )?;
     let ttl_s = in_range(
+        "invalid_ttl",
         "ttl_s",
         body.ttl_s
             .unwrap_or(state.limits.customer_token_ttl_s_default as i64),

@@ -272,7 +272,7 @@ impl<'a> Wanted<'a> {
     ) -> Result<Wanted<'a>, ApiError> {
         let limit = i64::from(PER_CUSTOMER_LIMIT_MAX);
         Ok(Wanted {
-            quantity: in_range("quantity", quantity, 1, limit)? as u32,
+            quantity: in_range("invalid_quantity", "quantity", quantity, 1, limit)? as u32,
             channel: parse_channel(channel)?,
             pass,
         })

@@ -232,7 +232,13 @@ pub(super) async fn allotments(
 ) -> Result<Json<AllotmentAnswer>, ApiError> {
     let _slot = WriteSlot::take(&state)?;
     let request: AllotmentRequest = parse(&body)?;
-    let target = in_range("quantity", request.quantity, 0, i64::from(STOCK_MAX))? as u32;
+    let target = in_range(
+        "invalid_quantity",
+        "quantity",
+        request.quantity,
+        0,
+        i64::from(STOCK_MAX),
+    )? as u32;
     let (granted, terms) = terminal
         .set_allotment(state.0.as_ref(), &request.sale_id, target)
         .await?;
@@ -325,7 +331,7 @@ pub(super) async fn card_payment(
             ),
         ));
     }
-    let amount = in_range("amount", request.amount, 1, i64::MAX)? as u64;
+    let amount = in_range("invalid_amount", "amount", request.amount, 1, i64::MAX)? as u64;
     let fingerprint = fingerprint("till card payment", &(amount, &request.card_token));
     let owner = Owner::Terminal(terminal.id.clone());
     let guard =
@@ -388,20 +394,34 @@ pub(super) async fn set_store_limits(
 ) -> Result<Json<StoreLimits>, ApiError> {
     let store = store_name(store)?;
     let limits = OfflineCardLimits {
-        per_sale_max: in_range("per_sale_max", body.per_sale_max, 0, i64::MAX)? as u64,
+        per_sale_max: in_range(
+            "invalid_card_limits",
+            "per_sale_max",
+            body.per_sale_max,
+            0,
+            i64::MAX,
+        )? as u64,
         outstanding_total_max: in_range(
+            "invalid_card_limits",
             "outstanding_total_max",
             body.outstanding_total_max,
             0,
             i64::MAX,
         )? as u64,
         outstanding_count_max: in_range(
+            "invalid_card_limits",
             "outstanding_count_max",
             body.outstanding_count_max,
             0,
             100_000,
         )? as u32,
-        age_max_hours: in_range("age_max_hours", body.age_max_hours, 1, 7 * 24)? as u32,
+        age_max_hours: in_range(
+            "invalid_card_limits",
+            "age_max_hours",
+            body.age_max_hours,
+            1,
+            7 * 24,
+        )? as u32,
     };
     state.place(&store_stream(&store), true).await?;
     state.terminals.stores.set_limits(&store, limits).await?;

@@ -58,12 +58,19 @@ pub fn excerpt(raw: &str) -> String {
 }
 
 /// An integer field checked against its range, so negative and huge values get a clear 400.
-pub fn in_range(field: &'static str, value: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+/// `value` if it lies in `min..=max`; otherwise a 400 with `code`, naming `field`.
+pub fn in_range(
+    code: &'static str,
+    field: &'static str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
         Err(ApiError::bad_request(
-            "invalid_quantity",
+            code,
             format!("{field} must be between {min} and {max}, got {value}"),
         ))
     }
