@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{MethodRouter, get, post};
-use holdfast_core::{Command, Pausable, STOCK_MAX, Shopper, is_valid_sale_id};
+use holdfast_core::{Command, Pausable, Shopper, is_valid_sale_id};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -17,7 +17,7 @@ use super::overload::WriteSlot;
 use super::routes::Routes;
 use super::wire::{
     CreateSale, CustomerTokenRequest, OrderBody, OrdersQuery, RestockRequest, SaleBody,
-    format_time, in_range, parse_channel, parse_order_id,
+    format_time, in_range, parse_channel, parse_order_id, stock_quantity,
 };
 use crate::actor::SaleHandle;
 use crate::auth::CustomerIdentity;
@@ -217,13 +217,7 @@ pub(super) async fn restock(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RestockRequest>,
 ) -> Result<Json<SaleBody>, ApiError> {
-    let quantity = in_range(
-        "invalid_quantity",
-        "quantity",
-        body.quantity,
-        1,
-        i64::from(STOCK_MAX),
-    )? as u32;
+    let quantity = stock_quantity(body.quantity, 1)?;
     let (sale, _) = run(&state, &id, Command::Restock { quantity }).await?;
     Ok(sale_json(&state, &sale))
 }

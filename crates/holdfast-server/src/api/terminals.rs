@@ -13,7 +13,7 @@ use holdfast_core::terminal::wire::{
     AllotmentAnswer, AllotmentRequest, CatalogueItem, OfflineCardLimits, PaymentAnswer,
     PaymentRequest, StoreCatalogue, SyncAnswer, SyncRequest, TillReport,
 };
-use holdfast_core::{STOCK_MAX, Timestamp, is_valid_sale_id};
+use holdfast_core::{Timestamp, is_valid_sale_id};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -22,7 +22,7 @@ use super::credentials::Operator;
 use super::extract::{ApiBytes, ApiJson, ApiPath};
 use super::overload::WriteSlot;
 use super::routes::Routes;
-use super::wire::{format_time, in_range};
+use super::wire::{format_time, in_range, stock_quantity};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{Begin, Owner, StoredAnswer, fingerprint};
 use crate::payments::PaymentError;
@@ -232,13 +232,7 @@ pub(super) async fn allotments(
 ) -> Result<Json<AllotmentAnswer>, ApiError> {
     let _slot = WriteSlot::take(&state)?;
     let request: AllotmentRequest = parse(&body)?;
-    let target = in_range(
-        "invalid_quantity",
-        "quantity",
-        request.quantity,
-        0,
-        i64::from(STOCK_MAX),
-    )? as u32;
+    let target = stock_quantity(request.quantity, 0)?;
     let (granted, terms) = terminal
         .set_allotment(state.0.as_ref(), &request.sale_id, target)
         .await?;

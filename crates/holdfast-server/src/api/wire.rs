@@ -76,6 +76,12 @@ pub fn in_range(
     }
 }
 
+/// A quantity of stock from a request: from `min` to the most a sale can hold.
+pub fn stock_quantity(value: i64, min: i64) -> Result<u32, ApiError> {
+    let max = i64::from(holdfast_core::STOCK_MAX);
+    Ok(in_range("invalid_quantity", "quantity", value, min, max)? as u32)
+}
+
 pub fn parse_channel(raw: Option<&str>) -> Result<Channel, ApiError> {
     let raw = raw.unwrap_or("web");
     Channel::parse(raw).ok_or_else(|| {
