@@ -49,6 +49,17 @@ async fn wait_for_ack(dir: &std::path::Path, threshold: u64, child: &mut std::pr
     }
 }
 
+/// The real agent's `sync`, running in the background on `dir`.
+fn start_sync(dir: &std::path::Path) -> KilledOnDrop {
+    let child = Command::new(AGENT)
+        .arg("--data")
+        .arg(dir)
+        .arg("sync")
+        .spawn()
+        .unwrap();
+    KilledOnDrop(child)
+}
+
 fn sync_to_the_end(dir: &std::path::Path) {
     let finished = Command::new(AGENT)
         .arg("--data")
@@ -95,14 +106,7 @@ async fn an_upload_killed_mid_way_resumes_without_losing_or_doubling() {
         // lands mid-upload: acknowledged work behind it, unacknowledged work ahead.
         let threshold =
             (acked(till_dir.path()) + rng.random_range(1..=2u64) * 500).min(SALES - 500);
-        let mut child = KilledOnDrop(
-            Command::new(AGENT)
-                .arg("--data")
-                .arg(till_dir.path())
-                .arg("sync")
-                .spawn()
-                .unwrap(),
-        );
+        let mut child = start_sync(till_dir.path());
         wait_for_ack(till_dir.path(), threshold, &mut child).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -144,14 +148,7 @@ async fn a_server_restart_during_an_upload_loses_and_doubles_nothing() {
     sell_many(&mut till, 1000, 1);
     drop(till);
 
-    let mut child = KilledOnDrop(
-        Command::new(AGENT)
-            .arg("--data")
-            .arg(till_dir.path())
-            .arg("sync")
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = start_sync(till_dir.path());
     wait_for_ack(till_dir.path(), 500, &mut child).await;
     // The server goes away mid-upload (the agent sees its connection fail) ...
     let address = server.address;
