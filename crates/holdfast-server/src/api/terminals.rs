@@ -387,35 +387,22 @@ pub(super) async fn set_store_limits(
     ApiJson(body): ApiJson<LimitsRequest>,
 ) -> Result<Json<StoreLimits>, ApiError> {
     let store = store_name(store)?;
+    let limit = |field, value, min, max| in_range("invalid_card_limits", field, value, min, max);
     let limits = OfflineCardLimits {
-        per_sale_max: in_range(
-            "invalid_card_limits",
-            "per_sale_max",
-            body.per_sale_max,
-            0,
-            i64::MAX,
-        )? as u64,
-        outstanding_total_max: in_range(
-            "invalid_card_limits",
+        per_sale_max: limit("per_sale_max", body.per_sale_max, 0, i64::MAX)? as u64,
+        outstanding_total_max: limit(
             "outstanding_total_max",
             body.outstanding_total_max,
             0,
             i64::MAX,
         )? as u64,
-        outstanding_count_max: in_range(
-            "invalid_card_limits",
+        outstanding_count_max: limit(
             "outstanding_count_max",
             body.outstanding_count_max,
             0,
             100_000,
         )? as u32,
-        age_max_hours: in_range(
-            "invalid_card_limits",
-            "age_max_hours",
-            body.age_max_hours,
-            1,
-            7 * 24,
-        )? as u32,
+        age_max_hours: limit("age_max_hours", body.age_max_hours, 1, 7 * 24)? as u32,
     };
     state.place(&store_stream(&store), true).await?;
     state.terminals.stores.set_limits(&store, limits).await?;
